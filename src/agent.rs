@@ -1,0 +1,145 @@
+//! The agent: picks the runtime, starts its sessions, turns signals into a
+//! graceful drain, and reports how the run ended.
+//!
+//! Everything below (dialling, reconnecting, the protocol) happens inside the
+//! runtime; this module only wires a [`Config`] to a [`RuntimeMode`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Config, RuntimeChoice};
+use crate::handlers::HandlerRegistry;
+use crate::runtime::{
+    AgentPlan, BlockingRuntime, ReconnectPolicy, RunReport, RuntimeError, RuntimeMode, StopHandle,
+};
+use crate::session::SessionConfig;
+use crate::stats::AgentStats;
+
+/// How long a dial may take before it counts as failed.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the manager has to answer HELLO.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Build the runtime-independent plan from a configuration.
+pub fn plan_from_config(config: &Config, handlers: HandlerRegistry) -> AgentPlan {
+    AgentPlan {
+        endpoint: config.manager.clone(),
+        sessions: config.sessions,
+        threads: config.threads,
+        session: SessionConfig {
+            worker_id: config.worker_id.clone(),
+            runtime: "blocking",
+            max_body: config.max_body,
+            max_in_flight: config.max_in_flight,
+            token: config.token.clone(),
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+        },
+        handlers,
+        reconnect: ReconnectPolicy {
+            min: config.reconnect_min,
+            max: config.reconnect_max,
+            ..ReconnectPolicy::default()
+        },
+        drain_timeout: config.drain_timeout,
+        connect_timeout: CONNECT_TIMEOUT,
+    }
+}
+
+/// Choose the engine for `choice`. `auto` falls back to blocking with one
+/// log line that says why; `uring` fails with that same reason.
+pub fn select_runtime(
+    choice: RuntimeChoice,
+    plan: AgentPlan,
+) -> Result<Box<dyn RuntimeMode>, RuntimeError> {
+    match choice {
+        RuntimeChoice::Blocking => Ok(Box::new(BlockingRuntime::new(plan))),
+        RuntimeChoice::Uring => Err(RuntimeError::UringUnavailable(uring_unavailable_reason())),
+        RuntimeChoice::Auto => {
+            tracing::warn!(
+                "runtime auto: using blocking because io_uring is unavailable: {}",
+                uring_unavailable_reason()
+            );
+            Ok(Box::new(BlockingRuntime::new(plan)))
+        }
+    }
+}
+
+fn uring_unavailable_reason() -> String {
+    "this build has no io_uring engine".to_owned()
+}
+
+/// A started agent.
+pub struct Agent {
+    runtime: Box<dyn RuntimeMode>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("runtime", &self.runtime.kind())
+            .finish()
+    }
+}
+
+impl Agent {
+    /// Select the runtime and start every session.
+    pub fn start(config: &Config, handlers: HandlerRegistry) -> Result<Agent, RuntimeError> {
+        let plan = plan_from_config(config, handlers);
+        let mut runtime = select_runtime(config.runtime, plan)?;
+        runtime.start()?;
+        tracing::info!(
+            runtime = runtime.kind().as_str(),
+            sessions = config.sessions,
+            manager = %config.manager,
+            "ringworker {} started: {} session(s) to {} on the {} runtime",
+            env!("CARGO_PKG_VERSION"),
+            config.sessions,
+            config.manager,
+            runtime.kind().as_str()
+        );
+        Ok(Agent { runtime })
+    }
+
+    pub fn stats(&self) -> Arc<AgentStats> {
+        self.runtime.stats()
+    }
+
+    pub fn stop_handle(&self) -> StopHandle {
+        self.runtime.stop_handle()
+    }
+
+    pub fn runtime(&self) -> &dyn RuntimeMode {
+        self.runtime.as_ref()
+    }
+
+    /// Block until every session has ended.
+    pub fn wait(mut self) -> RunReport {
+        self.runtime.wait()
+    }
+}
+
+/// SIGTERM / SIGINT: the first starts a drain, a second exits at once with
+/// status 130.
+pub fn install_signal_handlers(stop: StopHandle) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut seen = 0;
+            for signal in signals.forever() {
+                seen += 1;
+                if seen == 1 {
+                    tracing::info!(
+                        signal,
+                        "signal {signal}: draining (send it again to exit at once)"
+                    );
+                    stop.request_stop();
+                } else {
+                    eprintln!("ringworker: second signal {signal}: exiting without draining");
+                    std::process::exit(130);
+                }
+            }
+        })?;
+    Ok(())
+}

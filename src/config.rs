@@ -1,0 +1,596 @@
+//! The agent's configuration: command-line flags, `RINGWORKER_*` environment
+//! variables and a TOML file, merged once and validated once.
+//!
+//! Precedence, highest first: flags, environment, file, defaults. Unknown keys
+//! in the file are an error that names the key and its line. The token is read
+//! from its file here and is never printed (`Debug` and
+//! [`Config::effective_toml`] redact it).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::transport::{Endpoint, EndpointError};
+
+/// `--runtime`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeChoice {
+    /// io_uring if the kernel allows it, else blocking (with one log line saying why).
+    Auto,
+    /// io_uring only; fail if it is unavailable.
+    Uring,
+    /// std::net sockets and threads.
+    Blocking,
+}
+
+impl RuntimeChoice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeChoice::Auto => "auto",
+            RuntimeChoice::Uring => "uring",
+            RuntimeChoice::Blocking => "blocking",
+        }
+    }
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A byte count written as `16777216`, `64KiB`, `16 MiB` or `1GiB`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (digits, unit) = text.split_at(split);
+        let value: u64 = digits
+            .parse()
+            .map_err(|_| format!("{text:?} is not a byte count (examples: 65536, 64KiB, 16MiB)"))?;
+        let multiplier: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            other => {
+                return Err(format!(
+                    "{text:?}: unknown unit {other:?} (use B, KiB, MiB or GiB)"
+                ))
+            }
+        };
+        value
+            .checked_mul(multiplier)
+            .map(ByteSize)
+            .ok_or_else(|| format!("{text:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Number(n) => Ok(ByteSize(n)),
+            Raw::Text(text) => text.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Flags of `ringworker run` (each also settable by a `RINGWORKER_*` variable).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RunArgs {
+    /// Manager to dial: tcp://HOST:PORT, tls://HOST:PORT or unix:///path/to.sock [required here or in the config file]
+    #[arg(long, env = "RINGWORKER_MANAGER", value_name = "ENDPOINT")]
+    pub manager: Option<String>,
+    /// I/O engine [default: auto]
+    #[arg(long, env = "RINGWORKER_RUNTIME", value_enum)]
+    pub runtime: Option<RuntimeChoice>,
+    /// Connections this agent keeps open to the manager [default: 1]
+    #[arg(long, env = "RINGWORKER_SESSIONS", value_name = "N")]
+    pub sessions: Option<u32>,
+    /// uring runtime: event-loop threads; sessions are spread over them [default: number of CPUs]
+    #[arg(long, env = "RINGWORKER_THREADS", value_name = "N")]
+    pub threads: Option<usize>,
+    /// Tasks held per session before it stops reading [default: 64]
+    #[arg(long, env = "RINGWORKER_MAX_IN_FLIGHT", value_name = "N")]
+    pub max_in_flight: Option<u32>,
+    /// Largest TASK body accepted; suffixes KiB, MiB allowed [default: 16777216]
+    #[arg(long, env = "RINGWORKER_MAX_BODY", value_name = "BYTES")]
+    pub max_body: Option<ByteSize>,
+    /// The `worker` field of HELLO [default: hostname]
+    #[arg(long, env = "RINGWORKER_WORKER_ID", value_name = "ID")]
+    pub worker_id: Option<String>,
+    /// File holding the secret sent in HELLO; never logged, never in metrics
+    #[arg(long, env = "RINGWORKER_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// Accept a token file that group or others can read
+    #[arg(long, env = "RINGWORKER_ALLOW_INSECURE_TOKEN_FILE")]
+    pub allow_insecure_token_file: bool,
+    /// HTTP listener for /metrics /healthz /readyz /status, or `off` [default: 127.0.0.1:9464]
+    #[arg(long, env = "RINGWORKER_METRICS_ADDR", value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
+    /// Back-off base between dial attempts, milliseconds [default: 100]
+    #[arg(long, env = "RINGWORKER_RECONNECT_MIN", value_name = "MS")]
+    pub reconnect_min: Option<u64>,
+    /// Back-off cap between dial attempts, milliseconds [default: 30000]
+    #[arg(long, env = "RINGWORKER_RECONNECT_MAX", value_name = "MS")]
+    pub reconnect_max: Option<u64>,
+    /// TOML file with the same keys (manager, runtime, sessions, ...); flags and RINGWORKER_* override it
+    #[arg(long, env = "RINGWORKER_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Log format on stderr [default: text]
+    #[arg(long, env = "RINGWORKER_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Longest graceful drain, seconds; tasks still running then are abandoned and the exit status is non-zero [default: 30]
+    #[arg(long, env = "RINGWORKER_DRAIN_TIMEOUT", value_name = "SECS")]
+    pub drain_timeout: Option<u64>,
+    /// tls:// endpoints: trust anchors (PEM) [default: system roots]
+    #[arg(long, env = "RINGWORKER_TLS_CA", value_name = "PATH")]
+    pub tls_ca: Option<PathBuf>,
+    /// tls:// endpoints: client certificate (PEM) for mutual TLS
+    #[arg(long, env = "RINGWORKER_TLS_CERT", value_name = "PATH")]
+    pub tls_cert: Option<PathBuf>,
+    /// tls:// endpoints: client private key (PEM) for mutual TLS
+    #[arg(long, env = "RINGWORKER_TLS_KEY", value_name = "PATH")]
+    pub tls_key: Option<PathBuf>,
+    /// tls:// endpoints: server name to verify and send as SNI [default: the endpoint's host]
+    #[arg(long, env = "RINGWORKER_TLS_SERVER_NAME", value_name = "NAME")]
+    pub tls_server_name: Option<String>,
+}
+
+/// The TOML file: the same keys as the flags, in snake_case (kebab-case is
+/// accepted too).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub manager: Option<String>,
+    pub runtime: Option<RuntimeChoice>,
+    pub sessions: Option<u32>,
+    pub threads: Option<usize>,
+    #[serde(alias = "max-in-flight")]
+    pub max_in_flight: Option<u32>,
+    #[serde(alias = "max-body")]
+    pub max_body: Option<ByteSize>,
+    #[serde(alias = "worker-id")]
+    pub worker_id: Option<String>,
+    #[serde(alias = "token-file")]
+    pub token_file: Option<PathBuf>,
+    #[serde(alias = "allow-insecure-token-file")]
+    pub allow_insecure_token_file: Option<bool>,
+    #[serde(alias = "metrics-addr")]
+    pub metrics_addr: Option<String>,
+    #[serde(alias = "reconnect-min")]
+    pub reconnect_min: Option<u64>,
+    #[serde(alias = "reconnect-max")]
+    pub reconnect_max: Option<u64>,
+    #[serde(alias = "log-format")]
+    pub log_format: Option<LogFormat>,
+    #[serde(alias = "drain-timeout")]
+    pub drain_timeout: Option<u64>,
+    #[serde(alias = "tls-ca")]
+    pub tls_ca: Option<PathBuf>,
+    #[serde(alias = "tls-cert")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(alias = "tls-key")]
+    pub tls_key: Option<PathBuf>,
+    #[serde(alias = "tls-server-name")]
+    pub tls_server_name: Option<String>,
+}
+
+/// A configuration that cannot be used, with what to fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("no manager given: pass --manager ENDPOINT, set RINGWORKER_MANAGER, or put `manager` in the config file")]
+    MissingManager,
+    #[error("bad manager endpoint: {0}")]
+    Endpoint(#[from] EndpointError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot read token file {path}: {source}")]
+    TokenFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("token file {path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}` or pass --allow-insecure-token-file")]
+    InsecureTokenFile { path: PathBuf, mode: u32 },
+}
+
+/// Where the HTTP listener goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricsAddr {
+    Off,
+    Listen(std::net::SocketAddr),
+}
+
+/// The effective, validated configuration of `ringworker run`.
+#[derive(Clone)]
+pub struct Config {
+    pub manager: Endpoint,
+    pub runtime: RuntimeChoice,
+    pub sessions: u32,
+    pub threads: usize,
+    pub max_in_flight: u32,
+    pub max_body: u32,
+    pub worker_id: String,
+    pub token_file: Option<PathBuf>,
+    pub token: Option<String>,
+    pub metrics_addr: MetricsAddr,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    pub log_format: LogFormat,
+    pub drain_timeout: Duration,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_server_name: Option<String>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.effective_toml())
+    }
+}
+
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
+pub const DEFAULT_MAX_BODY: u32 = 16 * 1024 * 1024;
+
+impl Config {
+    /// Merge flags/env (already merged by clap) over the file over defaults.
+    pub fn resolve(args: &RunArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => load_file(path)?,
+            None => FileConfig::default(),
+        };
+        Config::merge(args, file)
+    }
+
+    /// Merge with an already-parsed file.
+    pub fn merge(args: &RunArgs, file: FileConfig) -> Result<Config, ConfigError> {
+        let manager_text = args
+            .manager
+            .clone()
+            .or(file.manager)
+            .ok_or(ConfigError::MissingManager)?;
+        let manager: Endpoint = manager_text.parse()?;
+        let sessions = args.sessions.or(file.sessions).unwrap_or(1);
+        if sessions == 0 {
+            return Err(ConfigError::Invalid("sessions must be at least 1".into()));
+        }
+        let threads = args
+            .threads
+            .or(file.threads)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+        if threads == 0 {
+            return Err(ConfigError::Invalid("threads must be at least 1".into()));
+        }
+        let max_in_flight = args.max_in_flight.or(file.max_in_flight).unwrap_or(64);
+        if max_in_flight == 0 {
+            return Err(ConfigError::Invalid(
+                "max_in_flight must be at least 1".into(),
+            ));
+        }
+        let max_body = args
+            .max_body
+            .or(file.max_body)
+            .map_or(DEFAULT_MAX_BODY as u64, |b| b.0);
+        let max_body = u32::try_from(max_body)
+            .ok()
+            .filter(|&b| b >= 128)
+            .ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "max_body {max_body} must be between 128 and 4294967295 bytes"
+                ))
+            })?;
+        let worker_id = args
+            .worker_id
+            .clone()
+            .or(file.worker_id)
+            .unwrap_or_else(hostname);
+        let token_file = args.token_file.clone().or(file.token_file);
+        let allow_insecure =
+            args.allow_insecure_token_file || file.allow_insecure_token_file.unwrap_or(false);
+        let token = match &token_file {
+            Some(path) => Some(read_token(path, allow_insecure)?),
+            None => None,
+        };
+        let metrics_text = args
+            .metrics_addr
+            .clone()
+            .or(file.metrics_addr)
+            .unwrap_or_else(|| DEFAULT_METRICS_ADDR.to_owned());
+        let metrics_addr = if metrics_text == "off" {
+            MetricsAddr::Off
+        } else {
+            MetricsAddr::Listen(metrics_text.parse().map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "metrics_addr {metrics_text:?} is not HOST:PORT (e.g. 127.0.0.1:9464) or `off`"
+                ))
+            })?)
+        };
+        let reconnect_min =
+            Duration::from_millis(args.reconnect_min.or(file.reconnect_min).unwrap_or(100));
+        let reconnect_max =
+            Duration::from_millis(args.reconnect_max.or(file.reconnect_max).unwrap_or(30_000));
+        if reconnect_min.is_zero() || reconnect_min > reconnect_max {
+            return Err(ConfigError::Invalid(format!(
+                "reconnect_min ({} ms) must be at least 1 and at most reconnect_max ({} ms)",
+                reconnect_min.as_millis(),
+                reconnect_max.as_millis()
+            )));
+        }
+        Ok(Config {
+            manager,
+            runtime: args.runtime.or(file.runtime).unwrap_or(RuntimeChoice::Auto),
+            sessions,
+            threads,
+            max_in_flight,
+            max_body,
+            worker_id,
+            token_file,
+            token,
+            metrics_addr,
+            reconnect_min,
+            reconnect_max,
+            log_format: args
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Text),
+            drain_timeout: Duration::from_secs(
+                args.drain_timeout.or(file.drain_timeout).unwrap_or(30),
+            ),
+            tls_ca: args.tls_ca.clone().or(file.tls_ca),
+            tls_cert: args.tls_cert.clone().or(file.tls_cert),
+            tls_key: args.tls_key.clone().or(file.tls_key),
+            tls_server_name: args.tls_server_name.clone().or(file.tls_server_name),
+        })
+    }
+
+    /// The configuration as TOML, the token replaced by `<redacted>`.
+    pub fn effective_toml(&self) -> String {
+        let mut out = String::new();
+        let mut line = |key: &str, value: String| out.push_str(&format!("{key} = {value}\n"));
+        let quote = |s: &str| format!("{s:?}");
+        line("manager", quote(&self.manager.to_string()));
+        line("runtime", quote(self.runtime.as_str()));
+        line("sessions", self.sessions.to_string());
+        line("threads", self.threads.to_string());
+        line("max_in_flight", self.max_in_flight.to_string());
+        line("max_body", self.max_body.to_string());
+        line("worker_id", quote(&self.worker_id));
+        if let Some(path) = &self.token_file {
+            line("token_file", quote(&path.display().to_string()));
+        }
+        line(
+            "token",
+            quote(if self.token.is_some() {
+                "<redacted>"
+            } else {
+                "<none>"
+            }),
+        );
+        line(
+            "metrics_addr",
+            quote(&match &self.metrics_addr {
+                MetricsAddr::Off => "off".to_owned(),
+                MetricsAddr::Listen(addr) => addr.to_string(),
+            }),
+        );
+        line("reconnect_min", self.reconnect_min.as_millis().to_string());
+        line("reconnect_max", self.reconnect_max.as_millis().to_string());
+        line(
+            "log_format",
+            quote(match self.log_format {
+                LogFormat::Text => "text",
+                LogFormat::Json => "json",
+            }),
+        );
+        line("drain_timeout", self.drain_timeout.as_secs().to_string());
+        for (key, value) in [
+            ("tls_ca", &self.tls_ca),
+            ("tls_cert", &self.tls_cert),
+            ("tls_key", &self.tls_key),
+        ] {
+            if let Some(path) = value {
+                line(key, quote(&path.display().to_string()));
+            }
+        }
+        if let Some(name) = &self.tls_server_name {
+            line("tls_server_name", quote(name));
+        }
+        out
+    }
+}
+
+/// Read and parse a TOML config file; unknown keys are named with their line.
+pub fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_file(&text).map_err(|message| ConfigError::Parse {
+        path: path.to_owned(),
+        message,
+    })
+}
+
+/// Parse config text; the error names the line and the key.
+pub fn parse_file(text: &str) -> Result<FileConfig, String> {
+    toml::from_str::<FileConfig>(text).map_err(|err| {
+        let line = err
+            .span()
+            .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
+        let message = err.message().trim().to_owned();
+        match line {
+            Some(line) => format!("line {line}: {message}"),
+            None => message,
+        }
+    })
+}
+
+fn read_token(path: &Path, allow_insecure: bool) -> Result<String, ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let metadata = std::fs::metadata(path).map_err(|source| ConfigError::TokenFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mode = metadata.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 && !allow_insecure {
+        return Err(ConfigError::InsecureTokenFile {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::TokenFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    let token = text.trim_end_matches(['\n', '\r']).to_owned();
+    if token.is_empty() {
+        return Err(ConfigError::Invalid(format!(
+            "token file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(token)
+}
+
+/// This machine's host name, or `ringworker` if it cannot be read.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "ringworker".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(manager: Option<&str>) -> RunArgs {
+        RunArgs {
+            manager: manager.map(str::to_owned),
+            ..RunArgs::default()
+        }
+    }
+
+    #[test]
+    fn byte_sizes_accept_suffixes() {
+        assert_eq!("16777216".parse::<ByteSize>(), Ok(ByteSize(16 << 20)));
+        assert_eq!("64KiB".parse::<ByteSize>(), Ok(ByteSize(64 << 10)));
+        assert_eq!("16 MiB".parse::<ByteSize>(), Ok(ByteSize(16 << 20)));
+        assert!("16MB"
+            .parse::<ByteSize>()
+            .unwrap_err()
+            .contains("unknown unit"));
+        assert!("lots".parse::<ByteSize>().is_err());
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let config =
+            Config::merge(&args(Some("tcp://127.0.0.1:7000")), FileConfig::default()).unwrap();
+        assert_eq!(config.runtime, RuntimeChoice::Auto);
+        assert_eq!(config.sessions, 1);
+        assert_eq!(config.max_in_flight, 64);
+        assert_eq!(config.max_body, 16_777_216);
+        assert_eq!(
+            config.metrics_addr,
+            MetricsAddr::Listen("127.0.0.1:9464".parse().unwrap())
+        );
+        assert_eq!(config.reconnect_min, Duration::from_millis(100));
+        assert_eq!(config.reconnect_max, Duration::from_secs(30));
+        assert_eq!(config.drain_timeout, Duration::from_secs(30));
+        assert_eq!(config.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file =
+            parse_file("manager = \"tcp://10.0.0.1:1\"\nsessions = 4\nmax-body = \"1MiB\"\n")
+                .unwrap();
+        let mut flags = args(Some("unix:///tmp/m.sock"));
+        flags.sessions = Some(8);
+        let config = Config::merge(&flags, file).unwrap();
+        assert_eq!(config.manager, Endpoint::Unix("/tmp/m.sock".into()));
+        assert_eq!(config.sessions, 8);
+        assert_eq!(config.max_body, 1 << 20);
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_line() {
+        let err = parse_file("manager = \"tcp://h:1\"\n\nsesions = 4\n").unwrap_err();
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("sesions"), "{err}");
+    }
+
+    #[test]
+    fn missing_manager_and_bad_values_are_clear() {
+        let err = Config::merge(&args(None), FileConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--manager"), "{err}");
+        let err = Config::merge(&args(Some("tcp://nohost")), FileConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("HOST:PORT"), "{err}");
+        let mut flags = args(Some("tcp://h:1"));
+        flags.reconnect_min = Some(5000);
+        flags.reconnect_max = Some(100);
+        assert!(Config::merge(&flags, FileConfig::default()).is_err());
+    }
+
+    #[test]
+    fn token_files_must_be_private_and_the_token_is_redacted() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("rw-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("token");
+        std::fs::write(&path, "hunter2-secret\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut flags = args(Some("tcp://h:1"));
+        flags.token_file = Some(path.clone());
+        let err = Config::merge(&flags, FileConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("readable by group or others"), "{err}");
+        flags.allow_insecure_token_file = true;
+        let config = Config::merge(&flags, FileConfig::default()).unwrap();
+        assert_eq!(config.token.as_deref(), Some("hunter2-secret"));
+        assert!(!config.effective_toml().contains("hunter2"));
+        assert!(!format!("{config:?}").contains("hunter2"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        flags.allow_insecure_token_file = false;
+        assert!(Config::merge(&flags, FileConfig::default()).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

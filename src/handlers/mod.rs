@@ -1,0 +1,225 @@
+//! Handlers: the work a TASK names, and the registry that finds them.
+//!
+//! A [`Handler`] turns a payload into output bytes synchronously, writing into
+//! a buffer the caller reuses, so the common handlers allocate nothing per
+//! task. A handler whose answer is due later (the built-in `sleep`) returns
+//! [`Reply::After`]; the runtime keeps the timer, so a sleeping task never
+//! holds up the others on its session. Handlers run on the runtime's threads:
+//! they must not block.
+//!
+//! Library users add their own with [`HandlerRegistry::register`].
+
+mod builtin;
+
+pub use builtin::{Crc32c, Echo, Sha256, Sink, Sleep, SLEEP_MAX_MS};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::protocol::codes;
+
+/// When the output written by [`Handler::call`] becomes the RESULT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// Now.
+    Ready,
+    /// After this delay; other tasks keep flowing meanwhile.
+    After(Duration),
+}
+
+/// A task that failed; becomes RESULT `FAILED` with this code and message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct TaskFailure {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl TaskFailure {
+    /// The payload is not what the handler accepts (`bad_payload`).
+    pub fn bad_payload(message: impl Into<String>) -> Self {
+        TaskFailure {
+            code: codes::BAD_PAYLOAD,
+            message: message.into(),
+        }
+    }
+
+    /// The handler could not do its work (`handler_failed`).
+    pub fn handler_failed(message: impl Into<String>) -> Self {
+        TaskFailure {
+            code: codes::HANDLER_FAILED,
+            message: message.into(),
+        }
+    }
+}
+
+/// Work a TASK can name.
+pub trait Handler: Send + Sync + 'static {
+    /// Run on `payload`, appending the output to `out` (empty on entry).
+    fn call(&self, payload: &[u8], out: &mut Vec<u8>) -> Result<Reply, TaskFailure>;
+}
+
+impl<F> Handler for F
+where
+    F: Fn(&[u8], &mut Vec<u8>) -> Result<Reply, TaskFailure> + Send + Sync + 'static,
+{
+    fn call(&self, payload: &[u8], out: &mut Vec<u8>) -> Result<Reply, TaskFailure> {
+        self(payload, out)
+    }
+}
+
+/// A name that cannot be registered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistryError {
+    #[error("handler name {0:?} must be 1..=64 printable ASCII characters")]
+    BadName(String),
+    #[error("a handler named {0:?} is already registered")]
+    Duplicate(String),
+}
+
+/// Handlers by name. Cheap to clone (the handlers are shared).
+#[derive(Clone, Default)]
+pub struct HandlerRegistry {
+    /// Sorted by name: lookups are a binary search over a handful of entries.
+    entries: Vec<(Box<str>, Arc<dyn Handler>)>,
+}
+
+impl std::fmt::Debug for HandlerRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.names()).finish()
+    }
+}
+
+impl HandlerRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        HandlerRegistry::default()
+    }
+
+    /// The five handlers of PROTOCOL.md: `echo`, `sink`, `crc32c`, `sha256`, `sleep`.
+    pub fn with_builtins() -> Self {
+        let mut registry = HandlerRegistry::new();
+        let builtins: [(&str, Arc<dyn Handler>); 5] = [
+            ("echo", Arc::new(Echo)),
+            ("sink", Arc::new(Sink)),
+            ("crc32c", Arc::new(Crc32c)),
+            ("sha256", Arc::new(Sha256)),
+            ("sleep", Arc::new(Sleep)),
+        ];
+        for (name, handler) in builtins {
+            registry
+                .insert(name, handler)
+                .expect("built-in names are valid and distinct");
+        }
+        registry
+    }
+
+    /// Add a handler under `name`.
+    pub fn register(
+        &mut self,
+        name: &str,
+        handler: impl Handler,
+    ) -> Result<&mut Self, RegistryError> {
+        self.insert(name, Arc::new(handler))?;
+        Ok(self)
+    }
+
+    fn insert(&mut self, name: &str, handler: Arc<dyn Handler>) -> Result<(), RegistryError> {
+        if name.is_empty()
+            || name.len() > crate::protocol::frame::MAX_HANDLER_NAME
+            || !name.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(RegistryError::BadName(name.to_owned()));
+        }
+        match self.entries.binary_search_by(|(n, _)| (**n).cmp(name)) {
+            Ok(_) => Err(RegistryError::Duplicate(name.to_owned())),
+            Err(at) => {
+                self.entries.insert(at, (name.into(), handler));
+                Ok(())
+            }
+        }
+    }
+
+    /// The handler registered under `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Handler>> {
+        self.entries
+            .binary_search_by(|(n, _)| (**n).cmp(name))
+            .ok()
+            .map(|at| &self.entries[at].1)
+    }
+
+    /// Every name, sorted; HELLO's `handlers`.
+    pub fn names(&self) -> Vec<String> {
+        self.entries.iter().map(|(n, _)| n.to_string()).collect()
+    }
+
+    /// Run the handler named `name`. An unknown name is `unknown_handler`.
+    pub fn call(
+        &self,
+        name: &str,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Reply, TaskFailure> {
+        match self.get(name) {
+            Some(handler) => handler.call(payload, out),
+            None => Err(TaskFailure {
+                code: codes::UNKNOWN_HANDLER,
+                message: format!("no handler named {name:?}"),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_handler_is_a_failure_naming_it() {
+        let registry = HandlerRegistry::with_builtins();
+        let mut out = Vec::new();
+        let failure = registry.call("nope", b"", &mut out).unwrap_err();
+        assert_eq!(failure.code, "unknown_handler");
+        assert!(failure.message.contains("nope"));
+    }
+
+    #[test]
+    fn names_are_sorted_and_complete() {
+        let registry = HandlerRegistry::with_builtins();
+        assert_eq!(
+            registry.names(),
+            ["crc32c", "echo", "sha256", "sink", "sleep"]
+        );
+    }
+
+    #[test]
+    fn user_handlers_can_be_added_and_bad_names_are_refused() {
+        let mut registry = HandlerRegistry::with_builtins();
+        registry
+            .register("upper", |payload: &[u8], out: &mut Vec<u8>| {
+                out.extend(payload.iter().map(u8::to_ascii_uppercase));
+                Ok(Reply::Ready)
+            })
+            .unwrap();
+        let mut out = Vec::new();
+        assert_eq!(registry.call("upper", b"abc", &mut out), Ok(Reply::Ready));
+        assert_eq!(out, b"ABC");
+        assert_eq!(
+            registry.register("echo", Echo).unwrap_err(),
+            RegistryError::Duplicate("echo".into())
+        );
+        assert!(matches!(
+            registry.register("has space", Echo),
+            Err(RegistryError::BadName(_))
+        ));
+        assert!(matches!(
+            registry.register("", Echo),
+            Err(RegistryError::BadName(_))
+        ));
+        assert!(matches!(
+            registry.register(&"x".repeat(65), Echo),
+            Err(RegistryError::BadName(_))
+        ));
+    }
+}

@@ -1,0 +1,37 @@
+//! ringworker: a Linux worker agent that dials a manager, receives TASK
+//! frames, runs named handlers and writes ACK / RESULT frames back, with
+//! every byte on the socket counted.
+//!
+//! The map, top to bottom:
+//! - [`protocol`]: the sans-IO core. Frames, HELLO / WELCOME, and the
+//!   worker's session state machine; fed bytes and time, it returns frames
+//!   to write and tasks to run. No sockets, threads or clocks.
+//! - [`handlers`]: the [`handlers::Handler`] trait, the registry and the
+//!   built-ins `echo`, `sink`, `crc32c`, `sha256`, `sleep`.
+//! - [`session`]: [`session::WorkerSession`], the core plus handlers, timers
+//!   and formatted totals; what every runtime drives.
+//! - [`runtime`]: the [`runtime::RuntimeMode`] API and its engines; bytes are
+//!   counted in one `send_raw` / `recv_raw` per engine.
+//! - [`transport`]: endpoints (`tcp://`, `tls://`, `unix://`) and dialling.
+//! - [`agent`], [`config`]: the `ringworker run` command around a runtime.
+//! - [`stats`], [`format`]: live counters and their human form.
+//! - [`manager`]: the manager side of the protocol, for the loadgen and tests.
+//! - [`demo`]: `ringworker demo`, an embedded manager and agent on loopback.
+//!
+//! This crate does not choose what a handler does beyond the built-ins, and
+//! does not persist anything: a task is answered on the connection it came on
+//! or reported lost by the manager.
+
+#![deny(unsafe_code)]
+
+pub mod agent;
+pub mod config;
+pub mod demo;
+pub mod format;
+pub mod handlers;
+pub mod manager;
+pub mod protocol;
+pub mod runtime;
+pub mod session;
+pub mod stats;
+pub mod transport;

@@ -1,0 +1,122 @@
+//! The `ringworker` command line: parse, build the configuration, start the
+//! agent. All behaviour lives in the library.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use ringworker::agent::{install_signal_handlers, Agent};
+use ringworker::config::{self, Config, LogFormat, RunArgs};
+use ringworker::demo::{self, DemoArgs};
+use ringworker::handlers::HandlerRegistry;
+
+/// A Linux worker agent: dials a manager, runs the tasks it sends, answers
+/// with every byte counted.
+#[derive(Debug, Parser)]
+#[command(name = "ringworker", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the agent: dial the manager and serve tasks until SIGTERM / SIGINT
+    Run(RunArgs),
+    /// Zero-setup tour: an embedded manager on loopback drives an agent with a verified workload
+    Demo(DemoArgs),
+    /// Validate a config file and print the effective configuration (secrets redacted)
+    CheckConfig {
+        /// The TOML file to check
+        #[arg(long, value_name = "PATH")]
+        config: std::path::PathBuf,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RINGWORKER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => run(&args),
+        Command::Demo(args) => {
+            init_logging(LogFormat::Text);
+            match demo::run(&args) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(err) => {
+                    eprintln!("ringworker demo: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::CheckConfig { config } => check_config(&config),
+    }
+}
+
+fn run(args: &RunArgs) -> ExitCode {
+    let config = match Config::resolve(args) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("ringworker: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(config.log_format);
+    let agent = match Agent::start(&config, HandlerRegistry::with_builtins()) {
+        Ok(agent) => agent,
+        Err(err) => {
+            eprintln!("ringworker: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Err(err) = install_signal_handlers(agent.stop_handle()) {
+        eprintln!("ringworker: cannot install signal handlers: {err}");
+        return ExitCode::from(1);
+    }
+    let report = agent.wait();
+    if let Some(reason) = &report.fatal {
+        eprintln!("ringworker: {reason}");
+        return ExitCode::from(1);
+    }
+    if report.abandoned_tasks > 0 {
+        eprintln!(
+            "ringworker: drain timed out: {} task(s) abandoned",
+            report.abandoned_tasks
+        );
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
+}
+
+fn check_config(path: &std::path::Path) -> ExitCode {
+    let file = match config::load_file(path) {
+        Ok(file) => file,
+        Err(err) => {
+            eprintln!("ringworker: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let args = RunArgs::default();
+    match Config::merge(&args, file) {
+        Ok(config) => {
+            println!("# effective configuration of {}", path.display());
+            print!("{}", config.effective_toml());
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("ringworker: {}: {err}", path.display());
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,692 @@
+//! The worker side of one connection, as a deterministic state machine.
+//!
+//! [`WorkerMachine`] is fed the bytes read from the socket and the current
+//! time; it hands back [`Event`]s (the handshake completed, a task to run, the
+//! manager wants a drain, the connection is over) and bytes to write. It
+//! enforces the handshake order, unique in-flight task ids, `max_in_flight`
+//! back-pressure, ACK_REQUESTED, DRAIN / GOODBYE, ERROR and the heartbeat and
+//! handshake deadlines. It never touches a socket, a thread or a clock: time
+//! is an argument, so every rule here is tested without any I/O.
+//!
+//! Memory held for a peer is bounded: the receive buffer by `max_body` plus a
+//! header, in-flight ids by `max_in_flight`, and queued output by
+//! [`MachineConfig::output_high_water`] beyond the results of in-flight tasks
+//! (reading pauses above it, so a peer that never reads cannot grow it).
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use super::frame::{
+    encode_frame, FrameBuffer, FrameKind, FrameRef, FLAG_ACK_REQUESTED, FLAG_FAILED,
+    MAX_HANDLER_NAME,
+};
+use super::hello::{codes, ErrorBody, GoodbyeBody, Hello, Welcome, PROTOCOL_VERSION};
+
+/// Settings of one connection's machine.
+#[derive(Debug, Clone)]
+pub struct MachineConfig {
+    /// Sent as the first frame; its `max_body` and `max_in_flight` are the
+    /// limits this machine enforces.
+    pub hello: Hello,
+    /// How long to wait for WELCOME after the connection is up.
+    pub handshake_timeout: Duration,
+    /// Reading pauses while more than this many bytes wait to be written.
+    pub output_high_water: usize,
+}
+
+impl MachineConfig {
+    pub fn new(hello: Hello) -> Self {
+        MachineConfig {
+            hello,
+            handshake_timeout: Duration::from_secs(10),
+            output_high_water: 256 * 1024,
+        }
+    }
+}
+
+/// Where the connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// HELLO sent, waiting for WELCOME.
+    AwaitingWelcome,
+    /// Handshake done; tasks flow.
+    Active,
+    /// No new tasks are taken; in-flight tasks finish, then GOODBYE.
+    Draining(DrainOrigin),
+    /// Everything is answered; GOODBYE waits for the output to be flushed so
+    /// that its byte counts are exact ([`WorkerMachine::write_goodbye`]).
+    GoodbyeDue,
+    /// Final: flush the output, then close the socket.
+    Closed,
+}
+
+/// Who started a drain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainOrigin {
+    /// This worker is stopping (`request_stop`, a signal); it sent DRAIN.
+    Worker,
+    /// The manager sent DRAIN.
+    Manager,
+    /// The manager closed its write side: nothing more can arrive.
+    PeerEof,
+}
+
+/// Why a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The drain finished and GOODBYE was written.
+    Goodbye { origin: DrainOrigin },
+    /// The manager said GOODBYE.
+    PeerGoodbye,
+    /// The peer broke the protocol; ERROR `code` was queued.
+    ProtocolViolation { code: &'static str, message: String },
+    /// The manager sent ERROR. `unauthorized` and `unsupported_version` during
+    /// the handshake mean retrying cannot help ([`CloseReason::is_refusal`]).
+    PeerError {
+        code: String,
+        message: String,
+        during_handshake: bool,
+    },
+    /// No WELCOME within the handshake timeout.
+    HandshakeTimeout,
+    /// Nothing received for 3 × `heartbeat_ms`.
+    HeartbeatTimeout,
+    /// The stream ended before the handshake or while tasks could not finish.
+    PeerClosed,
+    /// Stopped before the handshake completed; nothing to drain.
+    StoppedBeforeWelcome,
+}
+
+impl CloseReason {
+    /// The manager refused this worker; redialling cannot help.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, CloseReason::PeerError { code, during_handshake: true, .. }
+            if code == codes::UNAUTHORIZED || code == codes::UNSUPPORTED_VERSION)
+    }
+
+    /// The session ended by the protocol's own graceful path.
+    pub fn is_graceful(&self) -> bool {
+        matches!(
+            self,
+            CloseReason::Goodbye { .. }
+                | CloseReason::PeerGoodbye
+                | CloseReason::StoppedBeforeWelcome
+        )
+    }
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CloseReason::Goodbye { origin } => write!(f, "drained ({origin:?}), GOODBYE sent"),
+            CloseReason::PeerGoodbye => f.write_str("manager said GOODBYE"),
+            CloseReason::ProtocolViolation { code, message } => {
+                write!(f, "manager broke the protocol: {code}: {message}")
+            }
+            CloseReason::PeerError { code, message, .. } => {
+                write!(f, "manager sent ERROR {code}: {message}")
+            }
+            CloseReason::HandshakeTimeout => f.write_str("no WELCOME within the handshake timeout"),
+            CloseReason::HeartbeatTimeout => {
+                f.write_str("nothing received for 3 x heartbeat_ms: manager presumed gone")
+            }
+            CloseReason::PeerClosed => f.write_str("manager closed the connection"),
+            CloseReason::StoppedBeforeWelcome => {
+                f.write_str("stopped before the handshake completed")
+            }
+        }
+    }
+}
+
+/// What the machine asks its driver to act on.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// WELCOME arrived and was valid.
+    Welcomed(Welcome),
+    /// A task to run; answer it with [`WorkerMachine::complete_task`].
+    Task(TaskRequest<'a>),
+    /// The manager sent DRAIN; no TASK follows.
+    DrainRequested,
+    /// The connection is over: flush the output, then close.
+    Closed(CloseReason),
+}
+
+/// A TASK frame, borrowed from the receive buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskRequest<'a> {
+    pub id: u64,
+    pub handler: &'a str,
+    pub payload: &'a [u8],
+    pub ack_requested: bool,
+}
+
+/// How a task ended, as handed to [`WorkerMachine::complete_task`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskOutcome<'a> {
+    Ok(&'a [u8]),
+    Failed { code: &'a str, message: &'a str },
+}
+
+/// A driver called [`WorkerMachine::complete_task`] for an id that is not in
+/// flight: a bug in the driver, reported rather than acted on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("task {0} is not in flight")]
+pub struct NotInFlight(pub u64);
+
+/// The worker side of one connection.
+#[derive(Debug)]
+pub struct WorkerMachine {
+    phase: Phase,
+    recv: FrameBuffer,
+    out: Vec<u8>,
+    in_flight: HashSet<u64>,
+    max_in_flight: usize,
+    output_high_water: usize,
+    /// The manager's `max_body`: no frame larger than this is ever sent.
+    peer_max_body: u32,
+    heartbeat: Option<Duration>,
+    handshake_deadline: Instant,
+    last_received: Instant,
+    last_sent: Instant,
+    next_ping_nonce: u64,
+    close_reason: Option<CloseReason>,
+    /// A `Closed` event is owed to the driver.
+    close_pending: bool,
+    drain: Option<DrainOrigin>,
+    tasks_refused_draining: u64,
+}
+
+impl WorkerMachine {
+    /// A machine for a connection that came up at `now`; HELLO is queued.
+    pub fn new(config: MachineConfig, now: Instant) -> Self {
+        let max_in_flight = config.hello.max_in_flight.max(1) as usize;
+        let mut machine = WorkerMachine {
+            phase: Phase::AwaitingWelcome,
+            recv: FrameBuffer::new(config.hello.max_body),
+            out: Vec::new(),
+            in_flight: HashSet::with_capacity(max_in_flight),
+            max_in_flight,
+            output_high_water: config.output_high_water,
+            peer_max_body: 0,
+            heartbeat: None,
+            handshake_deadline: now + config.handshake_timeout,
+            last_received: now,
+            last_sent: now,
+            next_ping_nonce: 1,
+            close_reason: None,
+            close_pending: false,
+            drain: None,
+            tasks_refused_draining: 0,
+        };
+        let body = serde_json::to_vec(&config.hello).unwrap_or_default();
+        encode_frame(&mut machine.out, FrameKind::Hello, 0, 0, &body);
+        machine
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    pub fn is_in_flight(&self, id: u64) -> bool {
+        self.in_flight.contains(&id)
+    }
+
+    pub fn close_reason(&self) -> Option<&CloseReason> {
+        self.close_reason.as_ref()
+    }
+
+    /// The manager's announced `max_body` (0 before WELCOME).
+    pub fn peer_max_body(&self) -> u32 {
+        self.peer_max_body
+    }
+
+    /// TASKs answered with `draining` because they arrived during a drain.
+    pub fn tasks_refused_draining(&self) -> u64 {
+        self.tasks_refused_draining
+    }
+
+    /// Whether the driver should read from the socket now. False while
+    /// `max_in_flight` tasks are held, while too much output is queued, and
+    /// once nothing more can be accepted.
+    pub fn wants_read(&self) -> bool {
+        match self.phase {
+            Phase::AwaitingWelcome | Phase::Active => {}
+            Phase::Draining(DrainOrigin::PeerEof) | Phase::GoodbyeDue | Phase::Closed => {
+                return false
+            }
+            Phase::Draining(_) => {}
+        }
+        self.in_flight.len() < self.max_in_flight && self.out.len() < self.output_high_water
+    }
+
+    /// Space to read into (at least `min` bytes, more if the frame under way
+    /// needs it); follow with [`WorkerMachine::handle_received`].
+    pub fn recv_space(&mut self, min: usize) -> &mut [u8] {
+        let want = self.recv.read_hint(min);
+        self.recv.spare(want)
+    }
+
+    /// How many bytes the next read should ask for, given a preferred chunk.
+    pub fn recv_hint(&self, chunk: usize) -> usize {
+        self.recv.read_hint(chunk)
+    }
+
+    /// Record that `n` bytes were read into [`WorkerMachine::recv_space`].
+    pub fn handle_received(&mut self, n: usize, now: Instant) {
+        self.recv.commit(n);
+        if n > 0 {
+            self.last_received = now;
+        }
+    }
+
+    /// Copy bytes in (for drivers that do not read in place).
+    pub fn handle_input(&mut self, bytes: &[u8], now: Instant) {
+        self.recv.extend(bytes);
+        if !bytes.is_empty() {
+            self.last_received = now;
+        }
+    }
+
+    /// The manager closed its write side (read returned 0).
+    pub fn handle_eof(&mut self, _now: Instant) {
+        match self.phase {
+            Phase::AwaitingWelcome => self.close(CloseReason::PeerClosed),
+            Phase::Active | Phase::Draining(_) => {
+                self.drain = Some(DrainOrigin::PeerEof);
+                self.phase = Phase::Draining(DrainOrigin::PeerEof);
+                self.check_drained();
+            }
+            Phase::GoodbyeDue | Phase::Closed => {}
+        }
+    }
+
+    /// The next thing for the driver to act on, or `None` when it must read
+    /// more (or wait for in-flight tasks to free a slot).
+    pub fn poll_event(&mut self, now: Instant) -> Option<Event<'_>> {
+        if self.close_pending {
+            self.close_pending = false;
+            return self.close_reason.clone().map(Event::Closed);
+        }
+        loop {
+            match self.phase {
+                Phase::Closed | Phase::GoodbyeDue | Phase::Draining(DrainOrigin::PeerEof) => {
+                    return None
+                }
+                _ => {}
+            }
+            if self.in_flight.len() >= self.max_in_flight {
+                return None;
+            }
+            let frame = match self.recv.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return None,
+                Err(err) => {
+                    let code = err.code();
+                    self.violation(code, err.to_string());
+                    return self.take_close_event();
+                }
+            };
+            // Copy what we need out of the borrowed frame before mutating self.
+            let header = frame.header;
+            match (self.phase, header.kind) {
+                (_, FrameKind::Error) => {
+                    let body: Option<ErrorBody> = serde_json::from_slice(frame.body).ok();
+                    let (code, message) = body.map(|b| (b.code, b.message)).unwrap_or_else(|| {
+                        ("unknown".to_owned(), "unparseable ERROR body".to_owned())
+                    });
+                    let during_handshake = self.phase == Phase::AwaitingWelcome;
+                    self.close(CloseReason::PeerError {
+                        code,
+                        message,
+                        during_handshake,
+                    });
+                    return self.take_close_event();
+                }
+                (Phase::AwaitingWelcome, FrameKind::Welcome) => match parse_welcome(frame) {
+                    Ok(welcome) => {
+                        self.peer_max_body = welcome.max_body;
+                        self.heartbeat = (welcome.heartbeat_ms > 0)
+                            .then(|| Duration::from_millis(welcome.heartbeat_ms.into()));
+                        self.phase = match self.drain {
+                            Some(origin) => Phase::Draining(origin),
+                            None => Phase::Active,
+                        };
+                        self.last_received = now;
+                        return Some(Event::Welcomed(welcome));
+                    }
+                    Err((code, message)) => {
+                        self.violation(code, message);
+                        return self.take_close_event();
+                    }
+                },
+                (Phase::AwaitingWelcome, kind) => {
+                    self.violation(codes::UNEXPECTED_FRAME, format!("{kind} before WELCOME"));
+                    return self.take_close_event();
+                }
+                (_, FrameKind::Welcome) => {
+                    self.violation(codes::UNEXPECTED_FRAME, "second WELCOME".to_owned());
+                    return self.take_close_event();
+                }
+                (_, kind @ (FrameKind::Hello | FrameKind::Ack | FrameKind::Result)) => {
+                    self.violation(
+                        codes::UNEXPECTED_FRAME,
+                        format!("a worker never receives {kind}"),
+                    );
+                    return self.take_close_event();
+                }
+                (_, FrameKind::Ping) => {
+                    encode_frame(&mut self.out, FrameKind::Pong, 0, header.id, &[]);
+                    self.last_sent = now;
+                }
+                (_, FrameKind::Pong) => {}
+                (_, FrameKind::Drain) => {
+                    if self.drain.is_none() {
+                        self.drain = Some(DrainOrigin::Manager);
+                        self.phase = Phase::Draining(DrainOrigin::Manager);
+                        self.check_drained();
+                        return Some(Event::DrainRequested);
+                    }
+                }
+                (_, FrameKind::Goodbye) => {
+                    self.close(CloseReason::PeerGoodbye);
+                    return self.take_close_event();
+                }
+                (phase, FrameKind::Task) => {
+                    let (name, payload) = match split_task_body(frame.body) {
+                        Ok(parts) => parts,
+                        Err(message) => {
+                            self.violation(codes::BAD_FRAME, message);
+                            return self.take_close_event();
+                        }
+                    };
+                    if self.in_flight.contains(&header.id) {
+                        self.violation(
+                            codes::DUPLICATE_TASK_ID,
+                            format!("task id {} is already in flight", header.id),
+                        );
+                        return self.take_close_event();
+                    }
+                    if let Phase::Draining(_) = phase {
+                        self.tasks_refused_draining += 1;
+                        let body = ErrorBody::new(codes::DRAINING, "worker is draining").to_json();
+                        encode_frame(
+                            &mut self.out,
+                            FrameKind::Result,
+                            FLAG_FAILED,
+                            header.id,
+                            &body,
+                        );
+                        self.last_sent = now;
+                        continue;
+                    }
+                    let ack_requested = header.flags & FLAG_ACK_REQUESTED != 0;
+                    if ack_requested {
+                        encode_frame(&mut self.out, FrameKind::Ack, 0, header.id, &[]);
+                        self.last_sent = now;
+                    }
+                    self.in_flight.insert(header.id);
+                    // Re-borrow the body: the frame borrow ended when we mutated self.
+                    let (name, payload) = self.reborrow_task(name, payload);
+                    return Some(Event::Task(TaskRequest {
+                        id: header.id,
+                        handler: name,
+                        payload,
+                        ack_requested,
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Answer a task that [`WorkerMachine::poll_event`] handed out.
+    ///
+    /// An output larger than the manager's `max_body` becomes a FAILED
+    /// `result_too_large`: the worker never sends a frame its peer refuses.
+    pub fn complete_task(
+        &mut self,
+        id: u64,
+        outcome: TaskOutcome<'_>,
+        now: Instant,
+    ) -> Result<(), NotInFlight> {
+        if !self.in_flight.remove(&id) {
+            return Err(NotInFlight(id));
+        }
+        if self.phase == Phase::Closed {
+            return Ok(());
+        }
+        match outcome {
+            TaskOutcome::Ok(output) if output.len() <= self.peer_max_body as usize => {
+                encode_frame(&mut self.out, FrameKind::Result, 0, id, output);
+            }
+            TaskOutcome::Ok(output) => {
+                let body = ErrorBody::new(
+                    codes::RESULT_TOO_LARGE,
+                    format!(
+                        "result of {} bytes exceeds the manager's max_body {}",
+                        output.len(),
+                        self.peer_max_body
+                    ),
+                )
+                .to_json();
+                encode_frame(&mut self.out, FrameKind::Result, FLAG_FAILED, id, &body);
+            }
+            TaskOutcome::Failed { code, message } => {
+                let body = ErrorBody::new(code, message).to_json();
+                encode_frame(&mut self.out, FrameKind::Result, FLAG_FAILED, id, &body);
+            }
+        }
+        self.last_sent = now;
+        self.check_drained();
+        Ok(())
+    }
+
+    /// Begin a worker-initiated drain (SIGTERM, `request_stop`).
+    pub fn start_drain(&mut self, now: Instant) {
+        match self.phase {
+            Phase::AwaitingWelcome => {
+                // Nothing may be sent before WELCOME, and nothing is in flight.
+                self.drain = Some(DrainOrigin::Worker);
+                self.close(CloseReason::StoppedBeforeWelcome);
+            }
+            Phase::Active | Phase::Draining(DrainOrigin::Manager) => {
+                encode_frame(&mut self.out, FrameKind::Drain, 0, 0, &[]);
+                self.last_sent = now;
+                self.drain = Some(DrainOrigin::Worker);
+                self.phase = Phase::Draining(DrainOrigin::Worker);
+                self.check_drained();
+            }
+            Phase::Draining(DrainOrigin::PeerEof) => {
+                // The manager can no longer send; DRAIN would tell it nothing
+                // new but it is still allowed and keeps the sequence uniform.
+                encode_frame(&mut self.out, FrameKind::Drain, 0, 0, &[]);
+                self.last_sent = now;
+            }
+            Phase::Draining(DrainOrigin::Worker) | Phase::GoodbyeDue | Phase::Closed => {}
+        }
+    }
+
+    /// Write GOODBYE with the socket counters as they stand now, once the
+    /// driver has flushed every byte queued before it. Only valid in
+    /// [`Phase::GoodbyeDue`]; returns whether it wrote.
+    pub fn write_goodbye(&mut self, bytes_sent: u64, bytes_received: u64) -> bool {
+        if self.phase != Phase::GoodbyeDue {
+            return false;
+        }
+        let body = serde_json::to_vec(&GoodbyeBody {
+            bytes_sent,
+            bytes_received,
+        })
+        .unwrap_or_default();
+        encode_frame(&mut self.out, FrameKind::Goodbye, 0, 0, &body);
+        let origin = self.drain.unwrap_or(DrainOrigin::Worker);
+        self.close(CloseReason::Goodbye { origin });
+        true
+    }
+
+    /// The earliest time at which [`WorkerMachine::handle_timeout`] has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::AwaitingWelcome => Some(self.handshake_deadline),
+            Phase::Closed | Phase::GoodbyeDue => None,
+            Phase::Active | Phase::Draining(_) => {
+                let heartbeat = self.heartbeat?;
+                Some((self.last_sent + heartbeat).min(self.last_received + heartbeat * 3))
+            }
+        }
+    }
+
+    /// Act on deadlines that have passed by `now`: the handshake timeout, a
+    /// PING after `heartbeat_ms` of sending nothing, and closing after
+    /// 3 × `heartbeat_ms` of receiving nothing.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.phase {
+            Phase::AwaitingWelcome => {
+                if now >= self.handshake_deadline {
+                    self.close(CloseReason::HandshakeTimeout);
+                }
+            }
+            Phase::Closed | Phase::GoodbyeDue => {}
+            Phase::Active | Phase::Draining(_) => {
+                let Some(heartbeat) = self.heartbeat else {
+                    return;
+                };
+                let paused_by_us = !self.wants_read() && self.out.is_empty();
+                if paused_by_us || self.phase == Phase::Draining(DrainOrigin::PeerEof) {
+                    // Silence is expected: we are not reading (own tasks hold
+                    // every slot) or the peer has already closed its side.
+                    self.last_received = now;
+                }
+                if now >= self.last_received + heartbeat * 3 {
+                    self.close(CloseReason::HeartbeatTimeout);
+                    return;
+                }
+                if now >= self.last_sent + heartbeat {
+                    let nonce = self.next_ping_nonce;
+                    self.next_ping_nonce = self.next_ping_nonce.wrapping_add(1);
+                    encode_frame(&mut self.out, FrameKind::Ping, 0, nonce, &[]);
+                    self.last_sent = now;
+                }
+            }
+        }
+    }
+
+    /// Bytes waiting to be written.
+    pub fn pending_output(&self) -> &[u8] {
+        &self.out
+    }
+
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Hand the queued output to the driver, taking `spare` (cleared) as the
+    /// new output buffer, so buffers cycle without allocation.
+    pub fn take_output(&mut self, mut spare: Vec<u8>) -> Vec<u8> {
+        spare.clear();
+        std::mem::replace(&mut self.out, spare)
+    }
+
+    /// Drop the first `n` bytes of the output after a driver wrote them in place.
+    pub fn consume_output(&mut self, n: usize) {
+        self.out.drain(..n.min(self.out.len()));
+    }
+
+    fn reborrow_task(
+        &self,
+        name: std::ops::Range<usize>,
+        payload: std::ops::Range<usize>,
+    ) -> (&str, &[u8]) {
+        // `split_task_body` gave offsets relative to the body of the frame
+        // just consumed, which `last_body` still holds.
+        let body = self.recv.last_body();
+        let name = std::str::from_utf8(&body[name]).unwrap_or("");
+        (name, &body[payload])
+    }
+
+    fn violation(&mut self, code: &'static str, message: String) {
+        let body = ErrorBody::new(code, message.clone()).to_json();
+        encode_frame(&mut self.out, FrameKind::Error, 0, 0, &body);
+        self.close(CloseReason::ProtocolViolation { code, message });
+    }
+
+    fn close(&mut self, reason: CloseReason) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        self.phase = Phase::Closed;
+        self.close_reason = Some(reason);
+        self.close_pending = true;
+    }
+
+    fn take_close_event(&mut self) -> Option<Event<'_>> {
+        self.close_pending = false;
+        self.close_reason.clone().map(Event::Closed)
+    }
+
+    fn check_drained(&mut self) {
+        if let Phase::Draining(_) = self.phase {
+            if self.in_flight.is_empty() {
+                self.phase = Phase::GoodbyeDue;
+            }
+        }
+    }
+}
+
+fn parse_welcome(frame: FrameRef<'_>) -> Result<Welcome, (&'static str, String)> {
+    let welcome: Welcome = serde_json::from_slice(frame.body).map_err(|err| {
+        (
+            codes::BAD_FRAME,
+            format!("WELCOME body is not valid: {err}"),
+        )
+    })?;
+    if welcome.protocol != PROTOCOL_VERSION {
+        return Err((
+            codes::UNSUPPORTED_VERSION,
+            format!(
+                "manager speaks protocol {}, this worker speaks {PROTOCOL_VERSION}",
+                welcome.protocol
+            ),
+        ));
+    }
+    Ok(welcome)
+}
+
+/// Split a TASK body into the handler name and payload ranges, checking the
+/// rules of PROTOCOL.md "Tasks". A name must be 1..=64 printable ASCII
+/// characters; this worker reads "printable" strictly as graphic (0x21..=0x7E),
+/// so a space is refused.
+pub fn split_task_body(
+    body: &[u8],
+) -> Result<(std::ops::Range<usize>, std::ops::Range<usize>), String> {
+    let Some((&name_len, rest)) = body.split_first() else {
+        return Err("TASK body is empty: no name_len".to_owned());
+    };
+    let name_len = name_len as usize;
+    if name_len == 0 || name_len > MAX_HANDLER_NAME {
+        return Err(format!("TASK name_len {name_len} is outside 1..=64"));
+    }
+    if rest.len() < name_len {
+        return Err(format!(
+            "TASK body of {} bytes is shorter than 1 + name_len {name_len}",
+            body.len()
+        ));
+    }
+    if !rest[..name_len].iter().all(u8::is_ascii_graphic) {
+        return Err("TASK handler name is not printable ASCII".to_owned());
+    }
+    Ok((1..1 + name_len, 1 + name_len..body.len()))
+}
+
+/// Encode a TASK body (for managers and tests).
+pub fn encode_task_body(out: &mut Vec<u8>, handler: &str, payload: &[u8]) {
+    out.push(handler.len() as u8);
+    out.extend_from_slice(handler.as_bytes());
+    out.extend_from_slice(payload);
+}
+
+#[cfg(test)]
+mod tests;

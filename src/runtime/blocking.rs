@@ -1,0 +1,524 @@
+//! `BlockingRuntime`: std::net sockets and std::thread, simple and debuggable.
+//!
+//! Each session has a supervisor thread that dials, runs the connection and
+//! backs off between dials. A connection has three threads joined by
+//! crossbeam channels: a reader (the one `recv_raw`), the core (drives
+//! [`WorkerSession`], runs the handlers, keeps the timers) and a writer (the
+//! one `send_raw`). The channels are bounded and buffers circulate between
+//! the threads, so memory per connection is fixed: two read chunks, the frame
+//! being received (at most `max_body` + 16) and the queued output. When the
+//! session holds `max_in_flight` tasks the core stops taking chunks, the
+//! reader blocks, and TCP flow control slows the manager.
+//!
+//! This runtime is also the fallback where io_uring is unavailable.
+
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, never, select, Receiver, Sender};
+use rand::SeedableRng;
+
+use super::{
+    AgentPlan, Backoff, ByteCounters, RunReport, RuntimeError, RuntimeKind, RuntimeMode, StopHandle,
+};
+use crate::protocol::CloseReason;
+use crate::session::WorkerSession;
+use crate::stats::{AgentStats, SessionState, SessionStats};
+use crate::transport::BlockingStream;
+
+/// Bytes asked for by each read.
+const READ_CHUNK: usize = 64 * 1024;
+/// How long to keep reading after our last frame, so that the manager's
+/// final bytes are read (and counted) rather than answered with a reset.
+const LINGER: Duration = Duration::from_secs(2);
+/// Stack size of the per-connection reader and writer threads.
+const IO_THREAD_STACK: usize = 128 * 1024;
+
+/// The std::net + threads engine.
+#[derive(Debug)]
+pub struct BlockingRuntime {
+    plan: Arc<AgentPlan>,
+    stats: Arc<AgentStats>,
+    stop: StopHandle,
+    /// Dropped on stop: every supervisor waiting on it wakes.
+    stop_tx: Arc<Mutex<Option<Sender<()>>>>,
+    stop_rx: Receiver<()>,
+    supervisors: Vec<JoinHandle<u64>>,
+    started: bool,
+}
+
+impl BlockingRuntime {
+    pub fn new(plan: AgentPlan) -> Self {
+        let mut plan = plan;
+        plan.session.runtime = RuntimeKind::Blocking.as_str();
+        let stats = Arc::new(AgentStats::new(
+            plan.session.worker_id.clone(),
+            RuntimeKind::Blocking.as_str(),
+            plan.sessions,
+        ));
+        let (stop_tx, stop_rx) = bounded::<()>(0);
+        let stop_tx = Arc::new(Mutex::new(Some(stop_tx)));
+        let stop = StopHandle::new();
+        let dropper = stop_tx.clone();
+        let agent_stats = stats.clone();
+        stop.on_stop(move || {
+            agent_stats.mark_stop_requested();
+            if let Ok(mut tx) = dropper.lock() {
+                tx.take();
+            }
+        });
+        BlockingRuntime {
+            plan: Arc::new(plan),
+            stats,
+            stop,
+            stop_tx,
+            stop_rx,
+            supervisors: Vec::new(),
+            started: false,
+        }
+    }
+}
+
+impl RuntimeMode for BlockingRuntime {
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::Blocking
+    }
+
+    fn start(&mut self) -> Result<(), RuntimeError> {
+        if self.started {
+            return Err(RuntimeError::AlreadyStarted);
+        }
+        self.started = true;
+        for index in 0..self.plan.sessions {
+            let plan = self.plan.clone();
+            let stats = self.stats.clone();
+            let stop = self.stop.clone();
+            let stop_rx = self.stop_rx.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("session-{index}"))
+                .spawn(move || supervise(index, &plan, &stats, &stop, &stop_rx))
+                .map_err(RuntimeError::Spawn)?;
+            self.supervisors.push(handle);
+        }
+        Ok(())
+    }
+
+    fn request_stop(&self) {
+        self.stop.request_stop();
+    }
+
+    fn bytes_sent(&self) -> u64 {
+        self.stats.bytes_sent_total()
+    }
+
+    fn bytes_received(&self) -> u64 {
+        self.stats.bytes_received_total()
+    }
+
+    fn stats(&self) -> Arc<AgentStats> {
+        self.stats.clone()
+    }
+
+    fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
+    }
+
+    fn wait(&mut self) -> RunReport {
+        let mut report = RunReport::default();
+        for handle in self.supervisors.drain(..) {
+            match handle.join() {
+                Ok(abandoned) => report.abandoned_tasks += abandoned,
+                Err(_) => tracing::error!("a session thread panicked"),
+            }
+        }
+        report.fatal = self.stop.fatal();
+        // Keep the sender alive until here so that supervisors never see a
+        // spurious stop; after wait, nothing listens any more.
+        if let Ok(mut tx) = self.stop_tx.lock() {
+            tx.take();
+        }
+        report
+    }
+}
+
+/// One session: dial, run, back off, until stopped. Returns abandoned tasks.
+fn supervise(
+    index: u32,
+    plan: &AgentPlan,
+    agent: &Arc<AgentStats>,
+    stop: &StopHandle,
+    stop_rx: &Receiver<()>,
+) -> u64 {
+    let stats = agent.sessions[index as usize].clone();
+    let mut backoff = Backoff::new(plan.reconnect);
+    let mut rng = rand::rngs::SmallRng::from_os_rng();
+    let mut abandoned = 0;
+    let mut first_dial = true;
+    while !stop.is_requested() {
+        if !first_dial {
+            agent.record_reconnect();
+        }
+        first_dial = false;
+        stats.set_state(SessionState::Connecting);
+        match BlockingStream::connect(&plan.endpoint, plan.connect_timeout) {
+            Err(err) => {
+                let message = format!("cannot reach manager {}: {err}", plan.endpoint);
+                tracing::warn!(session = index, "session {index}: {message}");
+                stats.set_last_error(Some(message));
+            }
+            Ok(stream) => {
+                stats.begin_connection();
+                let counters = ByteCounters::new(stats.clone(), agent.clone());
+                let outcome = run_connection(index, stream, plan, &stats, counters, stop, stop_rx);
+                abandoned += outcome.abandoned;
+                backoff.connection_ended(outcome.uptime);
+                if let Some(reason) = outcome.reason.as_ref().filter(|r| r.is_refusal()) {
+                    let message = format!(
+                        "manager {} refused session {index}: {reason}",
+                        plan.endpoint
+                    );
+                    tracing::error!(session = index, "{message}");
+                    stop.fail(message);
+                    break;
+                }
+            }
+        }
+        if stop.is_requested() {
+            break;
+        }
+        stats.set_state(SessionState::Disconnected);
+        let delay = backoff.next_delay(&mut rng);
+        tracing::debug!(
+            session = index,
+            ?delay,
+            "session {index}: redialling after back-off"
+        );
+        if let Err(crossbeam_channel::RecvTimeoutError::Disconnected) = stop_rx.recv_timeout(delay)
+        {
+            break;
+        }
+    }
+    stats.set_state(SessionState::Stopped);
+    abandoned
+}
+
+/// What a reader thread hands the core.
+enum ReadEvent {
+    Data(Vec<u8>, usize),
+    Eof,
+    Failed(io::Error),
+}
+
+struct ConnectionOutcome {
+    reason: Option<CloseReason>,
+    /// Time since WELCOME (zero if the handshake never completed).
+    uptime: Duration,
+    abandoned: u64,
+}
+
+/// Run one connection to its end.
+fn run_connection(
+    index: u32,
+    stream: BlockingStream,
+    plan: &AgentPlan,
+    stats: &Arc<SessionStats>,
+    counters: ByteCounters,
+    stop: &StopHandle,
+    stop_rx: &Receiver<()>,
+) -> ConnectionOutcome {
+    let mut outcome = ConnectionOutcome {
+        reason: None,
+        uptime: Duration::ZERO,
+        abandoned: 0,
+    };
+    let (reader_stream, writer_stream) = match (stream.try_clone(), stream.try_clone()) {
+        (Ok(r), Ok(w)) => (r, w),
+        (Err(err), _) | (_, Err(err)) => {
+            tracing::warn!(
+                session = index,
+                "session {index}: cannot clone the socket: {err}"
+            );
+            return outcome;
+        }
+    };
+    let (chunk_tx, chunk_rx) = bounded::<ReadEvent>(1);
+    let (recycle_tx, recycle_rx) = bounded::<Vec<u8>>(2);
+    let (write_tx, write_rx) = bounded::<Vec<u8>>(1);
+    let (written_tx, written_rx) = bounded::<io::Result<Vec<u8>>>(1);
+    let _ = recycle_tx.send(vec![0; READ_CHUNK]);
+    let reader_counters = counters.clone();
+    let reader = std::thread::Builder::new()
+        .name(format!("session-{index}-rx"))
+        .stack_size(IO_THREAD_STACK)
+        .spawn(move || reader_loop(reader_stream, &reader_counters, &chunk_tx, &recycle_rx));
+    let writer = std::thread::Builder::new()
+        .name(format!("session-{index}-tx"))
+        .stack_size(IO_THREAD_STACK)
+        .spawn(move || writer_loop(writer_stream, &counters, &write_rx, &written_tx));
+    let (reader, writer) = match (reader, writer) {
+        (Ok(r), Ok(w)) => (r, w),
+        (r, w) => {
+            tracing::error!(
+                session = index,
+                "session {index}: cannot start the I/O threads"
+            );
+            let _ = stream.shutdown(Shutdown::Both);
+            drop(write_tx);
+            if let Ok(r) = r {
+                let _ = r.join();
+            }
+            if let Ok(w) = w {
+                let _ = w.join();
+            }
+            return outcome;
+        }
+    };
+
+    let started = Instant::now();
+    let mut session = WorkerSession::new(
+        index,
+        &plan.session,
+        plan.handlers.clone(),
+        stats.clone(),
+        started,
+    );
+    let never_read = never::<ReadEvent>();
+    let never_stop = never::<()>();
+    let mut spare = Vec::new();
+    let mut writer_busy = false;
+    let mut reader_done = false;
+    let mut stop_seen = false;
+    let mut drain_deadline: Option<Instant> = None;
+    let mut broken: Option<String> = None;
+
+    loop {
+        let now = Instant::now();
+        if !writer_busy {
+            if session.has_output() {
+                let buf = session.take_output(std::mem::take(&mut spare));
+                if write_tx.send(buf).is_err() {
+                    broken = Some("the writer thread ended".to_owned());
+                    break;
+                }
+                writer_busy = true;
+            } else {
+                session.on_flushed(now);
+                if session.has_output() {
+                    continue;
+                }
+                if session.closed().is_some() {
+                    break;
+                }
+            }
+        }
+        if !stop_seen && stop.is_requested() {
+            stop_seen = true;
+            drain_deadline = Some(now + plan.drain_timeout);
+            session.start_drain(now);
+            continue;
+        }
+        if let Some(deadline) = drain_deadline {
+            if now >= deadline {
+                outcome.abandoned = session.in_flight() as u64;
+                tracing::error!(
+                    session = index,
+                    abandoned = outcome.abandoned,
+                    "session {index}: drain timed out after {:?}: {} tasks abandoned",
+                    plan.drain_timeout,
+                    outcome.abandoned
+                );
+                break;
+            }
+        }
+        let read_rx = if session.wants_read() && !reader_done {
+            &chunk_rx
+        } else {
+            &never_read
+        };
+        let stop_branch = if stop_seen { &never_stop } else { stop_rx };
+        let deadline = match (session.poll_timeout(), drain_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let timeout = deadline.map_or(Duration::from_secs(3600), |d| {
+            d.saturating_duration_since(now)
+        });
+        select! {
+            recv(read_rx) -> event => match event {
+                Ok(ReadEvent::Data(buf, n)) => {
+                    session.on_input(&buf[..n], Instant::now());
+                    let _ = recycle_tx.try_send(buf);
+                }
+                Ok(ReadEvent::Eof) => {
+                    reader_done = true;
+                    session.on_eof(Instant::now());
+                }
+                Ok(ReadEvent::Failed(err)) => {
+                    broken = Some(format!("read failed: {err}"));
+                    break;
+                }
+                Err(_) => {
+                    broken = Some("the reader thread ended".to_owned());
+                    break;
+                }
+            },
+            recv(written_rx) -> result => match result {
+                Ok(Ok(buf)) => {
+                    writer_busy = false;
+                    spare = buf;
+                }
+                Ok(Err(err)) => {
+                    broken = Some(format!("write failed: {err}"));
+                    break;
+                }
+                Err(_) => {
+                    broken = Some("the writer thread ended".to_owned());
+                    break;
+                }
+            },
+            recv(stop_branch) -> _ => {
+                // The stop sender was dropped: the loop head starts the drain.
+            },
+            default(timeout) => session.handle_timeout(Instant::now()),
+        }
+    }
+
+    // Close: finish writing, half-close, read what the manager still sends
+    // (so its last bytes are counted and it sees no reset), then tear down.
+    drop(write_tx);
+    if writer_busy {
+        let _ = written_rx.recv_timeout(LINGER);
+    }
+    if broken.is_none() && outcome.abandoned == 0 {
+        let _ = stream.shutdown(Shutdown::Write);
+        let linger_until = Instant::now() + LINGER;
+        while !reader_done {
+            match chunk_rx.recv_deadline(linger_until) {
+                Ok(ReadEvent::Data(buf, _)) => {
+                    let _ = recycle_tx.try_send(buf);
+                }
+                _ => break,
+            }
+        }
+    }
+    let _ = stream.shutdown(Shutdown::Both);
+    drop(recycle_tx);
+    drop(chunk_rx);
+    let _ = reader.join();
+    let _ = writer.join();
+
+    outcome.uptime = session
+        .welcomed_at()
+        .map_or(Duration::ZERO, |at| at.elapsed());
+    let reason = session.closed().cloned();
+    match (&reason, &broken) {
+        (Some(reason), None) if reason.is_graceful() => {
+            tracing::info!(session = index, "{}", session.summary_line());
+        }
+        (Some(reason), _) => {
+            tracing::warn!(session = index, "session {index}: {reason}");
+            tracing::info!(session = index, "{}", session.summary_line());
+        }
+        (None, Some(why)) => {
+            let lost = session.in_flight();
+            stats.set_last_error(Some(format!("connection lost: {why}")));
+            tracing::warn!(
+                session = index,
+                lost,
+                "session {index}: connection lost: {why}; {lost} tasks in flight lost to it"
+            );
+            tracing::info!(session = index, "{}", session.summary_line());
+        }
+        (None, None) => {
+            tracing::info!(session = index, "{}", session.summary_line());
+        }
+    }
+    stats.set_in_flight(0);
+    outcome.reason = reason;
+    outcome
+}
+
+/// The reader thread: the runtime's one `recv_raw` call site.
+fn reader_loop(
+    mut stream: BlockingStream,
+    counters: &ByteCounters,
+    chunks: &Sender<ReadEvent>,
+    recycled: &Receiver<Vec<u8>>,
+) {
+    let Ok(mut buf) = recycled.recv() else {
+        return;
+    };
+    loop {
+        match recv_raw(&mut stream, &mut buf, counters) {
+            Ok(0) => {
+                let _ = chunks.send(ReadEvent::Eof);
+                return;
+            }
+            Ok(n) => {
+                if chunks.send(ReadEvent::Data(buf, n)).is_err() {
+                    return;
+                }
+                buf = match recycled.recv() {
+                    Ok(buf) => buf,
+                    Err(_) => return,
+                };
+            }
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => {
+                let _ = chunks.send(ReadEvent::Failed(err));
+                return;
+            }
+        }
+    }
+}
+
+/// The writer thread: the runtime's one `send_raw` call site.
+fn writer_loop(
+    mut stream: BlockingStream,
+    counters: &ByteCounters,
+    buffers: &Receiver<Vec<u8>>,
+    written: &Sender<io::Result<Vec<u8>>>,
+) {
+    for mut buf in buffers {
+        let result = send_raw(&mut stream, &buf, counters);
+        buf.clear();
+        let failed = result.is_err();
+        if written.send(result.map(|()| buf)).is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// Read once from the socket, counting what the kernel returned.
+fn recv_raw(
+    stream: &mut BlockingStream,
+    buf: &mut [u8],
+    counters: &ByteCounters,
+) -> io::Result<usize> {
+    let n = stream.read(buf)?;
+    counters.received(n);
+    Ok(n)
+}
+
+/// Write all of `bytes`, counting each partial write as the kernel reports it.
+fn send_raw(
+    stream: &mut BlockingStream,
+    mut bytes: &[u8],
+    counters: &ByteCounters,
+) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match stream.write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                counters.sent(n);
+                bytes = &bytes[n..];
+            }
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,341 @@
+//! The I/O engines behind one API, [`RuntimeMode`], and what they share:
+//! the plan they run ([`AgentPlan`]), byte counting ([`ByteCounters`]), the
+//! stop signal ([`StopHandle`]) and the reconnect policy ([`Backoff`]).
+//!
+//! A runtime owns sockets and threads and nothing else: every protocol
+//! decision is made by [`crate::session::WorkerSession`], which both engines
+//! drive the same way. Bytes are counted in exactly one `send_raw` and one
+//! `recv_raw` per runtime, through [`ByteCounters`].
+
+pub mod blocking;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::Rng;
+
+use crate::handlers::HandlerRegistry;
+use crate::session::SessionConfig;
+use crate::stats::{AgentStats, SessionStats};
+use crate::transport::Endpoint;
+
+pub use blocking::BlockingRuntime;
+
+/// Which engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeKind {
+    /// io_uring completions, many sessions per thread.
+    Uring,
+    /// std::net sockets and threads.
+    Blocking,
+}
+
+impl RuntimeKind {
+    /// The name used in HELLO, `/status` and `ringworker_build_info`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeKind::Uring => "uring",
+            RuntimeKind::Blocking => "blocking",
+        }
+    }
+}
+
+/// Everything a runtime needs to run an agent's sessions.
+#[derive(Debug, Clone)]
+pub struct AgentPlan {
+    pub endpoint: Endpoint,
+    pub sessions: u32,
+    /// Event-loop threads (uring); the blocking runtime uses threads per session.
+    pub threads: usize,
+    pub session: SessionConfig,
+    pub handlers: HandlerRegistry,
+    pub reconnect: ReconnectPolicy,
+    /// Longest graceful drain after a stop request.
+    pub drain_timeout: Duration,
+    /// Longest wait for a dial to complete.
+    pub connect_timeout: Duration,
+}
+
+/// Exponential back-off with full jitter between dial attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReconnectPolicy {
+    /// The base delay (`--reconnect-min`).
+    pub min: Duration,
+    /// The cap (`--reconnect-max`).
+    pub max: Duration,
+    /// A connection that stayed up this long resets the back-off.
+    pub stable_after: Duration,
+}
+
+impl Default for ReconnectPolicy {
+    fn default() -> Self {
+        ReconnectPolicy {
+            min: Duration::from_millis(100),
+            max: Duration::from_secs(30),
+            stable_after: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The delay before each redial of one session.
+///
+/// The n-th consecutive retry (n from 1) waits a uniformly random time in
+/// `[0, min(max, min * 2^n)]`: the cap is applied first, then the jitter, so
+/// many sessions that lose their manager together spread out instead of
+/// redialling in step.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    policy: ReconnectPolicy,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(policy: ReconnectPolicy) -> Self {
+        Backoff { policy, attempt: 0 }
+    }
+
+    /// The ceiling of the next delay (before jitter).
+    pub fn next_cap(&self) -> Duration {
+        let factor = 1u32.checked_shl(self.attempt + 1).unwrap_or(u32::MAX);
+        self.policy
+            .min
+            .checked_mul(factor)
+            .unwrap_or(self.policy.max)
+            .min(self.policy.max)
+    }
+
+    /// The delay before the next dial; each call backs off further.
+    pub fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
+        let cap = self.next_cap();
+        self.attempt = self.attempt.saturating_add(1).min(31);
+        let nanos = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX);
+        Duration::from_nanos(rng.random_range(0..=nanos))
+    }
+
+    /// The connection was up for `uptime`: reset when it was stable.
+    pub fn connection_ended(&mut self, uptime: Duration) {
+        if uptime >= self.policy.stable_after {
+            self.attempt = 0;
+        }
+    }
+}
+
+/// Counts the bytes of one session's socket. Runtimes call it from their one
+/// `send_raw` and one `recv_raw` and nowhere else, with the byte counts the
+/// kernel reported, so every byte on the socket is counted exactly once.
+#[derive(Debug, Clone)]
+pub struct ByteCounters {
+    session: Arc<SessionStats>,
+    agent: Arc<AgentStats>,
+}
+
+impl ByteCounters {
+    pub fn new(session: Arc<SessionStats>, agent: Arc<AgentStats>) -> Self {
+        ByteCounters { session, agent }
+    }
+
+    #[inline]
+    pub fn sent(&self, n: usize) {
+        let n = n as u64;
+        self.session.bytes_sent.fetch_add(n, Ordering::Relaxed);
+        self.agent.bytes_sent_total.fetch_add(n, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn received(&self, n: usize) {
+        let n = n as u64;
+        self.session.bytes_received.fetch_add(n, Ordering::Relaxed);
+        self.agent
+            .bytes_received_total
+            .fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Asks a running runtime to drain and stop; cheap to clone and to hand to a
+/// signal thread.
+#[derive(Clone, Default)]
+pub struct StopHandle {
+    inner: Arc<StopInner>,
+}
+
+#[derive(Default)]
+struct StopInner {
+    requested: AtomicBool,
+    fatal: Mutex<Option<String>>,
+    wakers: Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
+}
+
+impl std::fmt::Debug for StopHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StopHandle")
+            .field("requested", &self.is_requested())
+            .finish()
+    }
+}
+
+impl StopHandle {
+    pub fn new() -> Self {
+        StopHandle::default()
+    }
+
+    /// Start a graceful drain of every session. Idempotent.
+    pub fn request_stop(&self) {
+        if !self.inner.requested.swap(true, Ordering::SeqCst) {
+            if let Ok(wakers) = self.inner.wakers.lock() {
+                for wake in wakers.iter() {
+                    wake();
+                }
+            }
+        }
+    }
+
+    /// Stop because continuing cannot help (the manager refused the HELLO).
+    pub fn fail(&self, reason: String) {
+        if let Ok(mut fatal) = self.inner.fatal.lock() {
+            fatal.get_or_insert(reason);
+        }
+        self.request_stop();
+    }
+
+    pub fn is_requested(&self) -> bool {
+        self.inner.requested.load(Ordering::SeqCst)
+    }
+
+    /// The reason given to [`StopHandle::fail`], if any.
+    pub fn fatal(&self) -> Option<String> {
+        self.inner.fatal.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// Run `wake` when a stop is requested (at once if it already was).
+    pub fn on_stop(&self, wake: impl Fn() + Send + Sync + 'static) {
+        if let Ok(mut wakers) = self.inner.wakers.lock() {
+            wakers.push(Box::new(wake));
+        }
+        if self.is_requested() {
+            // Requested before we registered: make sure the waker sees it.
+            if let Ok(wakers) = self.inner.wakers.lock() {
+                if let Some(wake) = wakers.last() {
+                    wake();
+                }
+            }
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunReport {
+    /// Tasks still running when the drain deadline passed.
+    pub abandoned_tasks: u64,
+    /// Why the agent stopped on its own (the manager refused it).
+    pub fatal: Option<String>,
+}
+
+impl RunReport {
+    /// Exit cleanly only after a clean drain.
+    pub fn is_clean(&self) -> bool {
+        self.abandoned_tasks == 0 && self.fatal.is_none()
+    }
+}
+
+/// Errors starting a runtime.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    #[error("io_uring is not available: {0}")]
+    UringUnavailable(String),
+    #[error("cannot start a thread: {0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("the runtime was already started")]
+    AlreadyStarted,
+}
+
+/// A pluggable I/O engine. Both engines drive the same
+/// [`crate::session::WorkerSession`]; everything above never branches on which
+/// one runs.
+pub trait RuntimeMode: Send {
+    /// Which engine this is.
+    fn kind(&self) -> RuntimeKind;
+    /// Spawn the engine's threads and begin dialling; returns at once.
+    fn start(&mut self) -> Result<(), RuntimeError>;
+    /// Begin a graceful drain of every session (see [`StopHandle`]).
+    fn request_stop(&self);
+    /// Bytes written to every socket since start.
+    fn bytes_sent(&self) -> u64;
+    /// Bytes read from every socket since start.
+    fn bytes_received(&self) -> u64;
+    /// Live status of the agent and each session.
+    fn stats(&self) -> Arc<AgentStats>;
+    /// A handle that stops this runtime from another thread.
+    fn stop_handle(&self) -> StopHandle;
+    /// Block until every session has ended.
+    fn wait(&mut self) -> RunReport;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn backoff_caps_before_jitter_and_grows_to_the_max() {
+        let policy = ReconnectPolicy {
+            min: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+            stable_after: Duration::from_secs(10),
+        };
+        let mut backoff = Backoff::new(policy);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut caps = Vec::new();
+        for _ in 0..8 {
+            let cap = backoff.next_cap();
+            let delay = backoff.next_delay(&mut rng);
+            assert!(delay <= cap);
+            caps.push(cap.as_millis());
+        }
+        assert_eq!(caps, [200, 400, 800, 1600, 2000, 2000, 2000, 2000]);
+        backoff.connection_ended(Duration::from_secs(1));
+        assert_eq!(
+            backoff.next_cap().as_millis(),
+            2000,
+            "a short connection keeps backing off"
+        );
+        backoff.connection_ended(Duration::from_secs(10));
+        assert_eq!(
+            backoff.next_cap().as_millis(),
+            200,
+            "a stable connection resets"
+        );
+    }
+
+    #[test]
+    fn backoff_never_overflows() {
+        let mut backoff = Backoff::new(ReconnectPolicy {
+            min: Duration::from_secs(3600),
+            max: Duration::from_secs(30),
+            stable_after: Duration::from_secs(1),
+        });
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        for _ in 0..100 {
+            assert!(backoff.next_delay(&mut rng) <= Duration::from_secs(30));
+        }
+    }
+
+    #[test]
+    fn stop_handle_wakes_registered_wakers_once() {
+        let stop = StopHandle::new();
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = hits.clone();
+        stop.on_stop(move || {
+            seen.fetch_add(1, Ordering::SeqCst);
+        });
+        stop.request_stop();
+        stop.request_stop();
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+        stop.fail("refused".into());
+        assert_eq!(stop.fatal().as_deref(), Some("refused"));
+    }
+}

@@ -1,0 +1,363 @@
+//! `WorkerSession`: one connection's protocol machine plus the handlers that
+//! answer its tasks, the timers of delayed results, task counts and the
+//! formatted byte totals.
+//!
+//! It is what both runtimes drive, so nothing above the socket branches on the
+//! runtime: a runtime reads bytes into [`WorkerSession::recv_space`], reports
+//! them with [`WorkerSession::on_received`], writes what
+//! [`WorkerSession::take_output`] returns, tells [`WorkerSession::on_flushed`]
+//! when everything is on the wire, and calls
+//! [`WorkerSession::handle_timeout`] at [`WorkerSession::poll_timeout`]. It
+//! never touches a socket and never reads the clock for protocol decisions
+//! (time comes in as arguments).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::format::format_bytes;
+use crate::handlers::{HandlerRegistry, Reply, TaskFailure};
+use crate::protocol::machine::{MachineConfig, NotInFlight};
+use crate::protocol::{
+    CloseReason, Event, Hello, Phase, TaskOutcome, WorkerMachine, PROTOCOL_VERSION,
+};
+use crate::stats::{SessionState, SessionStats};
+
+/// What every connection of an agent shares.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub worker_id: String,
+    pub runtime: &'static str,
+    pub max_body: u32,
+    pub max_in_flight: u32,
+    pub token: Option<String>,
+    pub handshake_timeout: Duration,
+}
+
+impl SessionConfig {
+    fn hello(&self, session: u32, handlers: &HandlerRegistry) -> Hello {
+        Hello {
+            protocol: PROTOCOL_VERSION,
+            worker: self.worker_id.clone(),
+            session,
+            runtime: self.runtime.to_owned(),
+            max_body: self.max_body,
+            max_in_flight: self.max_in_flight,
+            handlers: handlers.names(),
+            token: self.token.clone(),
+        }
+    }
+}
+
+/// A task whose output is ready but due later (the `sleep` handler).
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Delayed {
+    due: Instant,
+    seq: u64,
+    id: u64,
+    output: Result<Vec<u8>, (&'static str, String)>,
+}
+
+/// One connection of one session, above the socket.
+#[derive(Debug)]
+pub struct WorkerSession {
+    index: u32,
+    machine: WorkerMachine,
+    handlers: HandlerRegistry,
+    stats: Arc<SessionStats>,
+    scratch: Vec<u8>,
+    delayed: BinaryHeap<Reverse<Delayed>>,
+    delayed_seq: u64,
+    tasks_this_connection: u64,
+    closed: Option<CloseReason>,
+    welcomed_at: Option<Instant>,
+}
+
+impl WorkerSession {
+    /// A session for a connection that came up at `now`. HELLO is queued.
+    pub fn new(
+        index: u32,
+        config: &SessionConfig,
+        handlers: HandlerRegistry,
+        stats: Arc<SessionStats>,
+        now: Instant,
+    ) -> Self {
+        let mut machine_config = MachineConfig::new(config.hello(index, &handlers));
+        machine_config.handshake_timeout = config.handshake_timeout;
+        stats.set_state(SessionState::Handshaking);
+        WorkerSession {
+            index,
+            machine: WorkerMachine::new(machine_config, now),
+            handlers,
+            stats,
+            scratch: Vec::new(),
+            delayed: BinaryHeap::new(),
+            delayed_seq: 0,
+            tasks_this_connection: 0,
+            closed: None,
+            welcomed_at: None,
+        }
+    }
+
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    pub fn stats(&self) -> &Arc<SessionStats> {
+        &self.stats
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.machine.phase()
+    }
+
+    /// Whether the runtime should read from the socket now.
+    pub fn wants_read(&self) -> bool {
+        self.machine.wants_read()
+    }
+
+    /// How many bytes the next read should ask for, given a preferred chunk.
+    pub fn recv_hint(&self, chunk: usize) -> usize {
+        self.machine.recv_hint(chunk)
+    }
+
+    /// Space to read into directly.
+    pub fn recv_space(&mut self, min: usize) -> &mut [u8] {
+        self.machine.recv_space(min)
+    }
+
+    /// `n` bytes were read into [`WorkerSession::recv_space`]: decode and run
+    /// whatever they complete.
+    pub fn on_received(&mut self, n: usize, now: Instant) {
+        self.machine.handle_received(n, now);
+        self.process(now);
+    }
+
+    /// Bytes read elsewhere, copied in.
+    pub fn on_input(&mut self, bytes: &[u8], now: Instant) {
+        self.machine.handle_input(bytes, now);
+        self.process(now);
+    }
+
+    /// The manager closed its side of the stream.
+    pub fn on_eof(&mut self, now: Instant) {
+        self.machine.handle_eof(now);
+        self.process(now);
+    }
+
+    /// Start a worker-initiated drain.
+    pub fn start_drain(&mut self, now: Instant) {
+        self.machine.start_drain(now);
+        self.process(now);
+    }
+
+    /// The next instant at which [`WorkerSession::handle_timeout`] has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let delayed = self.delayed.peek().map(|Reverse(d)| d.due);
+        match (self.machine.poll_timeout(), delayed) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Fire due timers: delayed results, heartbeats, the handshake timeout.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse(next)) = self.delayed.peek() {
+            if next.due > now {
+                break;
+            }
+            let Some(Reverse(delayed)) = self.delayed.pop() else {
+                break;
+            };
+            let outcome = match &delayed.output {
+                Ok(output) => TaskOutcome::Ok(output),
+                Err((code, message)) => TaskOutcome::Failed { code, message },
+            };
+            self.finish(delayed.id, outcome, now);
+        }
+        self.machine.handle_timeout(now);
+        self.process(now);
+    }
+
+    /// Whether bytes wait to be written.
+    pub fn has_output(&self) -> bool {
+        self.machine.has_output()
+    }
+
+    /// The bytes to write next; `spare` becomes the new (empty) output buffer.
+    pub fn take_output(&mut self, spare: Vec<u8>) -> Vec<u8> {
+        self.machine.take_output(spare)
+    }
+
+    /// The bytes to write next, for runtimes that write in place.
+    pub fn pending_output(&self) -> &[u8] {
+        self.machine.pending_output()
+    }
+
+    /// `n` bytes of [`WorkerSession::pending_output`] were written.
+    pub fn consume_output(&mut self, n: usize) {
+        self.machine.consume_output(n);
+    }
+
+    /// Everything handed out so far is on the wire. This is when GOODBYE is
+    /// written, so its counters are exact.
+    pub fn on_flushed(&mut self, now: Instant) {
+        if self.machine.phase() == Phase::GoodbyeDue && !self.machine.has_output() {
+            self.machine
+                .write_goodbye(self.stats.bytes_sent(), self.stats.bytes_received());
+            self.process(now);
+        }
+    }
+
+    /// Why the connection ended, once it has; flush the output, then close.
+    pub fn closed(&self) -> Option<&CloseReason> {
+        self.closed.as_ref()
+    }
+
+    /// When WELCOME arrived, if it has.
+    pub fn welcomed_at(&self) -> Option<Instant> {
+        self.welcomed_at
+    }
+
+    /// Tasks read and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.machine.in_flight()
+    }
+
+    /// RESULTs written on this connection.
+    pub fn tasks_this_connection(&self) -> u64 {
+        self.tasks_this_connection
+    }
+
+    /// The line logged when the connection ends (AGENT.md).
+    pub fn summary_line(&self) -> String {
+        let sent = self.stats.bytes_sent();
+        let received = self.stats.bytes_received();
+        format!(
+            "session {} closed: sent {} ({} B), received {} ({} B), {} tasks",
+            self.index,
+            format_bytes(sent),
+            sent,
+            format_bytes(received),
+            received,
+            self.tasks_this_connection
+        )
+    }
+
+    fn process(&mut self, now: Instant) {
+        loop {
+            let Some(event) = self.machine.poll_event(now) else {
+                break;
+            };
+            match event {
+                Event::Welcomed(welcome) => {
+                    self.welcomed_at = Some(now);
+                    self.stats
+                        .set_state(if self.machine.phase() == Phase::Active {
+                            SessionState::Connected
+                        } else {
+                            SessionState::Draining
+                        });
+                    self.stats.set_last_error(None);
+                    tracing::info!(
+                        session = self.index,
+                        manager = %welcome.manager,
+                        manager_max_body = welcome.max_body,
+                        heartbeat_ms = welcome.heartbeat_ms,
+                        "session {} connected: WELCOME from manager {:?}",
+                        self.index,
+                        welcome.manager
+                    );
+                }
+                Event::Task(task) => {
+                    self.scratch.clear();
+                    let reply = self
+                        .handlers
+                        .call(task.handler, task.payload, &mut self.scratch);
+                    let id = task.id;
+                    match reply {
+                        Ok(Reply::Ready) => {
+                            let output = std::mem::take(&mut self.scratch);
+                            self.finish(id, TaskOutcome::Ok(&output), now);
+                            self.scratch = output;
+                        }
+                        Ok(Reply::After(delay)) => {
+                            let output = if self.scratch.is_empty() {
+                                Vec::new()
+                            } else {
+                                self.scratch.clone()
+                            };
+                            self.schedule(id, now + delay, Ok(output));
+                        }
+                        Err(TaskFailure { code, message }) => {
+                            self.finish(
+                                id,
+                                TaskOutcome::Failed {
+                                    code,
+                                    message: &message,
+                                },
+                                now,
+                            );
+                        }
+                    }
+                }
+                Event::DrainRequested => {
+                    self.stats.set_state(SessionState::Draining);
+                    tracing::info!(
+                        session = self.index,
+                        "session {}: manager asked for a drain",
+                        self.index
+                    );
+                }
+                Event::Closed(reason) => {
+                    if !reason.is_graceful() {
+                        self.stats.set_last_error(Some(reason.to_string()));
+                    }
+                    self.closed = Some(reason);
+                }
+            }
+        }
+        if self.machine.phase() == Phase::Draining(crate::protocol::DrainOrigin::Worker) {
+            self.stats.set_state(SessionState::Draining);
+        }
+        self.stats.set_in_flight(self.machine.in_flight());
+    }
+
+    fn schedule(&mut self, id: u64, due: Instant, output: Result<Vec<u8>, (&'static str, String)>) {
+        self.delayed_seq += 1;
+        self.delayed.push(Reverse(Delayed {
+            due,
+            seq: self.delayed_seq,
+            id,
+            output,
+        }));
+    }
+
+    fn finish(&mut self, id: u64, outcome: TaskOutcome<'_>, now: Instant) {
+        match self.machine.complete_task(id, outcome, now) {
+            Ok(()) => {
+                self.tasks_this_connection += 1;
+                self.stats
+                    .record_task(outcome_is_ok(&outcome, self.machine.peer_max_body()));
+            }
+            Err(NotInFlight(id)) => {
+                tracing::error!(
+                    session = self.index,
+                    task = id,
+                    "internal: completed a task that is not in flight"
+                );
+            }
+        }
+    }
+}
+
+fn outcome_is_ok(outcome: &TaskOutcome<'_>, peer_max_body: u32) -> bool {
+    match outcome {
+        TaskOutcome::Ok(output) => output.len() <= peer_max_body as usize,
+        TaskOutcome::Failed { .. } => false,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,258 @@
+//! Live numbers shared between the runtime threads and their observers.
+//!
+//! Each session has a [`SessionStats`] of atomics that its runtime updates and
+//! that the status endpoint, the metrics exporter and the logs read; the
+//! process-wide totals live in [`AgentStats`]. Writers are the runtimes only
+//! (bytes through [`crate::runtime::ByteCounters`], the rest through the
+//! session layer); everything here is lock-free on the hot path.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use crate::format::format_bytes;
+
+/// Where a session stands, as shown by `/status` and the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum SessionState {
+    /// Not connected; waiting out the back-off before the next dial.
+    Disconnected = 0,
+    /// Dialling the manager.
+    Connecting = 1,
+    /// Connected, HELLO sent, waiting for WELCOME.
+    Handshaking = 2,
+    /// WELCOME received: tasks flow.
+    Connected = 3,
+    /// Finishing in-flight tasks before GOODBYE.
+    Draining = 4,
+    /// Ended for good (the agent is stopping or was refused).
+    Stopped = 5,
+}
+
+impl SessionState {
+    fn from_u8(value: u8) -> SessionState {
+        match value {
+            1 => SessionState::Connecting,
+            2 => SessionState::Handshaking,
+            3 => SessionState::Connected,
+            4 => SessionState::Draining,
+            5 => SessionState::Stopped,
+            _ => SessionState::Disconnected,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Disconnected => "disconnected",
+            SessionState::Connecting => "connecting",
+            SessionState::Handshaking => "handshaking",
+            SessionState::Connected => "connected",
+            SessionState::Draining => "draining",
+            SessionState::Stopped => "stopped",
+        }
+    }
+}
+
+/// One session's live numbers. `bytes_*` count the current connection and
+/// are reset when it redials; `tasks_*` count since the agent started.
+#[derive(Debug)]
+pub struct SessionStats {
+    pub index: u32,
+    state: AtomicU8,
+    pub(crate) bytes_sent: AtomicU64,
+    pub(crate) bytes_received: AtomicU64,
+    tasks_ok: AtomicU64,
+    tasks_failed: AtomicU64,
+    in_flight: AtomicU64,
+    connections: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl SessionStats {
+    pub fn new(index: u32) -> Self {
+        SessionStats {
+            index,
+            state: AtomicU8::new(SessionState::Disconnected as u8),
+            bytes_sent: AtomicU64::new(0),
+            bytes_received: AtomicU64::new(0),
+            tasks_ok: AtomicU64::new(0),
+            tasks_failed: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    pub fn state(&self) -> SessionState {
+        SessionState::from_u8(self.state.load(Relaxed))
+    }
+
+    pub fn set_state(&self, state: SessionState) {
+        self.state.store(state as u8, Relaxed);
+    }
+
+    /// Bytes written on the current connection.
+    pub fn bytes_sent(&self) -> u64 {
+        self.bytes_sent.load(Relaxed)
+    }
+
+    /// Bytes read on the current connection.
+    pub fn bytes_received(&self) -> u64 {
+        self.bytes_received.load(Relaxed)
+    }
+
+    pub fn tasks_ok(&self) -> u64 {
+        self.tasks_ok.load(Relaxed)
+    }
+
+    pub fn tasks_failed(&self) -> u64 {
+        self.tasks_failed.load(Relaxed)
+    }
+
+    /// RESULTs written since the agent started.
+    pub fn tasks_done(&self) -> u64 {
+        self.tasks_ok() + self.tasks_failed()
+    }
+
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Relaxed)
+    }
+
+    /// Connections that completed a dial.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Relaxed)
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|guard| guard.clone())
+    }
+
+    pub(crate) fn record_task(&self, ok: bool) {
+        if ok {
+            self.tasks_ok.fetch_add(1, Relaxed);
+        } else {
+            self.tasks_failed.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub(crate) fn set_in_flight(&self, n: usize) {
+        self.in_flight.store(n as u64, Relaxed);
+    }
+
+    /// A new connection: the per-connection byte gauges start from 0.
+    pub(crate) fn begin_connection(&self) {
+        self.bytes_sent.store(0, Relaxed);
+        self.bytes_received.store(0, Relaxed);
+        self.in_flight.store(0, Relaxed);
+        self.connections.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn set_last_error(&self, error: Option<String>) {
+        if let Ok(mut guard) = self.last_error.lock() {
+            *guard = error;
+        }
+    }
+
+    /// A snapshot for `/status`.
+    pub fn snapshot(&self) -> SessionSnapshot {
+        let bytes_sent = self.bytes_sent();
+        let bytes_received = self.bytes_received();
+        SessionSnapshot {
+            session: self.index,
+            state: self.state(),
+            bytes_sent,
+            bytes_received,
+            bytes_sent_formatted: format_bytes(bytes_sent),
+            bytes_received_formatted: format_bytes(bytes_received),
+            tasks_done: self.tasks_done(),
+            tasks_failed: self.tasks_failed(),
+            in_flight: self.in_flight(),
+            connections: self.connections(),
+            last_error: self.last_error(),
+        }
+    }
+}
+
+/// One session in `/status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SessionSnapshot {
+    pub session: u32,
+    pub state: SessionState,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub bytes_sent_formatted: String,
+    pub bytes_received_formatted: String,
+    pub tasks_done: u64,
+    pub tasks_failed: u64,
+    pub in_flight: u64,
+    pub connections: u64,
+    pub last_error: Option<String>,
+}
+
+/// The whole agent: every session plus process-wide totals that never go back.
+#[derive(Debug)]
+pub struct AgentStats {
+    pub worker_id: String,
+    pub runtime: &'static str,
+    pub sessions: Vec<Arc<SessionStats>>,
+    pub(crate) bytes_sent_total: AtomicU64,
+    pub(crate) bytes_received_total: AtomicU64,
+    reconnects_total: AtomicU64,
+    stop_requested: AtomicBool,
+}
+
+impl AgentStats {
+    pub fn new(worker_id: String, runtime: &'static str, sessions: u32) -> Self {
+        AgentStats {
+            worker_id,
+            runtime,
+            sessions: (0..sessions)
+                .map(|i| Arc::new(SessionStats::new(i)))
+                .collect(),
+            bytes_sent_total: AtomicU64::new(0),
+            bytes_received_total: AtomicU64::new(0),
+            reconnects_total: AtomicU64::new(0),
+            stop_requested: AtomicBool::new(false),
+        }
+    }
+
+    /// Bytes written by every session on every connection since start.
+    pub fn bytes_sent_total(&self) -> u64 {
+        self.bytes_sent_total.load(Relaxed)
+    }
+
+    /// Bytes read by every session on every connection since start.
+    pub fn bytes_received_total(&self) -> u64 {
+        self.bytes_received_total.load(Relaxed)
+    }
+
+    /// Dial attempts after each session's first.
+    pub fn reconnects_total(&self) -> u64 {
+        self.reconnects_total.load(Relaxed)
+    }
+
+    pub(crate) fn record_reconnect(&self) {
+        self.reconnects_total.fetch_add(1, Relaxed);
+    }
+
+    pub fn stop_requested(&self) -> bool {
+        self.stop_requested.load(Relaxed)
+    }
+
+    pub(crate) fn mark_stop_requested(&self) {
+        self.stop_requested.store(true, Relaxed);
+    }
+
+    /// Sessions that have completed their handshake (for `/readyz`).
+    pub fn connected_sessions(&self) -> usize {
+        self.sessions
+            .iter()
+            .filter(|s| matches!(s.state(), SessionState::Connected | SessionState::Draining))
+            .count()
+    }
+
+    pub fn tasks_done(&self) -> u64 {
+        self.sessions.iter().map(|s| s.tasks_done()).sum()
+    }
+}
