@@ -447,8 +447,13 @@ pub fn parse_file(text: &str) -> Result<FileConfig, String> {
     toml::from_str::<FileConfig>(text).map_err(|err| {
         let line = err
             .span()
-            .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
-        let message = err.message().trim().to_owned();
+            .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+        let mut message = err.message().trim().to_owned();
+        if let Some(field) = message.strip_prefix("unknown field ") {
+            // Name the key; the list of every accepted spelling is noise.
+            let key = field.split(", expected").next().unwrap_or(field).to_owned();
+            message = format!("unknown key {key} (see `ringworker run --help` for the keys)");
+        }
         match line {
             Some(line) => format!("line {line}: {message}"),
             None => message,
@@ -544,6 +549,33 @@ mod tests {
         assert_eq!(config.manager, Endpoint::Unix("/tmp/m.sock".into()));
         assert_eq!(config.sessions, 8);
         assert_eq!(config.max_body, 1 << 20);
+    }
+
+    #[derive(clap::Parser)]
+    struct TestCli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    #[test]
+    fn precedence_is_flags_then_env_then_file_then_defaults() {
+        use clap::Parser;
+        // The only test that touches RINGWORKER_* variables.
+        std::env::set_var("RINGWORKER_SESSIONS", "5");
+        std::env::set_var("RINGWORKER_WORKER_ID", "from-env");
+        let parsed = TestCli::try_parse_from(["ringworker", "--worker-id", "from-flag"]);
+        std::env::remove_var("RINGWORKER_SESSIONS");
+        std::env::remove_var("RINGWORKER_WORKER_ID");
+        let args = parsed.unwrap().run;
+        let file = parse_file(
+            "manager = \"tcp://127.0.0.1:1\"\nsessions = 9\nworker_id = \"from-file\"\nmax_in_flight = 3\n",
+        )
+        .unwrap();
+        let config = Config::merge(&args, file).unwrap();
+        assert_eq!(config.worker_id, "from-flag", "flag beats env and file");
+        assert_eq!(config.sessions, 5, "env beats file");
+        assert_eq!(config.max_in_flight, 3, "file beats default");
+        assert_eq!(config.drain_timeout, Duration::from_secs(30), "default");
     }
 
     #[test]

@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the agent: dial the manager and serve tasks until SIGTERM / SIGINT
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Zero-setup tour: an embedded manager on loopback drives an agent with a verified workload
     Demo(DemoArgs),
     /// Validate a config file and print the effective configuration (secrets redacted)

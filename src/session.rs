@@ -246,10 +246,7 @@ impl WorkerSession {
     }
 
     fn process(&mut self, now: Instant) {
-        loop {
-            let Some(event) = self.machine.poll_event(now) else {
-                break;
-            };
+        while let Some(event) = self.machine.poll_event(now) {
             match event {
                 Event::Welcomed(welcome) => {
                     self.welcomed_at = Some(now);

@@ -395,12 +395,9 @@ fn run_connection(
     if broken.is_none() && outcome.abandoned == 0 {
         let _ = stream.shutdown(Shutdown::Write);
         let linger_until = Instant::now() + LINGER;
-        while !reader_done {
-            match chunk_rx.recv_deadline(linger_until) {
-                Ok(ReadEvent::Data(buf, _)) => {
-                    let _ = recycle_tx.try_send(buf);
-                }
-                _ => break,
+        if !reader_done {
+            while let Ok(ReadEvent::Data(buf, _)) = chunk_rx.recv_deadline(linger_until) {
+                let _ = recycle_tx.try_send(buf);
             }
         }
     }

@@ -1,0 +1,287 @@
+//! The `ringworker` binary as an operator runs it: signals, exit codes and
+//! one-line errors.
+
+// Tests unwrap freely: a panic is a failed test with its location.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{accept_with, tcp_listener, TIMEOUT};
+use ringworker::manager::{ManagerConfig, ManagerEvent};
+use ringworker::runtime::RuntimeKind;
+
+for_each_runtime!(
+    sigterm_drains_in_flight_tasks_then_exits_zero,
+    refused_hello_exits_non_zero_with_the_reason,
+);
+
+fn agent_command(manager: &str, runtime: RuntimeKind) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ringworker"));
+    command
+        .args([
+            "run",
+            "--manager",
+            manager,
+            "--runtime",
+            runtime.as_str(),
+            "--metrics-addr",
+            "off",
+        ])
+        .args(["--reconnect-min", "20", "--reconnect-max", "200"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Wait for a child with a deadline; kill it (by its own PID) if it overstays.
+fn wait_with_deadline(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("agent did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn stderr_of(child: &mut Child) -> String {
+    let mut text = String::new();
+    if let Some(mut err) = child.stderr.take() {
+        let _ = err.read_to_string(&mut text);
+    }
+    text
+}
+
+/// Signal a child we spawned, by its PID.
+fn send_signal(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .args(["-s", signal, &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -s {signal} failed");
+}
+
+fn sigterm_drains_in_flight_tasks_then_exits_zero(runtime: RuntimeKind) {
+    let listener = tcp_listener();
+    let endpoint = listener.local_endpoint().unwrap().to_string();
+    let mut child = agent_command(&endpoint, runtime)
+        .spawn()
+        .expect("spawn agent");
+    let (mut conn, _) = accept_with(&listener, ManagerConfig::default());
+    let mut pending = HashSet::new();
+    for id in 1..=8u64 {
+        conn.send_task(id, "sleep", &300u32.to_be_bytes(), true)
+            .unwrap();
+        pending.insert(id);
+    }
+    let mut acks = 0;
+    while acks < 8 {
+        if let ManagerEvent::Ack { .. } = conn.next_event(TIMEOUT).unwrap() {
+            acks += 1;
+        }
+    }
+    send_signal(&child, "TERM");
+    let mut saw_drain = false;
+    let (counts, goodbye_len) = loop {
+        match conn.next_event(TIMEOUT).expect("drain completes") {
+            ManagerEvent::Drain => saw_drain = true,
+            ManagerEvent::Result { id, failed, .. } => {
+                assert!(!failed, "task {id} must finish");
+                assert!(pending.remove(&id));
+            }
+            ManagerEvent::Goodbye { counts, frame_len } => {
+                break (counts.expect("counts"), frame_len)
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert!(saw_drain, "DRAIN precedes the GOODBYE");
+    assert!(
+        pending.is_empty(),
+        "every accepted task answered: {pending:?}"
+    );
+    conn.read_to_end(TIMEOUT).expect("agent closes");
+    assert_eq!(counts.bytes_received, conn.bytes_sent());
+    assert_eq!(
+        counts.bytes_sent + goodbye_len as u64,
+        conn.bytes_received()
+    );
+    drop(conn);
+    let status = wait_with_deadline(&mut child, TIMEOUT);
+    let stderr = stderr_of(&mut child);
+    assert!(status.success(), "exit {status}, stderr:\n{stderr}");
+    assert!(
+        stderr.contains("session 0 closed: sent "),
+        "summary line logged:\n{stderr}"
+    );
+}
+
+fn refused_hello_exits_non_zero_with_the_reason(runtime: RuntimeKind) {
+    let listener = tcp_listener();
+    let endpoint = listener.local_endpoint().unwrap().to_string();
+    let mut child = agent_command(&endpoint, runtime)
+        .spawn()
+        .expect("spawn agent");
+    let config = ManagerConfig {
+        token: Some("the-right-token".into()),
+        ..ManagerConfig::default()
+    };
+    let stream = listener.accept().unwrap();
+    let mut conn = ringworker::manager::ManagerConn::new(stream, config);
+    assert!(
+        conn.handshake(TIMEOUT).is_err(),
+        "a HELLO without the token is refused"
+    );
+    let status = wait_with_deadline(&mut child, TIMEOUT);
+    let stderr = stderr_of(&mut child);
+    assert_eq!(status.code(), Some(1), "stderr:\n{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("unauthorized"),
+        "last line names the reason: {last}"
+    );
+    assert!(!stderr.contains("the-right-token"));
+}
+
+#[test]
+fn bad_endpoint_is_one_line_and_exit_two() {
+    let output = Command::new(env!("CARGO_BIN_EXE_ringworker"))
+        .args([
+            "run",
+            "--manager",
+            "localhost:7000",
+            "--metrics-addr",
+            "off",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("no scheme"), "{stderr}");
+}
+
+#[test]
+fn missing_manager_says_how_to_give_one() {
+    let output = Command::new(env!("CARGO_BIN_EXE_ringworker"))
+        .args(["run", "--metrics-addr", "off"])
+        .env_remove("RINGWORKER_MANAGER")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--manager"), "{stderr}");
+}
+
+#[test]
+fn unreachable_manager_does_not_spin_and_stops_on_sigterm() {
+    // Bind then drop: nothing listens on that port.
+    let endpoint = tcp_listener().local_endpoint().unwrap().to_string();
+    let mut child = agent_command(&endpoint, RuntimeKind::Blocking)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(child.try_wait().unwrap().is_none(), "agent keeps retrying");
+    send_signal(&child, "TERM");
+    let status = wait_with_deadline(&mut child, TIMEOUT);
+    let stderr = stderr_of(&mut child);
+    assert!(status.success(), "{stderr}");
+    let attempts = stderr.matches("cannot reach manager").count();
+    assert!(
+        (1..=20).contains(&attempts),
+        "backs off instead of spinning: {attempts} attempts in 0.8 s\n{stderr}"
+    );
+    assert!(stderr.contains("Connection refused"), "{stderr}");
+}
+
+#[test]
+fn check_config_redacts_the_token_and_names_unknown_keys() {
+    let dir = std::env::temp_dir().join(format!("rw-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = dir.join("token");
+    std::fs::write(&token, "very-secret-token\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "manager = \"tcp://127.0.0.1:7000\"\nsessions = 3\ntoken_file = \"{}\"\n",
+            token.display()
+        ),
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_ringworker"))
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("sessions = 3"), "{stdout}");
+    assert!(stdout.contains("token = \"<redacted>\""), "{stdout}");
+    assert!(!stdout.contains("very-secret-token"));
+
+    std::fs::write(
+        &config,
+        "manager = \"tcp://127.0.0.1:7000\"\nmax_bodyy = 5\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_ringworker"))
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr.contains("max_bodyy") && stderr.contains("line 2"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn help_explains_every_option() {
+    let output = Command::new(env!("CARGO_BIN_EXE_ringworker"))
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&output.stdout);
+    for option in [
+        "--manager",
+        "--runtime",
+        "--sessions",
+        "--threads",
+        "--max-in-flight",
+        "--max-body",
+        "--worker-id",
+        "--token-file",
+        "--metrics-addr",
+        "--reconnect-min",
+        "--reconnect-max",
+        "--config",
+        "--log-format",
+        "--drain-timeout",
+        "--tls-ca",
+        "--tls-cert",
+        "--tls-key",
+        "--tls-server-name",
+    ] {
+        assert!(help.contains(option), "--help lacks {option}");
+    }
+}
