@@ -10,7 +10,8 @@ use std::time::Duration;
 use crate::config::{Config, RuntimeChoice};
 use crate::handlers::HandlerRegistry;
 use crate::runtime::{
-    AgentPlan, BlockingRuntime, ReconnectPolicy, RunReport, RuntimeError, RuntimeMode, StopHandle,
+    uring, AgentPlan, BlockingRuntime, ReconnectPolicy, RunReport, RuntimeError, RuntimeMode,
+    StopHandle, UringRuntime,
 };
 use crate::session::SessionConfig;
 use crate::stats::AgentStats;
@@ -45,27 +46,26 @@ pub fn plan_from_config(config: &Config, handlers: HandlerRegistry) -> AgentPlan
     }
 }
 
-/// Choose the engine for `choice`. `auto` falls back to blocking with one
-/// log line that says why; `uring` fails with that same reason.
+/// Choose the engine for `choice`. `auto` probes io_uring and falls back to
+/// blocking with one log line that says why; `uring` fails with that same
+/// reason.
 pub fn select_runtime(
     choice: RuntimeChoice,
     plan: AgentPlan,
 ) -> Result<Box<dyn RuntimeMode>, RuntimeError> {
     match choice {
         RuntimeChoice::Blocking => Ok(Box::new(BlockingRuntime::new(plan))),
-        RuntimeChoice::Uring => Err(RuntimeError::UringUnavailable(uring_unavailable_reason())),
-        RuntimeChoice::Auto => {
-            tracing::warn!(
-                "runtime auto: using blocking because io_uring is unavailable: {}",
-                uring_unavailable_reason()
-            );
-            Ok(Box::new(BlockingRuntime::new(plan)))
-        }
+        RuntimeChoice::Uring => Ok(Box::new(UringRuntime::new(plan)?)),
+        RuntimeChoice::Auto => match uring::probe() {
+            Ok(()) => Ok(Box::new(UringRuntime::new(plan)?)),
+            Err(reason) => {
+                tracing::warn!(
+                    "runtime auto: io_uring unavailable, using the blocking runtime: {reason}"
+                );
+                Ok(Box::new(BlockingRuntime::new(plan)))
+            }
+        },
     }
-}
-
-fn uring_unavailable_reason() -> String {
-    "this build has no io_uring engine".to_owned()
 }
 
 /// A started agent.

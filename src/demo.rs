@@ -119,7 +119,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<bool> {
     let elapsed = start.elapsed();
     sending.store(false, Relaxed);
     // Let the drivers collect their outstanding results, then drain the agent.
-    while drivers.iter().any(|d| !d.is_finished())
+    while drivers.iter().any(|(_, d)| !d.is_finished())
         && !stats.sessions.iter().all(|s| s.in_flight() == 0)
     {
         thread::sleep(Duration::from_millis(10));
@@ -132,7 +132,8 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<bool> {
     let mut all_ok = run_report.is_clean();
     let mut total = DriverReport::default();
     println!("\nsession  tasks ok  failed  wrong  lost  agent sent            agent received        accounting");
-    for (session, driver) in drivers.into_iter().enumerate() {
+    drivers.sort_by_key(|(index, _)| *index);
+    for (session, driver) in drivers {
         let report = driver
             .join()
             .map_err(|_| anyhow::anyhow!("driver thread panicked"))?;
@@ -144,7 +145,9 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<bool> {
             None => false,
         };
         all_ok &= exact && report.wrong == 0 && report.lost == 0;
-        let s = &stats.sessions[session];
+        let Some(s) = stats.sessions.get(session as usize) else {
+            anyhow::bail!("the agent reported session {session}, which it does not have");
+        };
         println!(
             "{:>7}  {:>8}  {:>6}  {:>5}  {:>4}  {:<20}  {:<20}  {}",
             session,

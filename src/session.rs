@@ -230,6 +230,28 @@ impl WorkerSession {
         self.tasks_this_connection
     }
 
+    /// Log how the connection ended: a warning with the reason when it was
+    /// not graceful (`broken` is set when the socket failed under it), then
+    /// the totals line.
+    pub fn log_end(&self, broken: Option<&str>) {
+        let index = self.index;
+        match (&self.closed, broken) {
+            (Some(reason), None) if reason.is_graceful() => {}
+            (Some(reason), None) => tracing::warn!(session = index, "session {index}: {reason}"),
+            (_, Some(why)) => {
+                let lost = self.in_flight();
+                self.stats.set_last_error(Some(why.to_owned()));
+                tracing::warn!(
+                    session = index,
+                    lost,
+                    "session {index}: {why}; {lost} tasks in flight lost to it"
+                );
+            }
+            (None, None) => {}
+        }
+        tracing::info!(session = index, "{}", self.summary_line());
+    }
+
     /// The line logged when the connection ends (AGENT.md).
     pub fn summary_line(&self) -> String {
         let sent = self.stats.bytes_sent();

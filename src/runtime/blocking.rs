@@ -300,7 +300,7 @@ fn run_connection(
             if session.has_output() {
                 let buf = session.take_output(std::mem::take(&mut spare));
                 if write_tx.send(buf).is_err() {
-                    broken = Some("the writer thread ended".to_owned());
+                    broken = Some("connection lost: the writer thread ended".to_owned());
                     break;
                 }
                 writer_busy = true;
@@ -357,11 +357,11 @@ fn run_connection(
                     session.on_eof(Instant::now());
                 }
                 Ok(ReadEvent::Failed(err)) => {
-                    broken = Some(format!("read failed: {err}"));
+                    broken = Some(format!("connection lost: read failed: {err}"));
                     break;
                 }
                 Err(_) => {
-                    broken = Some("the reader thread ended".to_owned());
+                    broken = Some("connection lost: the reader thread ended".to_owned());
                     break;
                 }
             },
@@ -371,11 +371,11 @@ fn run_connection(
                     spare = buf;
                 }
                 Ok(Err(err)) => {
-                    broken = Some(format!("write failed: {err}"));
+                    broken = Some(format!("connection lost: write failed: {err}"));
                     break;
                 }
                 Err(_) => {
-                    broken = Some("the writer thread ended".to_owned());
+                    broken = Some("connection lost: the writer thread ended".to_owned());
                     break;
                 }
             },
@@ -411,28 +411,7 @@ fn run_connection(
         .welcomed_at()
         .map_or(Duration::ZERO, |at| at.elapsed());
     let reason = session.closed().cloned();
-    match (&reason, &broken) {
-        (Some(reason), None) if reason.is_graceful() => {
-            tracing::info!(session = index, "{}", session.summary_line());
-        }
-        (Some(reason), _) => {
-            tracing::warn!(session = index, "session {index}: {reason}");
-            tracing::info!(session = index, "{}", session.summary_line());
-        }
-        (None, Some(why)) => {
-            let lost = session.in_flight();
-            stats.set_last_error(Some(format!("connection lost: {why}")));
-            tracing::warn!(
-                session = index,
-                lost,
-                "session {index}: connection lost: {why}; {lost} tasks in flight lost to it"
-            );
-            tracing::info!(session = index, "{}", session.summary_line());
-        }
-        (None, None) => {
-            tracing::info!(session = index, "{}", session.summary_line());
-        }
-    }
+    session.log_end(broken.as_deref());
     stats.set_in_flight(0);
     outcome.reason = reason;
     outcome

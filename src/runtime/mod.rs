@@ -8,6 +8,7 @@
 //! `recv_raw` per runtime, through [`ByteCounters`].
 
 pub mod blocking;
+pub mod uring;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,6 +22,7 @@ use crate::stats::{AgentStats, SessionStats};
 use crate::transport::Endpoint;
 
 pub use blocking::BlockingRuntime;
+pub use uring::UringRuntime;
 
 /// Which engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

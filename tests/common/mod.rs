@@ -92,5 +92,13 @@ macro_rules! for_each_runtime {
                 }
             )*
         }
+        mod uring {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(ringworker::runtime::RuntimeKind::Uring);
+                }
+            )*
+        }
     };
 }

@@ -1,0 +1,898 @@
+//! One io_uring event loop: a thread, a ring, a provided-buffer ring, and the
+//! sessions assigned to this thread.
+//!
+//! Every socket read and write is a submission and a completion; the only
+//! syscall in steady state is `io_uring_enter`, once per loop iteration, which
+//! submits everything queued and waits for the next completion or timer.
+//! Reads are multishot receives into the shared buffer ring, copied into the
+//! session's frame buffer and the buffer handed straight back. Writes are
+//! coalesced: whatever a session produced while its previous send was in
+//! flight goes out as one send. At most one receive and one send are in
+//! flight per socket, so the stream order is the order of the frames.
+//!
+//! Operation lifetimes: each operation's `user_data` names its slot, the
+//! connection generation and its kind. A completion for an older generation
+//! is stale and only returns its buffer. A socket is closed only when no
+//! operation on it is outstanding, so an fd number is never reused under an
+//! operation that still refers to it.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io;
+use std::net::Shutdown;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use rand::SeedableRng;
+
+use super::bufring::BufRing;
+use crate::runtime::{AgentPlan, Backoff, ByteCounters, StopHandle};
+use crate::session::WorkerSession;
+use crate::stats::{AgentStats, SessionState};
+use crate::transport::Endpoint;
+
+/// Submission queue size; the completion queue is 8 times larger because
+/// multishot receives post many completions per submission.
+pub const RING_ENTRIES: u32 = 1024;
+/// Buffer-ring group id.
+const BUF_GROUP: u16 = 7;
+/// Buffers in each loop's ring, and their size.
+pub const BUF_ENTRIES: u16 = 512;
+pub const BUF_LEN: usize = 16 * 1024;
+/// How long to keep reading after our last frame before closing.
+const LINGER: Duration = Duration::from_secs(2);
+/// How long shutdown waits for cancelled operations to complete.
+const REAP_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Kinds of operation, in the top byte of `user_data`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Op {
+    Recv = 1,
+    Send = 2,
+    Connect = 3,
+    Cancel = 4,
+    Wake = 5,
+}
+
+fn user_data(op: Op, generation: u32, slot: u32) -> u64 {
+    (u64::from(op as u8) << 56) | (u64::from(generation & 0x00FF_FFFF) << 32) | u64::from(slot)
+}
+
+fn decode_user_data(data: u64) -> (u8, u32, u32) {
+    (
+        (data >> 56) as u8,
+        ((data >> 32) & 0x00FF_FFFF) as u32,
+        data as u32,
+    )
+}
+
+/// Where a slot's connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotPhase {
+    /// Waiting for `retry_at` before dialling.
+    Idle,
+    /// A connect is in flight.
+    Connecting,
+    /// Connected; the session runs.
+    Open,
+    /// Our last frame is written and our side shut down; reading to EOF.
+    Linger,
+    /// Cancelling the socket's operations; closed when none remain.
+    Teardown,
+    /// Ended for good.
+    Stopped,
+}
+
+/// One session of this loop: the same session index across reconnects.
+struct Slot {
+    index: u32,
+    counters: ByteCounters,
+    stats: Arc<crate::stats::SessionStats>,
+    phase: SlotPhase,
+    generation: u32,
+    socket: Option<socket2::Socket>,
+    address: Option<socket2::SockAddr>,
+    /// Operations submitted on the current socket and not yet completed.
+    inflight: u32,
+    recv_armed: bool,
+    recv_cancelled: bool,
+    teardown_cancelled: bool,
+    send_inflight: bool,
+    send_buf: Vec<u8>,
+    send_off: usize,
+    spare: Vec<u8>,
+    session: Option<Box<WorkerSession>>,
+    backoff: Backoff,
+    retry_at: Instant,
+    deadline: Option<Instant>,
+    drain_deadline: Option<Instant>,
+    linger_until: Option<Instant>,
+    eof: bool,
+    broken: Option<String>,
+    abandoned: u64,
+    dialled_once: bool,
+    dirty: bool,
+    scheduled: Option<Instant>,
+}
+
+/// What a finished loop reports.
+#[derive(Debug, Default)]
+pub struct LoopReport {
+    pub abandoned_tasks: u64,
+}
+
+/// The per-thread loop.
+pub struct EventLoop {
+    ring: IoUring,
+    buffers: Option<BufRing>,
+    slots: Vec<Slot>,
+    plan: Arc<AgentPlan>,
+    agent: Arc<AgentStats>,
+    stop: StopHandle,
+    stop_seen: bool,
+    wake_rx: UnixStream,
+    wake_buf: Box<[u8]>,
+    wake_armed: bool,
+    dirty: Vec<u32>,
+    batch: Vec<u32>,
+    completions: Vec<(u64, i32, u32)>,
+    timers: BinaryHeap<Reverse<(Instant, u32)>>,
+    rng: rand::rngs::SmallRng,
+}
+
+/// Build the ring with the flags this engine relies on.
+pub fn build_ring() -> io::Result<IoUring> {
+    IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_taskrun_flag()
+        .setup_submit_all()
+        .setup_cqsize(RING_ENTRIES * 8)
+        .build(RING_ENTRIES)
+}
+
+impl EventLoop {
+    /// Create the loop on the calling thread (the ring is single-issuer).
+    pub fn new(
+        plan: Arc<AgentPlan>,
+        agent: Arc<AgentStats>,
+        stop: StopHandle,
+        sessions: Vec<u32>,
+        wake_rx: UnixStream,
+    ) -> io::Result<EventLoop> {
+        let ring = build_ring()?;
+        let buffers = BufRing::new(&ring, BUF_GROUP, BUF_ENTRIES, BUF_LEN)?;
+        let now = Instant::now();
+        let slots = sessions
+            .into_iter()
+            .map(|index| {
+                let stats = agent.sessions[index as usize].clone();
+                Slot {
+                    index,
+                    counters: ByteCounters::new(stats.clone(), agent.clone()),
+                    stats,
+                    phase: SlotPhase::Idle,
+                    generation: 0,
+                    socket: None,
+                    address: None,
+                    inflight: 0,
+                    recv_armed: false,
+                    recv_cancelled: false,
+                    teardown_cancelled: false,
+                    send_inflight: false,
+                    send_buf: Vec::new(),
+                    send_off: 0,
+                    spare: Vec::new(),
+                    session: None,
+                    backoff: Backoff::new(plan.reconnect),
+                    retry_at: now,
+                    deadline: None,
+                    drain_deadline: None,
+                    linger_until: None,
+                    eof: false,
+                    broken: None,
+                    abandoned: 0,
+                    dialled_once: false,
+                    dirty: false,
+                    scheduled: None,
+                }
+            })
+            .collect::<Vec<_>>();
+        let dirty = (0..slots.len() as u32).collect();
+        Ok(EventLoop {
+            ring,
+            buffers: Some(buffers),
+            slots,
+            plan,
+            agent,
+            stop,
+            stop_seen: false,
+            wake_rx,
+            wake_buf: vec![0; 64].into_boxed_slice(),
+            wake_armed: false,
+            dirty,
+            batch: Vec::new(),
+            completions: Vec::with_capacity(RING_ENTRIES as usize),
+            timers: BinaryHeap::new(),
+            rng: rand::rngs::SmallRng::from_os_rng(),
+        })
+    }
+
+    /// Run until every session of this loop has stopped.
+    pub fn run(mut self) -> LoopReport {
+        for slot in &self.slots {
+            slot.stats.set_state(SessionState::Disconnected);
+        }
+        loop {
+            if !self.wake_armed {
+                self.arm_wake();
+            }
+            if !self.stop_seen && self.stop.is_requested() {
+                self.stop_seen = true;
+                for i in 0..self.slots.len() {
+                    self.mark_dirty(i as u32);
+                }
+            }
+            self.fire_timers(Instant::now());
+            self.drive_dirty();
+            if self.slots.iter().all(|s| s.phase == SlotPhase::Stopped) {
+                break;
+            }
+            if let Some(buffers) = &self.buffers {
+                buffers.publish();
+            }
+            self.submit_and_wait();
+            self.reap();
+        }
+        self.shutdown()
+    }
+
+    fn submit_and_wait(&mut self) {
+        let now = Instant::now();
+        let timeout = if self.dirty.is_empty() {
+            self.timers
+                .peek()
+                .map(|Reverse((at, _))| at.saturating_duration_since(now))
+        } else {
+            // Work is pending: submit and collect what is ready, but do not sleep.
+            Some(Duration::ZERO)
+        };
+        let result = match timeout {
+            Some(timeout) => {
+                let ts = types::Timespec::new()
+                    .sec(timeout.as_secs())
+                    .nsec(timeout.subsec_nanos());
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+            None => self.ring.submitter().submit_and_wait(1),
+        };
+        if let Err(err) = result {
+            match err.raw_os_error() {
+                Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN) => {}
+                _ => tracing::error!("io_uring_enter failed: {err}"),
+            }
+        }
+    }
+
+    /// Queue a submission, flushing the queue to the kernel if it is full.
+    fn push(&mut self, entry: squeue::Entry) {
+        loop {
+            // SAFETY: every entry we push points only at memory that outlives
+            // its operation: buffers owned by a slot that is not reused or
+            // dropped until the operation's completion arrives (`inflight`),
+            // socket addresses held in the slot likewise, the buffer ring
+            // (unregistered only after all operations end), and the wake
+            // buffer owned by the loop.
+            let pushed = unsafe { self.ring.submission().push(&entry) };
+            if pushed.is_ok() {
+                return;
+            }
+            if let Err(err) = self.ring.submit() {
+                tracing::error!("io_uring submit failed: {err}");
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    fn arm_wake(&mut self) {
+        let entry = opcode::Recv::new(
+            types::Fd(self.wake_rx.as_raw_fd()),
+            self.wake_buf.as_mut_ptr(),
+            self.wake_buf.len() as u32,
+        )
+        .build()
+        .user_data(user_data(Op::Wake, 0, 0));
+        self.push(entry);
+        self.wake_armed = true;
+    }
+
+    fn mark_dirty(&mut self, slot: u32) {
+        let s = &mut self.slots[slot as usize];
+        if !s.dirty {
+            s.dirty = true;
+            self.dirty.push(slot);
+        }
+    }
+
+    fn schedule(&mut self, slot: u32, at: Option<Instant>) {
+        let Some(at) = at else { return };
+        let s = &mut self.slots[slot as usize];
+        // Keep at most one useful entry per slot: only an earlier deadline
+        // needs a new entry; a later one is found when the earlier fires.
+        if s.scheduled.is_some_and(|current| current <= at) {
+            return;
+        }
+        s.scheduled = Some(at);
+        self.timers.push(Reverse((at, slot)));
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(Reverse((at, slot))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let s = &mut self.slots[slot as usize];
+            if s.scheduled == Some(at) {
+                s.scheduled = None;
+            }
+            self.mark_dirty(slot);
+        }
+    }
+
+    fn drive_dirty(&mut self) {
+        // A few rounds: driving one slot can make it dirty again (a write
+        // completes the drain, which queues GOODBYE). What is left after
+        // that waits for the next iteration, which then does not block.
+        for _ in 0..4 {
+            if self.dirty.is_empty() {
+                break;
+            }
+            std::mem::swap(&mut self.dirty, &mut self.batch);
+            for i in 0..self.batch.len() {
+                let slot = self.batch[i];
+                self.slots[slot as usize].dirty = false;
+                self.drive(slot, Instant::now());
+            }
+            self.batch.clear();
+        }
+    }
+
+    /// Move one slot forward: dial, write, arm reads, close, back off.
+    fn drive(&mut self, slot_id: u32, now: Instant) {
+        let stopping = self.stop_seen;
+        let phase = self.slots[slot_id as usize].phase;
+        match phase {
+            SlotPhase::Stopped => {}
+            SlotPhase::Idle => {
+                if stopping {
+                    self.stop_slot(slot_id);
+                } else if now >= self.slots[slot_id as usize].retry_at {
+                    self.dial(slot_id, now);
+                } else {
+                    let at = self.slots[slot_id as usize].retry_at;
+                    self.schedule(slot_id, Some(at));
+                }
+            }
+            SlotPhase::Connecting => {
+                let s = &mut self.slots[slot_id as usize];
+                let timed_out = s.deadline.is_some_and(|d| now >= d);
+                if (stopping || timed_out) && s.broken.is_none() {
+                    s.broken = Some(if stopping {
+                        "stopped while dialling".to_owned()
+                    } else {
+                        format!(
+                            "cannot reach manager {}: connect timed out",
+                            self.plan.endpoint
+                        )
+                    });
+                    self.begin_teardown(slot_id);
+                } else {
+                    let at = s.deadline;
+                    self.schedule(slot_id, at);
+                }
+            }
+            SlotPhase::Open => self.drive_open(slot_id, now),
+            SlotPhase::Linger => {
+                let s = &self.slots[slot_id as usize];
+                if s.eof || s.broken.is_some() || s.linger_until.is_some_and(|t| now >= t) {
+                    self.begin_teardown(slot_id);
+                } else {
+                    let at = s.linger_until;
+                    if !s.recv_armed {
+                        self.arm_recv(slot_id);
+                    }
+                    self.schedule(slot_id, at);
+                }
+            }
+            SlotPhase::Teardown => self.continue_teardown(slot_id, now),
+        }
+    }
+
+    fn drive_open(&mut self, slot_id: u32, now: Instant) {
+        let drain_timeout = self.plan.drain_timeout;
+        let stopping = self.stop_seen;
+        let s = &mut self.slots[slot_id as usize];
+        if s.broken.is_some() {
+            self.begin_teardown(slot_id);
+            return;
+        }
+        let Some(session) = s.session.as_mut() else {
+            self.begin_teardown(slot_id);
+            return;
+        };
+        if stopping && s.drain_deadline.is_none() {
+            s.drain_deadline = Some(now + drain_timeout);
+            session.start_drain(now);
+        }
+        if let Some(deadline) = s.drain_deadline {
+            if now >= deadline && session.closed().is_none() {
+                s.abandoned = session.in_flight() as u64;
+                tracing::error!(
+                    session = s.index,
+                    abandoned = s.abandoned,
+                    "session {}: drain timed out after {:?}: {} tasks abandoned",
+                    s.index,
+                    drain_timeout,
+                    s.abandoned
+                );
+                s.broken = Some("drain timed out".to_owned());
+                self.begin_teardown(slot_id);
+                return;
+            }
+        }
+        if session.poll_timeout().is_some_and(|t| now >= t) {
+            session.handle_timeout(now);
+        }
+        if !s.send_inflight {
+            if !session.has_output() {
+                session.on_flushed(now);
+            }
+            if session.has_output() {
+                let spare = std::mem::take(&mut s.spare);
+                s.send_buf = session.take_output(spare);
+                s.send_off = 0;
+                self.submit_send(slot_id);
+            }
+        }
+        let s = &mut self.slots[slot_id as usize];
+        let Some(session) = s.session.as_ref() else {
+            return;
+        };
+        if session.closed().is_some() {
+            if !s.send_inflight && !session.has_output() {
+                // Everything is written: half-close, then read to EOF.
+                if let Some(socket) = &s.socket {
+                    let _ = socket.shutdown(Shutdown::Write);
+                }
+                s.phase = SlotPhase::Linger;
+                s.linger_until = Some(now + LINGER);
+                self.mark_dirty(slot_id);
+            }
+            return;
+        }
+        let wants_read = session.wants_read() && !s.eof;
+        let timeout = match (session.poll_timeout(), s.drain_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if wants_read && !s.recv_armed {
+            self.arm_recv(slot_id);
+        } else if !wants_read && s.recv_armed && !s.recv_cancelled {
+            self.cancel_recv(slot_id);
+        }
+        self.schedule(slot_id, timeout);
+    }
+
+    fn dial(&mut self, slot_id: u32, now: Instant) {
+        let endpoint = self.plan.endpoint.clone();
+        let s = &mut self.slots[slot_id as usize];
+        if s.dialled_once {
+            self.agent.record_reconnect();
+        }
+        s.dialled_once = true;
+        s.stats.set_state(SessionState::Connecting);
+        let target = match resolve(&endpoint) {
+            Ok(target) => target,
+            Err(err) => {
+                let message = format!("cannot reach manager {endpoint}: {err}");
+                self.dial_failed(slot_id, message, now);
+                return;
+            }
+        };
+        let socket = match socket2::Socket::new(target.domain(), socket2::Type::STREAM, None) {
+            Ok(socket) => socket,
+            Err(err) => {
+                self.dial_failed(slot_id, format!("cannot create a socket: {err}"), now);
+                return;
+            }
+        };
+        if matches!(endpoint, Endpoint::Tcp { .. } | Endpoint::Tls { .. }) {
+            let _ = socket.set_tcp_nodelay(true);
+        }
+        let s = &mut self.slots[slot_id as usize];
+        s.generation = (s.generation + 1) & 0x00FF_FFFF;
+        s.phase = SlotPhase::Connecting;
+        s.deadline = Some(now + self.plan.connect_timeout);
+        s.broken = None;
+        s.eof = false;
+        s.recv_armed = false;
+        s.recv_cancelled = false;
+        s.teardown_cancelled = false;
+        s.send_inflight = false;
+        s.inflight = 1;
+        let fd = socket.as_raw_fd();
+        s.socket = Some(socket);
+        let address = s.address.insert(target);
+        let entry = opcode::Connect::new(
+            types::Fd(fd),
+            address.as_ptr().cast::<libc::sockaddr>(),
+            address.len(),
+        )
+        .build()
+        .user_data(user_data(Op::Connect, s.generation, slot_id));
+        let deadline = s.deadline;
+        self.push(entry);
+        self.schedule(slot_id, deadline);
+    }
+
+    fn dial_failed(&mut self, slot_id: u32, message: String, now: Instant) {
+        let s = &mut self.slots[slot_id as usize];
+        tracing::warn!(session = s.index, "session {}: {message}", s.index);
+        s.stats.set_last_error(Some(message));
+        self.back_off(slot_id, now);
+    }
+
+    fn back_off(&mut self, slot_id: u32, now: Instant) {
+        if self.stop_seen {
+            self.stop_slot(slot_id);
+            return;
+        }
+        let delay = {
+            let s = &mut self.slots[slot_id as usize];
+            s.backoff.next_delay(&mut self.rng)
+        };
+        let s = &mut self.slots[slot_id as usize];
+        s.phase = SlotPhase::Idle;
+        s.stats.set_state(SessionState::Disconnected);
+        s.retry_at = now + delay;
+        let at = s.retry_at;
+        self.schedule(slot_id, Some(at));
+    }
+
+    fn stop_slot(&mut self, slot_id: u32) {
+        let s = &mut self.slots[slot_id as usize];
+        s.phase = SlotPhase::Stopped;
+        s.stats.set_state(SessionState::Stopped);
+    }
+
+    fn arm_recv(&mut self, slot_id: u32) {
+        let s = &mut self.slots[slot_id as usize];
+        let Some(socket) = &s.socket else { return };
+        let entry = opcode::RecvMulti::new(types::Fd(socket.as_raw_fd()), BUF_GROUP)
+            .build()
+            .user_data(user_data(Op::Recv, s.generation, slot_id));
+        s.recv_armed = true;
+        s.recv_cancelled = false;
+        s.inflight += 1;
+        self.push(entry);
+    }
+
+    fn cancel_recv(&mut self, slot_id: u32) {
+        let s = &mut self.slots[slot_id as usize];
+        let target = user_data(Op::Recv, s.generation, slot_id);
+        s.recv_cancelled = true;
+        s.inflight += 1;
+        let entry = opcode::AsyncCancel::new(target)
+            .build()
+            .user_data(user_data(Op::Cancel, s.generation, slot_id));
+        self.push(entry);
+    }
+
+    /// The engine's one `send_raw`: submit the unsent part of `send_buf`.
+    fn submit_send(&mut self, slot_id: u32) {
+        let s = &mut self.slots[slot_id as usize];
+        let Some(socket) = &s.socket else { return };
+        let remaining = &s.send_buf[s.send_off..];
+        let entry = opcode::Send::new(
+            types::Fd(socket.as_raw_fd()),
+            remaining.as_ptr(),
+            remaining.len().min(u32::MAX as usize) as u32,
+        )
+        .flags(libc::MSG_NOSIGNAL)
+        .build()
+        .user_data(user_data(Op::Send, s.generation, slot_id));
+        s.send_inflight = true;
+        s.inflight += 1;
+        self.push(entry);
+    }
+
+    fn begin_teardown(&mut self, slot_id: u32) {
+        let s = &mut self.slots[slot_id as usize];
+        s.phase = SlotPhase::Teardown;
+        self.mark_dirty(slot_id);
+    }
+
+    fn continue_teardown(&mut self, slot_id: u32, now: Instant) {
+        let s = &mut self.slots[slot_id as usize];
+        if s.inflight > 0 {
+            if !s.teardown_cancelled {
+                if let Some(socket) = &s.socket {
+                    s.teardown_cancelled = true;
+                    s.inflight += 1;
+                    let entry = opcode::AsyncCancel2::new(
+                        types::CancelBuilder::fd(types::Fd(socket.as_raw_fd())).all(),
+                    )
+                    .build()
+                    .user_data(user_data(Op::Cancel, s.generation, slot_id));
+                    self.push(entry);
+                }
+            }
+            return;
+        }
+        // No operation refers to the socket any more: close it.
+        s.socket = None;
+        s.send_buf.clear();
+        s.send_inflight = false;
+        s.recv_armed = false;
+        let uptime;
+        let refusal;
+        match s.session.take() {
+            Some(session) => {
+                session.log_end(s.broken.as_deref());
+                uptime = session
+                    .welcomed_at()
+                    .map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
+                refusal = session.closed().filter(|r| r.is_refusal()).cloned();
+                s.stats.set_in_flight(0);
+            }
+            None => {
+                if let Some(why) = &s.broken {
+                    tracing::warn!(session = s.index, "session {}: {why}", s.index);
+                    s.stats.set_last_error(Some(why.clone()));
+                }
+                uptime = Duration::ZERO;
+                refusal = None;
+            }
+        }
+        s.backoff.connection_ended(uptime);
+        s.drain_deadline = None;
+        s.linger_until = None;
+        if let Some(reason) = refusal {
+            let message = format!(
+                "manager {} refused session {}: {reason}",
+                self.plan.endpoint, s.index
+            );
+            tracing::error!(session = s.index, "{message}");
+            self.stop.fail(message);
+            self.stop_seen = true;
+            for i in 0..self.slots.len() {
+                self.mark_dirty(i as u32);
+            }
+            self.stop_slot(slot_id);
+            return;
+        }
+        self.back_off(slot_id, now);
+    }
+
+    fn reap(&mut self) {
+        // Copy completions out first: handling them pushes new submissions.
+        let mut completions = std::mem::take(&mut self.completions);
+        completions.extend(
+            self.ring
+                .completion()
+                .map(|c| (c.user_data(), c.result(), c.flags())),
+        );
+        for &(data, result, flags) in &completions {
+            self.complete(data, result, flags);
+        }
+        completions.clear();
+        self.completions = completions;
+    }
+
+    fn complete(&mut self, data: u64, result: i32, flags: u32) {
+        let (op, generation, slot_id) = decode_user_data(data);
+        let selected = cqueue::buffer_select(flags);
+        if op == Op::Wake as u8 {
+            // A stop request (or the cancel at shutdown): re-armed next round.
+            self.wake_armed = false;
+            return;
+        }
+        let stale = self
+            .slots
+            .get(slot_id as usize)
+            .is_none_or(|s| s.generation != generation || s.socket.is_none());
+        if stale {
+            self.recycle(selected);
+            return;
+        }
+        let now = Instant::now();
+        match op {
+            x if x == Op::Recv as u8 => self.on_recv(slot_id, result, flags, selected, now),
+            x if x == Op::Send as u8 => self.on_send(slot_id, result),
+            x if x == Op::Connect as u8 => self.on_connect(slot_id, result, now),
+            _ => {
+                let s = &mut self.slots[slot_id as usize];
+                s.inflight = s.inflight.saturating_sub(1);
+            }
+        }
+        self.mark_dirty(slot_id);
+    }
+
+    fn recycle(&mut self, selected: Option<u16>) {
+        if let (Some(bid), Some(buffers)) = (selected, self.buffers.as_mut()) {
+            buffers.push(bid);
+        }
+    }
+
+    /// The engine's one `recv_raw`: a receive completion.
+    fn on_recv(
+        &mut self,
+        slot_id: u32,
+        result: i32,
+        flags: u32,
+        selected: Option<u16>,
+        now: Instant,
+    ) {
+        let more = cqueue::more(flags);
+        let s = &mut self.slots[slot_id as usize];
+        if result > 0 {
+            let n = result as usize;
+            s.counters.received(n);
+            if let (Some(bid), Some(buffers)) = (selected, self.buffers.as_ref()) {
+                let data = buffers.data(bid, n);
+                if let Some(session) = s.session.as_mut() {
+                    if session.closed().is_none() {
+                        session.on_input(data, now);
+                    }
+                }
+            }
+        }
+        self.recycle(selected);
+        let s = &mut self.slots[slot_id as usize];
+        if !more {
+            s.recv_armed = false;
+            s.inflight = s.inflight.saturating_sub(1);
+            match result {
+                0 => {
+                    s.eof = true;
+                    if let Some(session) = s.session.as_mut() {
+                        session.on_eof(now);
+                    }
+                }
+                r if r > 0 => {}
+                r if r == -libc::ENOBUFS || r == -libc::ECANCELED || r == -libc::EINTR => {}
+                r => {
+                    if s.broken.is_none() {
+                        s.broken = Some(format!(
+                            "connection lost: read failed: {}",
+                            io::Error::from_raw_os_error(-r)
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_send(&mut self, slot_id: u32, result: i32) {
+        let s = &mut self.slots[slot_id as usize];
+        s.inflight = s.inflight.saturating_sub(1);
+        s.send_inflight = false;
+        if result < 0 {
+            if s.broken.is_none() {
+                s.broken = Some(format!(
+                    "connection lost: write failed: {}",
+                    io::Error::from_raw_os_error(-result)
+                ));
+            }
+            return;
+        }
+        let n = result as usize;
+        s.counters.sent(n);
+        s.send_off += n;
+        if s.send_off < s.send_buf.len() {
+            if n == 0 {
+                s.broken = Some("connection lost: write returned 0".to_owned());
+                return;
+            }
+            self.submit_send(slot_id);
+        } else {
+            let mut done = std::mem::take(&mut s.send_buf);
+            done.clear();
+            s.spare = done;
+            s.send_off = 0;
+        }
+    }
+
+    fn on_connect(&mut self, slot_id: u32, result: i32, now: Instant) {
+        let s = &mut self.slots[slot_id as usize];
+        s.inflight = s.inflight.saturating_sub(1);
+        s.deadline = None;
+        if result < 0 {
+            if s.broken.is_none() {
+                s.broken = Some(format!(
+                    "cannot reach manager {}: {}",
+                    self.plan.endpoint,
+                    io::Error::from_raw_os_error(-result)
+                ));
+            }
+            s.phase = SlotPhase::Teardown;
+            return;
+        }
+        if s.phase != SlotPhase::Connecting {
+            return;
+        }
+        s.stats.begin_connection();
+        s.phase = SlotPhase::Open;
+        s.session = Some(Box::new(WorkerSession::new(
+            s.index,
+            &self.plan.session,
+            self.plan.handlers.clone(),
+            s.stats.clone(),
+            now,
+        )));
+    }
+
+    /// Stop: cancel what is left, wait (bounded) for it, release the buffers.
+    fn shutdown(mut self) -> LoopReport {
+        let report = LoopReport {
+            abandoned_tasks: self.slots.iter().map(|s| s.abandoned).sum(),
+        };
+        if self.wake_armed {
+            let entry = opcode::AsyncCancel::new(user_data(Op::Wake, 0, 0))
+                .build()
+                .user_data(user_data(Op::Cancel, 0, u32::MAX));
+            self.push(entry);
+        }
+        let deadline = Instant::now() + REAP_DEADLINE;
+        while (self.wake_armed || self.slots.iter().any(|s| s.inflight > 0))
+            && Instant::now() < deadline
+        {
+            let ts = types::Timespec::new().nsec(50_000_000);
+            let args = types::SubmitArgs::new().timespec(&ts);
+            let _ = self.ring.submitter().submit_with_args(1, &args);
+            self.reap();
+        }
+        let clean = !self.wake_armed && self.slots.iter().all(|s| s.inflight == 0);
+        if let Some(mut buffers) = self.buffers.take() {
+            if clean {
+                buffers.unregister(&self.ring);
+                drop(buffers);
+            } else {
+                tracing::error!(
+                    "io_uring operations did not complete at shutdown; leaking their buffers"
+                );
+                buffers.leak();
+                std::mem::forget(std::mem::take(&mut self.wake_buf));
+            }
+        }
+        report
+    }
+}
+
+/// The socket address to dial.
+fn resolve(endpoint: &Endpoint) -> io::Result<socket2::SockAddr> {
+    match endpoint {
+        Endpoint::Unix(path) => socket2::SockAddr::unix(path),
+        Endpoint::Tcp { .. } => endpoint
+            .socket_addrs()?
+            .into_iter()
+            .next()
+            .map(socket2::SockAddr::from)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "the host name resolved to no address",
+                )
+            }),
+        Endpoint::Tls { .. } => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "tls:// endpoints are not supported by this build yet; use tcp:// or unix://",
+        )),
+    }
+}
