@@ -90,14 +90,16 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<bool> {
     let done = Arc::new(AtomicU64::new(0));
     let mut drivers = Vec::new();
     for session in 0..args.sessions {
-        let (conn, _hello) =
+        let (conn, hello) =
             ManagerConn::accept(&listener, ManagerConfig::default(), Duration::from_secs(10))?;
         let sending = sending.clone();
         let done = done.clone();
         let concurrency = args.concurrency.max(1);
-        drivers.push(thread::spawn(move || {
-            drive(conn, u64::from(session), concurrency, &sending, &done)
-        }));
+        let index = hello.session;
+        drivers.push((
+            index,
+            thread::spawn(move || drive(conn, u64::from(session), concurrency, &sending, &done)),
+        ));
     }
 
     let start = Instant::now();

@@ -1447,6 +1447,7 @@ struct Harness {
     ticks_since_feed: usize,
     acks_expected: usize,
     results_expected: usize,
+    max_pending: std::cell::Cell<usize>,
 }
 
 impl Harness {
@@ -1487,6 +1488,9 @@ impl Harness {
         prop_assert!(self.held.len() <= self.max_in_flight);
         prop_assert_eq!(self.m.in_flight(), self.held.len());
         let bound = output_bound(self.max_in_flight, self.ticks_since_feed);
+        if self.m.pending_output().len() > self.max_pending.get() {
+            self.max_pending.set(self.m.pending_output().len());
+        }
         prop_assert!(
             self.m.pending_output().len() <= bound,
             "{} bytes queued, bound {}",
@@ -1536,6 +1540,7 @@ impl Harness {
 fn run_machine(
     max_in_flight: u32,
     heartbeat_ms: u32,
+    peer_reads: bool,
     stream: &[u8],
     actions: &[Action],
 ) -> Result<(), TestCaseError> {
@@ -1559,6 +1564,7 @@ fn run_machine(
         ticks_since_feed: 0,
         acks_expected: 0,
         results_expected: 0,
+        max_pending: Default::default(),
     };
     let mut pos = 0;
     let mut drain_started = false;
@@ -1574,7 +1580,11 @@ fn run_machine(
                 }
             }
             Action::Complete(index, kind) => h.complete(*index, *kind)?,
-            Action::Flush => h.flush(),
+            Action::Flush => {
+                if peer_reads {
+                    h.flush();
+                }
+            }
             Action::Tick(ms) => {
                 h.now += Duration::from_millis(*ms);
                 h.m.handle_timeout(h.now);
@@ -1602,6 +1612,16 @@ fn run_machine(
         h.events()?;
     }
 
+    eprintln!(
+        "STAT fed={} of {} max_pending={} closed={} reason={:?} peer_reads={}",
+        pos,
+        stream.len(),
+        h.max_pending,
+        h.closed,
+        h.m.close_reason()
+            .map(|r| format!("{r}").chars().take(40).collect::<String>()),
+        peer_reads
+    );
     // Completing every held task keeps the invariants and empties the window;
     // a draining machine with nothing in flight owes GOODBYE.
     while !h.held.is_empty() {
@@ -1663,7 +1683,8 @@ proptest! {
 
     /// Arbitrary streams after a valid WELCOME, read in arbitrary chunks only
     /// while the machine wants to read, with arbitrary completions and clock
-    /// steps: no panic, never more than `max_in_flight` tasks held, and queued
+    /// steps, against a manager that reads its input or one that has stalled
+    /// (`peer_reads` false: output is never taken until the end): no panic, never more than `max_in_flight` tasks held, and queued
     /// output never above [`output_bound`]: the high-water mark plus the
     /// answers to what one read can complete plus the results of a full
     /// window, control frames, and one PING per deadline tick since the last
@@ -1672,10 +1693,11 @@ proptest! {
     fn prop_machine_invariants(
         max_in_flight in 1u32..=4,
         heartbeat_ms in prop::sample::select(vec![0u32, 100]),
+        peer_reads in any::<bool>(),
         stream in arb_stream(),
         actions in prop::collection::vec(arb_action(), 0..400),
     ) {
-        run_machine(max_in_flight, heartbeat_ms, &stream, &actions)?;
+        run_machine(max_in_flight, heartbeat_ms, peer_reads, &stream, &actions)?;
     }
 
     /// Splitting the same frames at arbitrary points delivers the same tasks.
