@@ -38,6 +38,7 @@ fn init_logging(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -73,6 +74,10 @@ fn run(args: &RunArgs) -> ExitCode {
         }
     };
     init_logging(config.log_format);
+    // Each session is a socket: allow as many as the hard limit permits.
+    if let Ok(limit) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::debug!(limit, "open-file limit raised to the hard limit");
+    }
     let agent = match Agent::start(&config, HandlerRegistry::with_builtins()) {
         Ok(agent) => agent,
         Err(err) => {
