@@ -1,21 +1,329 @@
-//! `ringworker-loadgen`: the bundled manager and load generator.
+//! `ringworker-loadgen`: a manager that drives ringworker agents with a
+//! workload, verifies every result, drains the agents and reports.
 
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
 use clap::Parser;
+use ringworker::manager::ManagerConfig;
+use ringworker::transport::Endpoint;
+use ringworker_loadgen::engine::{Engine, Listener, Pacing, RunSpec};
+use ringworker_loadgen::report::{write_hgrm, Describe, Report};
+use ringworker_loadgen::workload::{Mix, PayloadSpec, Pool};
 
 /// A manager that drives ringworker agents with a workload, verifies every
-/// result and reports throughput, latency and byte accounting.
+/// result (echo, crc32c, sha256 exactly; sink and sleep empty), drains the
+/// agents and reports tasks/s, bandwidth, latency percentiles, CPU per task
+/// and the byte accounting of every connection. Exit status 0 only when no
+/// task was wrong or lost and every connection's byte totals match.
 #[derive(Debug, Parser)]
-#[command(name = "ringworker-loadgen", version, about)]
+#[command(name = "ringworker-loadgen", version, about, long_about)]
 struct Args {
-    /// Endpoint to listen on: tcp://HOST:PORT (port 0 picks one) or unix:///path
+    /// Endpoint to listen on: tcp://HOST:PORT (port 0 picks a free one) or unix:///path
     #[arg(long, value_name = "ENDPOINT")]
     listen: String,
+    /// Spawn a local agent with this runtime, dialling the listener
+    #[arg(long, value_name = "uring|blocking|auto")]
+    spawn: Option<String>,
+    /// The agent binary for --spawn [default: `ringworker` next to this binary]
+    #[arg(long, value_name = "PATH")]
+    agent_bin: Option<PathBuf>,
+    /// Extra argument for the spawned agent (repeatable), e.g. --agent-arg=--threads=1
+    #[arg(long = "agent-arg", value_name = "ARG", allow_hyphen_values = true)]
+    agent_args: Vec<String>,
+    /// Worker sessions to wait for
+    #[arg(long, default_value_t = 1)]
+    sessions: u32,
+    /// Handler, or a weighted mix such as echo:8,crc32c:1,sha256:1
+    #[arg(long, default_value = "echo")]
+    handler: Mix,
+    /// Payload bytes: a size (64, 4KiB, 1MiB) or a range 16..4096 drawn with --seed; for `sleep`, milliseconds
+    #[arg(long, default_value = "64")]
+    payload: PayloadSpec,
+    /// Seed of the payload pool
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Closed loop: tasks in flight per session
+    #[arg(long, default_value_t = 32, conflicts_with = "rate")]
+    concurrency: u32,
+    /// Open loop: tasks per second in all; latency counts from each task's intended send time
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Seconds of measured load (after the warmup)
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Stop after sending this many tasks (instead of --duration)
+    #[arg(long)]
+    tasks: Option<u64>,
+    /// Seconds of load before measuring starts
+    #[arg(long, default_value_t = 0.0)]
+    warmup: f64,
+    /// Request an ACK for every task
+    #[arg(long)]
+    ack: bool,
+    /// The agent's max_body for TASKs is its own; this is the manager's (WELCOME)
+    #[arg(long, default_value = "16MiB")]
+    max_body: ringworker::config::ByteSize,
+    /// Heartbeat interval announced in WELCOME, milliseconds (0: none)
+    #[arg(long, default_value_t = 0)]
+    heartbeat_ms: u32,
+    /// Require this token in HELLO (read from a file)
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    /// Write the report as JSON here
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+    /// Write the latency percentile distribution (HdrHistogram .hgrm) here
+    #[arg(long, value_name = "PATH")]
+    hgrm: Option<PathBuf>,
+    /// Seconds to wait for the sessions to connect
+    #[arg(long, default_value_t = 30.0)]
+    connect_timeout: f64,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(err) => {
+            eprintln!("ringworker-loadgen: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn agent_binary(args: &Args) -> anyhow::Result<PathBuf> {
+    if let Some(path) = &args.agent_bin {
+        return Ok(path.clone());
+    }
+    let me = std::env::current_exe().context("cannot locate this binary")?;
+    let sibling = me.with_file_name("ringworker");
+    if sibling.exists() {
+        return Ok(sibling);
+    }
+    bail!(
+        "no `ringworker` binary next to {}; pass --agent-bin",
+        me.display()
+    )
+}
+
+/// CPU seconds (user + system) of a process, from /proc. USER_HZ is 100 on
+/// every Linux architecture this runs on.
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+struct Spawned {
+    child: Child,
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn run() -> anyhow::Result<bool> {
     let args = Args::parse();
-    let endpoint: ringworker::transport::Endpoint = args.listen.parse()?;
-    anyhow::bail!(
-        "ringworker-loadgen: workloads are not implemented yet (listen endpoint {endpoint} parsed)"
+    let requested: Endpoint = args.listen.parse()?;
+    let listener =
+        Listener::bind(&requested).with_context(|| format!("cannot listen on {requested}"))?;
+    let endpoint = listener.local_endpoint(&requested)?;
+    let token = match &args.token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?
+                .trim_end_matches(['\n', '\r'])
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let pacing = match args.rate {
+        Some(rate) if rate > 0.0 => Pacing::Open { rate },
+        Some(_) => bail!("--rate must be positive"),
+        None => Pacing::Closed {
+            concurrency: args.concurrency.max(1),
+        },
+    };
+    let max_body = u32::try_from(args.max_body.0).context("--max-body is over 4 GiB")?;
+    let mut spawned = None;
+    if let Some(runtime) = &args.spawn {
+        let bin = agent_binary(&args)?;
+        let max_in_flight = match pacing {
+            Pacing::Closed { concurrency } => concurrency.max(64),
+            Pacing::Open { .. } => 1024,
+        };
+        let child = Command::new(&bin)
+            .args([
+                "run",
+                "--manager",
+                &endpoint.to_string(),
+                "--runtime",
+                runtime,
+            ])
+            .args(["--sessions", &args.sessions.to_string()])
+            .args(["--max-in-flight", &max_in_flight.to_string()])
+            .args(["--metrics-addr", "off", "--worker-id", "loadgen-spawned"])
+            .args(&args.agent_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        spawned = Some(Spawned { child });
+    }
+    let spec = RunSpec {
+        sessions: args.sessions,
+        pacing,
+        duration: if args.tasks.is_some() {
+            None
+        } else {
+            Some(Duration::from_secs_f64(args.duration))
+        },
+        tasks: args.tasks,
+        warmup: Duration::from_secs_f64(args.warmup),
+        ack: args.ack,
+        manager: ManagerConfig {
+            manager_id: "ringworker-loadgen".to_owned(),
+            max_body,
+            heartbeat_ms: args.heartbeat_ms,
+            token,
+        },
+        grace: Duration::from_secs(10),
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let pool = Pool::new(&args.handler, args.payload, args.seed);
+    let mut engine = Engine::new(listener, pool, spec)?;
+    eprintln!(
+        "ringworker-loadgen: listening on {endpoint}, waiting for {} session(s){}",
+        args.sessions,
+        if spawned.is_some() {
+            " from the spawned agent"
+        } else {
+            ""
+        }
     );
+    engine.accept_all(Duration::from_secs_f64(args.connect_timeout))?;
+    let agent_pid = spawned.as_ref().map(|s| s.child.id().to_string());
+    let warmup = Duration::from_secs_f64(args.warmup);
+    // CPU is sampled over the measured window: from the end of the warmup to
+    // the end of sending (sampled by a helper thread at those instants).
+    let cpu_window = std::thread::spawn({
+        let agent_pid = agent_pid.clone();
+        let tasks_mode = args.tasks.is_some();
+        let duration = Duration::from_secs_f64(args.duration);
+        move || -> Option<((f64, Option<f64>), Instant)> {
+            if tasks_mode {
+                return None;
+            }
+            std::thread::sleep(warmup);
+            let at = Instant::now();
+            let start = (
+                cpu_seconds("self")?,
+                agent_pid.as_deref().and_then(cpu_seconds),
+            );
+            std::thread::sleep(duration);
+            let end = (
+                cpu_seconds("self")?,
+                agent_pid.as_deref().and_then(cpu_seconds),
+            );
+            Some((
+                (end.0 - start.0, end.1.zip(start.1).map(|(e, s)| e - s)),
+                at,
+            ))
+        }
+    });
+    let loadgen_start = cpu_seconds("self").unwrap_or(0.0);
+    let agent_start = agent_pid.as_deref().and_then(cpu_seconds);
+    engine.run()?;
+    let loadgen_end = cpu_seconds("self").unwrap_or(0.0);
+    let agent_end = agent_pid.as_deref().and_then(cpu_seconds);
+    let (loadgen_cpu, agent_cpu) = match cpu_window.join().ok().flatten() {
+        Some(((loadgen, agent), _)) => (loadgen, agent),
+        None => (
+            loadgen_end - loadgen_start,
+            agent_end.zip(agent_start).map(|(e, s)| e - s),
+        ),
+    };
+
+    // Drain: a spawned agent is stopped with SIGTERM (it drains itself);
+    // an external one is sent DRAIN (it finishes, says GOODBYE, redials later).
+    let mut agent_status = None;
+    match spawned.as_mut() {
+        Some(spawned) => {
+            let _ = Command::new("kill")
+                .args(["-s", "TERM", &spawned.child.id().to_string()])
+                .status();
+            engine.drain(Duration::from_secs(30))?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(status)) = spawned.child.try_wait() {
+                    agent_status = Some(status);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        None => {
+            engine.send_drain();
+            engine.drain(Duration::from_secs(30))?;
+        }
+    }
+    let result = engine.finish();
+    let describe = Describe {
+        runtime: args.spawn.clone(),
+        sessions: args.sessions,
+        handler: args
+            .handler
+            .entries
+            .iter()
+            .map(|(n, w)| format!("{n}:{w}"))
+            .collect::<Vec<_>>()
+            .join(","),
+        payload: if args.payload.min == args.payload.max {
+            args.payload.min.to_string()
+        } else {
+            format!("{}..{}", args.payload.min, args.payload.max)
+        },
+        pacing: match pacing {
+            Pacing::Closed { concurrency } => {
+                format!("closed loop, {concurrency} in flight per session")
+            }
+            Pacing::Open { rate } => format!("open loop, {rate} tasks/s"),
+        },
+    };
+    let report = Report::new(&result, describe, loadgen_cpu, agent_cpu);
+    report.print(&mut std::io::stdout())?;
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(path) = &args.hgrm {
+        let mut file = std::fs::File::create(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        write_hgrm(&result.histogram, &mut file)?;
+    }
+    if let Endpoint::Unix(path) = &requested {
+        let _ = std::fs::remove_file(path);
+    }
+    let mut passed = report.passed();
+    if let Some(status) = agent_status {
+        if !status.success() {
+            eprintln!("ringworker-loadgen: the agent exited with {status}");
+            passed = false;
+        }
+    } else if spawned.is_some() {
+        eprintln!("ringworker-loadgen: the agent did not exit after SIGTERM");
+        passed = false;
+    }
+    Ok(passed)
 }

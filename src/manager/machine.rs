@@ -89,6 +89,63 @@ pub enum ManagerEvent {
     },
 }
 
+/// A decoded frame whose RESULT body is borrowed from the receive buffer, so
+/// a manager can check results without allocating per task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManagerEventRef<'a> {
+    Hello(Hello),
+    Ack {
+        id: u64,
+    },
+    Result {
+        id: u64,
+        failed: bool,
+        body: &'a [u8],
+    },
+    Ping {
+        nonce: u64,
+    },
+    Pong {
+        nonce: u64,
+    },
+    Drain,
+    Goodbye {
+        counts: Option<GoodbyeBody>,
+        frame_len: usize,
+    },
+    Error {
+        code: String,
+        message: String,
+    },
+    Refused {
+        code: &'static str,
+        message: String,
+    },
+}
+
+impl ManagerEventRef<'_> {
+    /// The owned form.
+    pub fn into_owned(self) -> ManagerEvent {
+        match self {
+            ManagerEventRef::Hello(hello) => ManagerEvent::Hello(hello),
+            ManagerEventRef::Ack { id } => ManagerEvent::Ack { id },
+            ManagerEventRef::Result { id, failed, body } => ManagerEvent::Result {
+                id,
+                failed,
+                body: body.to_vec(),
+            },
+            ManagerEventRef::Ping { nonce } => ManagerEvent::Ping { nonce },
+            ManagerEventRef::Pong { nonce } => ManagerEvent::Pong { nonce },
+            ManagerEventRef::Drain => ManagerEvent::Drain,
+            ManagerEventRef::Goodbye { counts, frame_len } => {
+                ManagerEvent::Goodbye { counts, frame_len }
+            }
+            ManagerEventRef::Error { code, message } => ManagerEvent::Error { code, message },
+            ManagerEventRef::Refused { code, message } => ManagerEvent::Refused { code, message },
+        }
+    }
+}
+
 /// A frame the manager wanted to send but must not.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -154,28 +211,42 @@ impl ManagerMachine {
 
     /// Decode the next frame from the worker.
     pub fn poll_event(&mut self) -> Option<ManagerEvent> {
+        self.poll_event_ref().map(ManagerEventRef::into_owned)
+    }
+
+    /// Decode the next frame, borrowing a RESULT's body.
+    pub fn poll_event_ref(&mut self) -> Option<ManagerEventRef<'_>> {
         if self.phase == ManagerPhase::Closed {
             return None;
         }
-        let frame = match self.recv.next_frame() {
-            Ok(Some(frame)) => frame,
+        let header = match self.recv.next_frame() {
+            Ok(Some(frame)) => frame.header,
             Ok(None) => return None,
-            Err(err) => return Some(self.refuse(err.code(), err.to_string())),
+            Err(err) => {
+                let (code, message) = (err.code(), err.to_string());
+                return Some(self.refuse(code, message));
+            }
         };
-        let header = frame.header;
+        if header.kind == FrameKind::Result {
+            return Some(ManagerEventRef::Result {
+                id: header.id,
+                failed: header.flags & FLAG_FAILED != 0,
+                body: self.recv.last_body(),
+            });
+        }
         let event = match (self.phase, header.kind) {
             (_, FrameKind::Error) => {
-                let body: Option<ErrorBody> = serde_json::from_slice(frame.body).ok();
+                let body: Option<ErrorBody> = serde_json::from_slice(self.recv.last_body()).ok();
                 self.phase = ManagerPhase::Closed;
                 let (code, message) = body.map_or_else(
                     || ("unknown".to_owned(), "unparseable ERROR body".to_owned()),
                     |b| (b.code, b.message),
                 );
-                ManagerEvent::Error { code, message }
+                ManagerEventRef::Error { code, message }
             }
             (ManagerPhase::AwaitingHello, FrameKind::Hello) => {
                 let hello: Hello =
-                    match serde_json::from_slice(frame.body) {
+                    match serde_json::from_slice(self.recv.last_body()) {
                         Ok(hello) => hello,
                         Err(err) => {
                             return Some(self.refuse(
@@ -210,7 +281,7 @@ impl ManagerMachine {
                 let body = serde_json::to_vec(&welcome).unwrap_or_default();
                 encode_frame(&mut self.out, FrameKind::Welcome, 0, 0, &body);
                 self.phase = ManagerPhase::Active;
-                ManagerEvent::Hello(hello)
+                ManagerEventRef::Hello(hello)
             }
             (ManagerPhase::AwaitingHello, kind) => {
                 return Some(self.refuse(codes::UNEXPECTED_FRAME, format!("{kind} before HELLO")));
@@ -221,22 +292,18 @@ impl ManagerMachine {
                     format!("a manager never receives {kind} here"),
                 ));
             }
-            (_, FrameKind::Ack) => ManagerEvent::Ack { id: header.id },
-            (_, FrameKind::Result) => ManagerEvent::Result {
-                id: header.id,
-                failed: header.flags & FLAG_FAILED != 0,
-                body: frame.body.to_vec(),
-            },
+            (_, FrameKind::Ack) => ManagerEventRef::Ack { id: header.id },
+            (_, FrameKind::Result) => unreachable!("RESULT is handled above"),
             (_, FrameKind::Ping) => {
                 encode_frame(&mut self.out, FrameKind::Pong, 0, header.id, &[]);
-                ManagerEvent::Ping { nonce: header.id }
+                ManagerEventRef::Ping { nonce: header.id }
             }
-            (_, FrameKind::Pong) => ManagerEvent::Pong { nonce: header.id },
-            (_, FrameKind::Drain) => ManagerEvent::Drain,
+            (_, FrameKind::Pong) => ManagerEventRef::Pong { nonce: header.id },
+            (_, FrameKind::Drain) => ManagerEventRef::Drain,
             (_, FrameKind::Goodbye) => {
-                let counts = serde_json::from_slice(frame.body).ok();
+                let counts = serde_json::from_slice(self.recv.last_body()).ok();
                 self.phase = ManagerPhase::Closed;
-                ManagerEvent::Goodbye {
+                ManagerEventRef::Goodbye {
                     counts,
                     frame_len: header.frame_len(),
                 }
@@ -305,10 +372,10 @@ impl ManagerMachine {
         std::mem::replace(&mut self.out, spare)
     }
 
-    fn refuse(&mut self, code: &'static str, message: String) -> ManagerEvent {
+    fn refuse(&mut self, code: &'static str, message: String) -> ManagerEventRef<'static> {
         let body = ErrorBody::new(code, message.clone()).to_json();
         encode_frame(&mut self.out, FrameKind::Error, 0, 0, &body);
         self.phase = ManagerPhase::Closed;
-        ManagerEvent::Refused { code, message }
+        ManagerEventRef::Refused { code, message }
     }
 }

@@ -11,7 +11,9 @@ pub mod verify;
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
-pub use machine::{ManagerConfig, ManagerEvent, ManagerMachine, ManagerPhase, SendError};
+pub use machine::{
+    ManagerConfig, ManagerEvent, ManagerEventRef, ManagerMachine, ManagerPhase, SendError,
+};
 
 use crate::protocol::Hello;
 use crate::transport::{BlockingListener, BlockingStream};

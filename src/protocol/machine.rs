@@ -17,8 +17,8 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use super::frame::{
-    encode_frame, FrameBuffer, FrameKind, FrameRef, FLAG_ACK_REQUESTED, FLAG_FAILED,
-    MAX_HANDLER_NAME,
+    decode, encode_frame, Decoded, FrameBuffer, FrameKind, FrameRef, FLAG_ACK_REQUESTED,
+    FLAG_FAILED, MAX_HANDLER_NAME,
 };
 use super::hello::{codes, ErrorBody, GoodbyeBody, Hello, Welcome, PROTOCOL_VERSION};
 
@@ -121,7 +121,11 @@ impl std::fmt::Display for CloseReason {
             CloseReason::Goodbye { origin } => write!(f, "drained ({origin:?}), GOODBYE sent"),
             CloseReason::PeerGoodbye => f.write_str("manager said GOODBYE"),
             CloseReason::ProtocolViolation { code, message } => {
-                write!(f, "manager broke the protocol: {code}: {message}")
+                if message.starts_with(code) {
+                    write!(f, "manager broke the protocol: {message}")
+                } else {
+                    write!(f, "manager broke the protocol: {code}: {message}")
+                }
             }
             CloseReason::PeerError { code, message, .. } => {
                 write!(f, "manager sent ERROR {code}: {message}")
@@ -193,6 +197,11 @@ pub struct WorkerMachine {
     /// A `Closed` event is owed to the driver.
     close_pending: bool,
     drain: Option<DrainOrigin>,
+    drain_sent: bool,
+    /// A drain was asked for (by us or the manager): new TASKs get `draining`.
+    /// Not set by EOF alone: TASKs read before the manager closed its side
+    /// are run normally.
+    refuse_tasks: bool,
     tasks_refused_draining: u64,
 }
 
@@ -216,6 +225,8 @@ impl WorkerMachine {
             close_reason: None,
             close_pending: false,
             drain: None,
+            drain_sent: false,
+            refuse_tasks: false,
             tasks_refused_draining: 0,
         };
         let body = serde_json::to_vec(&config.hello).unwrap_or_default();
@@ -313,9 +324,7 @@ impl WorkerMachine {
         }
         loop {
             match self.phase {
-                Phase::Closed | Phase::GoodbyeDue | Phase::Draining(DrainOrigin::PeerEof) => {
-                    return None
-                }
+                Phase::Closed | Phase::GoodbyeDue => return None,
                 _ => {}
             }
             if self.in_flight.len() >= self.max_in_flight {
@@ -323,7 +332,10 @@ impl WorkerMachine {
             }
             let frame = match self.recv.next_frame() {
                 Ok(Some(frame)) => frame,
-                Ok(None) => return None,
+                Ok(None) => {
+                    self.check_drained();
+                    return None;
+                }
                 Err(err) => {
                     let code = err.code();
                     self.violation(code, err.to_string());
@@ -384,6 +396,7 @@ impl WorkerMachine {
                 }
                 (_, FrameKind::Pong) => {}
                 (_, FrameKind::Drain) => {
+                    self.refuse_tasks = true;
                     if self.drain.is_none() {
                         self.drain = Some(DrainOrigin::Manager);
                         self.phase = Phase::Draining(DrainOrigin::Manager);
@@ -395,7 +408,7 @@ impl WorkerMachine {
                     self.close(CloseReason::PeerGoodbye);
                     return self.take_close_event();
                 }
-                (phase, FrameKind::Task) => {
+                (_, FrameKind::Task) => {
                     let (name, payload) = match split_task_body(frame.body) {
                         Ok(parts) => parts,
                         Err(message) => {
@@ -410,9 +423,9 @@ impl WorkerMachine {
                         );
                         return self.take_close_event();
                     }
-                    if let Phase::Draining(_) = phase {
+                    if self.refuse_tasks {
                         self.tasks_refused_draining += 1;
-                        let body = ErrorBody::new(codes::DRAINING, "worker is draining").to_json();
+                        let body = self.failure_body(codes::DRAINING, "worker is draining");
                         encode_frame(
                             &mut self.out,
                             FrameKind::Result,
@@ -463,19 +476,16 @@ impl WorkerMachine {
                 encode_frame(&mut self.out, FrameKind::Result, 0, id, output);
             }
             TaskOutcome::Ok(output) => {
-                let body = ErrorBody::new(
-                    codes::RESULT_TOO_LARGE,
-                    format!(
-                        "result of {} bytes exceeds the manager's max_body {}",
-                        output.len(),
-                        self.peer_max_body
-                    ),
-                )
-                .to_json();
+                let message = format!(
+                    "result of {} bytes exceeds the manager's max_body {}",
+                    output.len(),
+                    self.peer_max_body
+                );
+                let body = self.failure_body(codes::RESULT_TOO_LARGE, &message);
                 encode_frame(&mut self.out, FrameKind::Result, FLAG_FAILED, id, &body);
             }
             TaskOutcome::Failed { code, message } => {
-                let body = ErrorBody::new(code, message).to_json();
+                let body = self.failure_body(code, message);
                 encode_frame(&mut self.out, FrameKind::Result, FLAG_FAILED, id, &body);
             }
         }
@@ -493,6 +503,8 @@ impl WorkerMachine {
                 self.close(CloseReason::StoppedBeforeWelcome);
             }
             Phase::Active | Phase::Draining(DrainOrigin::Manager) => {
+                self.drain_sent = true;
+                self.refuse_tasks = true;
                 encode_frame(&mut self.out, FrameKind::Drain, 0, 0, &[]);
                 self.last_sent = now;
                 self.drain = Some(DrainOrigin::Worker);
@@ -500,10 +512,14 @@ impl WorkerMachine {
                 self.check_drained();
             }
             Phase::Draining(DrainOrigin::PeerEof) => {
-                // The manager can no longer send; DRAIN would tell it nothing
-                // new but it is still allowed and keeps the sequence uniform.
-                encode_frame(&mut self.out, FrameKind::Drain, 0, 0, &[]);
-                self.last_sent = now;
+                // The manager can no longer send; DRAIN tells it nothing new
+                // but keeps the sequence uniform. Sent once.
+                self.refuse_tasks = true;
+                if !self.drain_sent {
+                    self.drain_sent = true;
+                    encode_frame(&mut self.out, FrameKind::Drain, 0, 0, &[]);
+                    self.last_sent = now;
+                }
             }
             Phase::Draining(DrainOrigin::Worker) | Phase::GoodbyeDue | Phase::Closed => {}
         }
@@ -608,7 +624,7 @@ impl WorkerMachine {
     }
 
     fn violation(&mut self, code: &'static str, message: String) {
-        let body = ErrorBody::new(code, message.clone()).to_json();
+        let body = self.failure_body(code, &message);
         encode_frame(&mut self.out, FrameKind::Error, 0, 0, &body);
         self.close(CloseReason::ProtocolViolation { code, message });
     }
@@ -627,11 +643,48 @@ impl WorkerMachine {
         self.close_reason.clone().map(Event::Closed)
     }
 
+    /// GOODBYE is due once nothing is in flight and no whole frame waits in
+    /// the receive buffer: a TASK read before the drain finished (held back
+    /// by a full window) is still answered first.
     fn check_drained(&mut self) {
         if let Phase::Draining(_) = self.phase {
-            if self.in_flight.is_empty() {
+            if self.in_flight.is_empty() && !self.has_buffered_frame() {
                 self.phase = Phase::GoodbyeDue;
             }
+        }
+    }
+
+    /// A whole frame (or a header that will be refused) is buffered.
+    fn has_buffered_frame(&self) -> bool {
+        !matches!(
+            decode(self.recv.pending(), self.recv.max_body()),
+            Ok(Decoded::Incomplete { .. })
+        )
+    }
+
+    /// A FAILED / ERROR body that fits the manager's `max_body`: the message
+    /// is shortened if need be, and dropped entirely (empty body) in the
+    /// degenerate case of a limit too small for the code itself.
+    fn failure_body(&self, code: &str, message: &str) -> Vec<u8> {
+        let body = ErrorBody::new(code, message).to_json();
+        let limit = self.peer_max_body as usize;
+        if limit == 0 || body.len() <= limit {
+            return body;
+        }
+        let overflow = body.len() - limit;
+        let mut keep = message.len().saturating_sub(overflow + 3);
+        while keep > 0 && !message.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        let shortened = ErrorBody::new(code, format!("{}...", &message[..keep])).to_json();
+        if shortened.len() <= limit {
+            return shortened;
+        }
+        let bare = ErrorBody::new(code, "").to_json();
+        if bare.len() <= limit {
+            bare
+        } else {
+            Vec::new()
         }
     }
 }

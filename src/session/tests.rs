@@ -1,1 +1,568 @@
+//! Tests of [`WorkerSession`]: the machine plus the built-in handlers, delayed
+//! results, stats and the summary line. Sans-IO: bytes in, frames out, time
+//! passed in as `base + Duration`.
 
+use super::*;
+use crate::protocol::frame::{
+    encode_frame, FrameBuffer, FrameKind, FLAG_ACK_REQUESTED, FLAG_FAILED,
+};
+use crate::protocol::machine::encode_task_body;
+use crate::protocol::{DrainOrigin, ErrorBody, GoodbyeBody};
+use crate::runtime::ByteCounters;
+use crate::stats::AgentStats;
+
+/// A decoded output frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Out {
+    kind: FrameKind,
+    flags: u8,
+    id: u64,
+    body: Vec<u8>,
+}
+
+fn frames(bytes: &[u8]) -> Vec<Out> {
+    let mut buffer = FrameBuffer::new(u32::MAX);
+    buffer.extend(bytes);
+    let mut out = Vec::new();
+    while let Some(frame) = buffer
+        .next_frame()
+        .expect("the worker wrote a malformed frame")
+    {
+        out.push(Out {
+            kind: frame.header.kind,
+            flags: frame.header.flags,
+            id: frame.header.id,
+            body: frame.body.to_vec(),
+        });
+    }
+    assert_eq!(buffer.buffered(), 0, "the worker wrote a partial frame");
+    out
+}
+
+fn take(s: &mut WorkerSession) -> Vec<Out> {
+    frames(&s.take_output(Vec::new()))
+}
+
+fn kinds(out: &[Out]) -> Vec<FrameKind> {
+    out.iter().map(|f| f.kind).collect()
+}
+
+fn error_body(frame: &Out) -> ErrorBody {
+    serde_json::from_slice(&frame.body).expect("body is JSON {code, message}")
+}
+
+fn frame(kind: FrameKind, flags: u8, id: u64, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_frame(&mut out, kind, flags, id, body);
+    out
+}
+
+fn welcome(max_body: u32, heartbeat_ms: u32) -> Vec<u8> {
+    let body = serde_json::to_vec(&serde_json::json!({
+        "protocol": 1,
+        "manager": "mgr-test",
+        "max_body": max_body,
+        "heartbeat_ms": heartbeat_ms,
+    }))
+    .unwrap();
+    frame(FrameKind::Welcome, 0, 0, &body)
+}
+
+fn task_frame(id: u64, flags: u8, handler: &str, payload: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    encode_task_body(&mut body, handler, payload);
+    frame(FrameKind::Task, flags, id, &body)
+}
+
+fn task(id: u64, handler: &str, payload: &[u8]) -> Vec<u8> {
+    task_frame(id, 0, handler, payload)
+}
+
+fn sleep_ms(ms: u32) -> [u8; 4] {
+    ms.to_be_bytes()
+}
+
+fn session_config(max_in_flight: u32) -> SessionConfig {
+    SessionConfig {
+        worker_id: "worker-under-test".to_owned(),
+        runtime: "blocking",
+        max_body: 1 << 20,
+        max_in_flight,
+        token: None,
+        handshake_timeout: Duration::from_secs(10),
+    }
+}
+
+/// A session of index `index` whose handshake completed at the returned
+/// instant; HELLO has been taken from the output.
+fn welcomed_session(
+    index: u32,
+    max_in_flight: u32,
+    peer_max_body: u32,
+) -> (WorkerSession, Arc<SessionStats>, Instant) {
+    let stats = Arc::new(SessionStats::new(index));
+    let t0 = Instant::now();
+    let mut s = WorkerSession::new(
+        index,
+        &session_config(max_in_flight),
+        HandlerRegistry::with_builtins(),
+        stats.clone(),
+        t0,
+    );
+    assert_eq!(kinds(&take(&mut s)), [FrameKind::Hello]);
+    s.on_input(&welcome(peer_max_body, 0), t0);
+    assert_eq!(s.welcomed_at(), Some(t0));
+    assert_eq!(s.phase(), Phase::Active);
+    assert_eq!(stats.state(), SessionState::Connected);
+    (s, stats, t0)
+}
+
+/// Send one TASK and return the RESULT the session answered with at once.
+fn run_task(s: &mut WorkerSession, now: Instant, id: u64, handler: &str, payload: &[u8]) -> Out {
+    s.on_input(&task(id, handler, payload), now);
+    let out = take(s);
+    assert_eq!(kinds(&out), [FrameKind::Result], "frames: {out:?}");
+    assert_eq!(out[0].id, id);
+    out.into_iter().next().unwrap()
+}
+
+// ---------------------------------------------------------------------------
+// Handshake
+// ---------------------------------------------------------------------------
+
+#[test]
+fn hello_carries_the_session_index_and_every_builtin_handler() {
+    let stats = Arc::new(SessionStats::new(2));
+    let t0 = Instant::now();
+    let mut s = WorkerSession::new(
+        2,
+        &session_config(16),
+        HandlerRegistry::with_builtins(),
+        stats.clone(),
+        t0,
+    );
+    assert_eq!(stats.state(), SessionState::Handshaking);
+    assert_eq!(s.index(), 2);
+    let out = take(&mut s);
+    assert_eq!(kinds(&out), [FrameKind::Hello]);
+    let hello: Hello = serde_json::from_slice(&out[0].body).unwrap();
+    assert_eq!(hello.protocol, 1);
+    assert_eq!(hello.worker, "worker-under-test");
+    assert_eq!(hello.session, 2);
+    assert_eq!(hello.runtime, "blocking");
+    assert_eq!(hello.max_body, 1 << 20);
+    assert_eq!(hello.max_in_flight, 16);
+    assert_eq!(hello.token, None);
+    assert_eq!(
+        hello.handlers,
+        ["crc32c", "echo", "sha256", "sink", "sleep"]
+    );
+    assert_eq!(
+        s.poll_timeout(),
+        Some(t0 + Duration::from_secs(10)),
+        "the handshake deadline"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Built-in handlers through the session
+// ---------------------------------------------------------------------------
+
+#[test]
+fn echo_result_is_the_payload() {
+    let (mut s, _stats, t0) = welcomed_session(0, 8, 1 << 20);
+    let result = run_task(&mut s, t0, 1, "echo", b"hello, manager");
+    assert_eq!(result.flags, 0);
+    assert_eq!(result.body, b"hello, manager");
+    let result = run_task(&mut s, t0, 2, "echo", b"");
+    assert_eq!(result.flags, 0);
+    assert!(result.body.is_empty());
+}
+
+#[test]
+fn crc32c_result_is_the_castagnoli_check_value_big_endian() {
+    let (mut s, _stats, t0) = welcomed_session(0, 8, 1 << 20);
+    let result = run_task(&mut s, t0, 7, "crc32c", b"123456789");
+    assert_eq!(result.flags, 0);
+    assert_eq!(result.body, [0xE3, 0x06, 0x92, 0x83]);
+}
+
+#[test]
+fn sha256_result_is_the_fips_digest_of_abc() {
+    let (mut s, _stats, t0) = welcomed_session(0, 8, 1 << 20);
+    let result = run_task(&mut s, t0, 8, "sha256", b"abc");
+    assert_eq!(result.flags, 0);
+    let hex: String = result.body.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        hex,
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+}
+
+#[test]
+fn sink_result_is_empty() {
+    let (mut s, _stats, t0) = welcomed_session(0, 8, 1 << 20);
+    let result = run_task(&mut s, t0, 3, "sink", b"swallowed");
+    assert_eq!(result.flags, 0);
+    assert!(result.body.is_empty());
+}
+
+#[test]
+fn unknown_handler_fails_with_unknown_handler_and_the_connection_stays_up() {
+    let (mut s, _stats, t0) = welcomed_session(0, 8, 1 << 20);
+    let result = run_task(&mut s, t0, 4, "no-such-handler", b"x");
+    assert_eq!(result.flags, FLAG_FAILED);
+    let body = error_body(&result);
+    assert_eq!(body.code, "unknown_handler");
+    assert!(body.message.contains("no-such-handler"), "{}", body.message);
+    assert_eq!(s.closed(), None);
+    assert_eq!(s.phase(), Phase::Active);
+    // The next task still runs.
+    assert_eq!(run_task(&mut s, t0, 5, "echo", b"ok").body, b"ok");
+}
+
+#[test]
+fn sleep_result_waits_until_its_due_time_while_later_tasks_are_answered_at_once() {
+    let (mut s, _stats, t0) = welcomed_session(0, 8, 1 << 20);
+    let ms = Duration::from_millis;
+    let t1 = t0 + ms(10);
+    s.on_input(
+        &task_frame(1, FLAG_ACK_REQUESTED, "sleep", &sleep_ms(500)),
+        t1,
+    );
+    let out = take(&mut s);
+    assert_eq!(
+        kinds(&out),
+        [FrameKind::Ack],
+        "only the ACK before the delay"
+    );
+    assert_eq!(out[0].id, 1);
+    assert_eq!(s.in_flight(), 1);
+    assert_eq!(s.poll_timeout(), Some(t1 + ms(500)));
+
+    // An echo sent after the sleep is answered at once.
+    let echo = run_task(&mut s, t0 + ms(20), 2, "echo", b"quick");
+    assert_eq!(echo.body, b"quick");
+    assert_eq!(s.poll_timeout(), Some(t1 + ms(500)));
+
+    s.handle_timeout(t1 + ms(499));
+    assert!(!s.has_output(), "the sleep's RESULT is not due yet");
+    assert_eq!(s.in_flight(), 1);
+
+    s.handle_timeout(t1 + ms(500));
+    let out = take(&mut s);
+    assert_eq!(
+        out,
+        [Out {
+            kind: FrameKind::Result,
+            flags: 0,
+            id: 1,
+            body: Vec::new(),
+        }]
+    );
+    assert_eq!(s.in_flight(), 0);
+    assert_eq!(s.poll_timeout(), None, "no heartbeat and nothing delayed");
+}
+
+#[test]
+fn delayed_results_come_out_in_due_order() {
+    let (mut s, _stats, t0) = welcomed_session(0, 8, 1 << 20);
+    let ms = Duration::from_millis;
+    let mut input = task(1, "sleep", &sleep_ms(300));
+    input.extend(task(2, "sleep", &sleep_ms(100)));
+    input.extend(task(3, "sleep", &sleep_ms(200)));
+    s.on_input(&input, t0);
+    assert!(!s.has_output());
+    assert_eq!(s.poll_timeout(), Some(t0 + ms(100)));
+    s.handle_timeout(t0 + ms(250));
+    let ids: Vec<u64> = take(&mut s).iter().map(|f| f.id).collect();
+    assert_eq!(ids, [2, 3]);
+    assert_eq!(s.poll_timeout(), Some(t0 + ms(300)));
+    s.handle_timeout(t0 + ms(300));
+    let ids: Vec<u64> = take(&mut s).iter().map(|f| f.id).collect();
+    assert_eq!(ids, [1]);
+}
+
+#[test]
+fn sleep_with_three_byte_payload_fails_with_bad_payload() {
+    let (mut s, _stats, t0) = welcomed_session(0, 8, 1 << 20);
+    let result = run_task(&mut s, t0, 6, "sleep", &[0, 1, 2]);
+    assert_eq!(result.flags, FLAG_FAILED);
+    assert_eq!(error_body(&result).code, "bad_payload");
+    assert_eq!(s.in_flight(), 0);
+    assert_eq!(s.poll_timeout(), None, "nothing was scheduled");
+}
+
+#[test]
+fn sleep_over_the_limit_fails_with_bad_payload() {
+    let (mut s, _stats, t0) = welcomed_session(0, 8, 1 << 20);
+    let result = run_task(&mut s, t0, 6, "sleep", &sleep_ms(60_001));
+    assert_eq!(result.flags, FLAG_FAILED);
+    assert_eq!(error_body(&result).code, "bad_payload");
+}
+
+#[test]
+fn result_over_the_manager_max_body_is_result_too_large_and_counts_as_failed() {
+    let (mut s, stats, t0) = welcomed_session(0, 8, 64);
+    let fits = run_task(&mut s, t0, 1, "echo", &[1u8; 64]);
+    assert_eq!(fits.flags, 0);
+    assert_eq!(fits.body, [1u8; 64]);
+    let too_big = run_task(&mut s, t0, 2, "echo", &[1u8; 65]);
+    assert_eq!(too_big.flags, FLAG_FAILED);
+    assert_eq!(error_body(&too_big).code, "result_too_large");
+    assert_eq!(stats.tasks_ok(), 1);
+    assert_eq!(stats.tasks_failed(), 1);
+    assert_eq!(s.closed(), None);
+}
+
+// ---------------------------------------------------------------------------
+// Stats, GOODBYE and the summary line
+// ---------------------------------------------------------------------------
+
+#[test]
+fn stats_track_tasks_ok_failed_and_in_flight() {
+    let (mut s, stats, t0) = welcomed_session(0, 8, 1 << 20);
+    let ms = Duration::from_millis;
+    assert_eq!(
+        (stats.tasks_ok(), stats.tasks_failed(), stats.in_flight()),
+        (0, 0, 0)
+    );
+
+    run_task(&mut s, t0, 1, "echo", b"a");
+    assert_eq!(
+        (stats.tasks_ok(), stats.tasks_failed(), stats.in_flight()),
+        (1, 0, 0)
+    );
+
+    run_task(&mut s, t0, 2, "nope", b"a");
+    assert_eq!(
+        (stats.tasks_ok(), stats.tasks_failed(), stats.in_flight()),
+        (1, 1, 0)
+    );
+
+    run_task(&mut s, t0, 3, "sleep", &[9]);
+    assert_eq!(
+        (stats.tasks_ok(), stats.tasks_failed(), stats.in_flight()),
+        (1, 2, 0)
+    );
+
+    let mut input = task(4, "sleep", &sleep_ms(50));
+    input.extend(task(5, "sleep", &sleep_ms(80)));
+    s.on_input(&input, t0);
+    assert_eq!(stats.in_flight(), 2);
+    assert_eq!(s.in_flight(), 2);
+
+    s.handle_timeout(t0 + ms(50));
+    assert_eq!(
+        (stats.tasks_ok(), stats.tasks_failed(), stats.in_flight()),
+        (2, 2, 1)
+    );
+    s.handle_timeout(t0 + ms(80));
+    assert_eq!(
+        (stats.tasks_ok(), stats.tasks_failed(), stats.in_flight()),
+        (3, 2, 0)
+    );
+    assert_eq!(stats.tasks_done(), 5);
+    assert_eq!(s.tasks_this_connection(), 5);
+    // The three answered at once were taken by `run_task`; the sleeps remain.
+    assert_eq!(result_count(&take(&mut s)), 2);
+}
+
+fn result_count(out: &[Out]) -> usize {
+    out.iter().filter(|f| f.kind == FrameKind::Result).count()
+}
+
+#[test]
+fn on_flushed_in_goodbye_due_writes_goodbye_with_the_stats_counters() {
+    let (mut s, stats, t0, counters, agent) = counted_session(0);
+    let mut sent = 0u64;
+    let mut received = 0u64;
+    // HELLO was written by the "runtime".
+    let hello = s.take_output(Vec::new());
+    counters.sent(hello.len());
+    sent += hello.len() as u64;
+    let w = welcome(1 << 20, 0);
+    counters.received(w.len());
+    received += w.len() as u64;
+    s.on_input(&w, t0);
+    let t = task(1, "echo", b"payload");
+    counters.received(t.len());
+    received += t.len() as u64;
+    s.on_input(&t, t0);
+    let result = s.take_output(Vec::new());
+    counters.sent(result.len());
+    sent += result.len() as u64;
+    s.on_flushed(t0);
+    assert!(!s.has_output(), "no GOODBYE while the session is active");
+
+    s.start_drain(t0);
+    assert_eq!(s.phase(), Phase::GoodbyeDue);
+    // DRAIN is not written yet: GOODBYE must wait for it.
+    s.on_flushed(t0);
+    assert_eq!(kinds(&frames(s.pending_output())), [FrameKind::Drain]);
+    assert_eq!(s.closed(), None);
+    let drain = s.take_output(Vec::new());
+    counters.sent(drain.len());
+    sent += drain.len() as u64;
+
+    s.on_flushed(t0);
+    let out = take(&mut s);
+    assert_eq!(kinds(&out), [FrameKind::Goodbye]);
+    let body: GoodbyeBody = serde_json::from_slice(&out[0].body).unwrap();
+    assert_eq!(
+        body,
+        GoodbyeBody {
+            bytes_sent: sent,
+            bytes_received: received,
+        }
+    );
+    assert_eq!(stats.bytes_sent(), sent);
+    assert_eq!(stats.bytes_received(), received);
+    assert_eq!(agent.bytes_sent_total(), sent);
+    assert_eq!(
+        s.closed(),
+        Some(&CloseReason::Goodbye {
+            origin: DrainOrigin::Worker
+        })
+    );
+    assert_eq!(s.phase(), Phase::Closed);
+    assert_eq!(stats.last_error(), None, "a graceful close is not an error");
+    s.on_flushed(t0);
+    assert!(!s.has_output(), "GOODBYE is written once");
+}
+
+#[test]
+fn manager_drain_ends_with_goodbye_after_the_delayed_task() {
+    let (mut s, stats, t0) = welcomed_session(0, 8, 1 << 20);
+    let ms = Duration::from_millis;
+    s.on_input(&task(1, "sleep", &sleep_ms(100)), t0);
+    s.on_input(&frame(FrameKind::Drain, 0, 0, &[]), t0);
+    assert_eq!(stats.state(), SessionState::Draining);
+    assert_eq!(s.phase(), Phase::Draining(DrainOrigin::Manager));
+    s.on_flushed(t0);
+    assert!(!s.has_output(), "no GOODBYE with a task in flight");
+    s.handle_timeout(t0 + ms(100));
+    assert_eq!(s.phase(), Phase::GoodbyeDue);
+    assert_eq!(kinds(&take(&mut s)), [FrameKind::Result]);
+    s.on_flushed(t0 + ms(100));
+    assert_eq!(kinds(&take(&mut s)), [FrameKind::Goodbye]);
+    assert_eq!(
+        s.closed(),
+        Some(&CloseReason::Goodbye {
+            origin: DrainOrigin::Manager
+        })
+    );
+}
+
+#[test]
+fn non_graceful_close_is_recorded_as_last_error() {
+    let (mut s, stats, t0) = welcomed_session(0, 8, 1 << 20);
+    let body = ErrorBody::new("overloaded", "go away").to_json();
+    s.on_input(&frame(FrameKind::Error, 0, 0, &body), t0);
+    match s.closed() {
+        Some(CloseReason::PeerError { code, .. }) => assert_eq!(code, "overloaded"),
+        other => panic!("expected PeerError, got {other:?}"),
+    }
+    let last_error = stats.last_error().expect("last_error is set");
+    assert!(last_error.contains("overloaded"), "{last_error}");
+}
+
+#[test]
+fn summary_line_formats_the_byte_totals_and_task_count() {
+    let (mut s, _stats, t0, counters, _agent) = counted_session(3);
+    assert_eq!(kinds(&take(&mut s)), [FrameKind::Hello]);
+    s.on_input(&welcome(1 << 20, 0), t0);
+    run_task(&mut s, t0, 1, "echo", b"a");
+    run_task(&mut s, t0, 2, "nope", b"b");
+    run_task(&mut s, t0, 3, "crc32c", b"c");
+    counters.sent(1_299_227_000);
+    counters.sent(607);
+    counters.received(39_321_600);
+    assert_eq!(
+        s.summary_line(),
+        "session 3 closed: sent 1.21 GiB (1299227607 B), received 37.5 MiB (39321600 B), 3 tasks"
+    );
+}
+
+#[test]
+fn summary_line_of_an_idle_session() {
+    let (s, _stats, _t0, _counters, _agent) = counted_session(0);
+    assert_eq!(
+        s.summary_line(),
+        "session 0 closed: sent 0 B (0 B), received 0 B (0 B), 0 tasks"
+    );
+}
+
+/// A fresh session (HELLO still queued) with byte counters wired to its stats.
+fn counted_session(
+    index: u32,
+) -> (
+    WorkerSession,
+    Arc<SessionStats>,
+    Instant,
+    ByteCounters,
+    Arc<AgentStats>,
+) {
+    let agent = Arc::new(AgentStats::new(
+        "worker-under-test".to_owned(),
+        "blocking",
+        index + 1,
+    ));
+    let stats = agent.sessions[index as usize].clone();
+    let counters = ByteCounters::new(stats.clone(), agent.clone());
+    let t0 = Instant::now();
+    let s = WorkerSession::new(
+        index,
+        &session_config(8),
+        HandlerRegistry::with_builtins(),
+        stats.clone(),
+        t0,
+    );
+    (s, stats, t0, counters, agent)
+}
+
+// ---------------------------------------------------------------------------
+// Ending a session with tasks still buffered
+// ---------------------------------------------------------------------------
+
+/// PROTOCOL.md "Worker stops": the worker "answers TASKs that still arrive
+/// with RESULT FAILED draining, finishes every accepted task and writes its
+/// RESULT, then sends GOODBYE"; and "The worker sends exactly one RESULT for
+/// every TASK it read". Here a TASK arrives in the same read as a `sleep`
+/// that fills the window (max_in_flight = 1); the worker then stops. When the
+/// sleep finishes, the buffered TASK must still be answered (`draining`)
+/// before GOODBYE.
+#[test]
+fn worker_stop_answers_a_task_read_behind_a_full_window_before_goodbye() {
+    let (mut s, _stats, t0) = welcomed_session(0, 1, 1 << 20);
+    let ms = Duration::from_millis;
+    let mut input = task(1, "sleep", &sleep_ms(100));
+    input.extend(task(2, "echo", b"late"));
+    s.on_input(&input, t0);
+    assert_eq!(s.in_flight(), 1);
+    assert!(!s.wants_read());
+    s.start_drain(t0);
+    s.handle_timeout(t0 + ms(100));
+    s.on_flushed(t0 + ms(100));
+    let mut out = take(&mut s);
+    s.on_flushed(t0 + ms(100));
+    out.extend(take(&mut s));
+    let answered: Vec<u64> = out
+        .iter()
+        .filter(|f| f.kind == FrameKind::Result)
+        .map(|f| f.id)
+        .collect();
+    assert_eq!(
+        answered,
+        [1, 2],
+        "task 2 was read but got no RESULT; frames: {:?}",
+        kinds(&out)
+    );
+    let late = out
+        .iter()
+        .find(|f| f.kind == FrameKind::Result && f.id == 2)
+        .unwrap();
+    assert_eq!(late.flags, FLAG_FAILED);
+    assert_eq!(error_body(late).code, "draining");
+    assert_eq!(out.last().map(|f| f.kind), Some(FrameKind::Goodbye));
+}

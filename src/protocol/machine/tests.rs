@@ -1359,19 +1359,19 @@ enum Piece {
 
 fn arb_clean_piece() -> impl Strategy<Value = Piece> {
     prop_oneof![
-        12 => (prop::option::weighted(0.05, 0u64..8), any::<bool>(),
+        120 => (prop::option::weighted(0.02, 0u64..8), any::<bool>(),
                prop::sample::select(vec!["echo", "sleep", "x"]),
                prop::collection::vec(any::<u8>(), 0..120))
             .prop_map(|(id, ack, handler, payload)| Piece::Task { id, ack, handler, payload }),
-        4 => any::<u64>().prop_map(Piece::Ping),
-        2 => any::<u64>().prop_map(Piece::Pong),
+        40 => any::<u64>().prop_map(Piece::Ping),
+        20 => any::<u64>().prop_map(Piece::Pong),
         1 => Just(Piece::Drain),
     ]
 }
 
 fn arb_dirty_piece() -> impl Strategy<Value = Piece> {
     prop_oneof![
-        30 => arb_clean_piece(),
+        100 => arb_clean_piece(),
         1 => (any::<u8>(), any::<u8>(), prop::sample::select(vec![0u16, 0, 0, 1, 0x8000]),
               0u64..8, prop::collection::vec(any::<u8>(), 0..40))
             .prop_map(|(kind, flags, reserved, id, body)| Piece::Raw { kind, flags, reserved, id, body }),
@@ -1425,8 +1425,8 @@ fn encode_pieces(pieces: &[Piece]) -> Vec<u8> {
 /// garbage, or plain random bytes.
 fn arb_stream() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
-        2 => prop::collection::vec(arb_clean_piece(), 0..300).prop_map(|p| encode_pieces(&p)),
-        1 => prop::collection::vec(arb_dirty_piece(), 0..300).prop_map(|p| encode_pieces(&p)),
+        2 => prop::collection::vec(arb_clean_piece(), 0..800).prop_map(|p| encode_pieces(&p)),
+        1 => prop::collection::vec(arb_dirty_piece(), 0..800).prop_map(|p| encode_pieces(&p)),
         1 => prop::collection::vec(any::<u8>(), 0..2048),
     ]
 }
@@ -1450,7 +1450,7 @@ fn arb_action() -> impl Strategy<Value = Action> {
         12 => (1..=P_CHUNK).prop_map(Action::Read),
         6 => (any::<usize>(), 0u8..4).prop_map(|(n, kind)| Action::Complete(n, kind)),
         2 => Just(Action::Flush),
-        2 => (0u64..250).prop_map(Action::Tick),
+        2 => (0u64..60).prop_map(Action::Tick),
         1 => Just(Action::Goodbye),
     ]
 }
@@ -1573,9 +1573,9 @@ fn arb_run() -> impl Strategy<Value = Run> {
         prop::sample::select(vec![0u32, 100]),
         any::<bool>(),
         arb_stream(),
-        prop::collection::vec(arb_action(), 0..600),
-        prop::option::weighted(0.3, 0usize..600),
-        prop::option::weighted(0.3, 0usize..600),
+        prop::collection::vec(arb_action(), 0..2000),
+        prop::option::weighted(0.3, 0usize..2000),
+        prop::option::weighted(0.3, 0usize..2000),
     )
         .prop_map(
             |(max_in_flight, heartbeat_ms, peer_reads, stream, actions, drain_at, eof_at)| Run {

@@ -1,0 +1,690 @@
+//! The loadgen's event loop: one thread, epoll through mio, every worker
+//! connection non-blocking. Per loop turn each readable connection is read
+//! once (64 KiB at a time) and every RESULT in it checked; each connection's
+//! new TASKs are written in one write. Nothing is allocated per task: task
+//! slots are recycled, payloads and expected results come from the [`Pool`].
+
+use std::io::{self, Read, Write};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use mio::{Events, Interest, Poll, Token};
+use ringworker::manager::{ManagerConfig, ManagerEventRef, ManagerMachine};
+use ringworker::protocol::GoodbyeBody;
+use ringworker::transport::Endpoint;
+
+use crate::workload::Pool;
+
+/// How the workload paces itself.
+#[derive(Debug, Clone, Copy)]
+pub enum Pacing {
+    /// Keep this many tasks in flight per session.
+    Closed { concurrency: u32 },
+    /// Send this many tasks per second in all, latency from the intended time.
+    Open { rate: f64 },
+}
+
+/// Settings of one run.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub sessions: u32,
+    pub pacing: Pacing,
+    pub duration: Option<Duration>,
+    pub tasks: Option<u64>,
+    pub warmup: Duration,
+    pub ack: bool,
+    pub manager: ManagerConfig,
+    /// Longest wait for outstanding results after sending stops.
+    pub grace: Duration,
+    /// Called once a second with the progress (none when not a terminal).
+    pub progress: bool,
+}
+
+#[derive(Debug)]
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl Listener {
+    /// Listen on `endpoint`; a stale Unix socket file is replaced.
+    pub fn bind(endpoint: &Endpoint) -> io::Result<Listener> {
+        match endpoint {
+            Endpoint::Tcp { .. } => {
+                let addrs = endpoint.socket_addrs()?;
+                let listener = std::net::TcpListener::bind(&addrs[..])?;
+                listener.set_nonblocking(true)?;
+                Ok(Listener::Tcp(TcpListener::from_std(listener)))
+            }
+            Endpoint::Unix(path) => {
+                if std::fs::symlink_metadata(path).is_ok_and(|m| {
+                    use std::os::unix::fs::FileTypeExt;
+                    m.file_type().is_socket()
+                }) {
+                    std::fs::remove_file(path)?;
+                }
+                let listener = std::os::unix::net::UnixListener::bind(path)?;
+                listener.set_nonblocking(true)?;
+                Ok(Listener::Unix(UnixListener::from_std(listener)))
+            }
+            Endpoint::Tls { .. } => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "tls:// listening is not supported by this build yet",
+            )),
+        }
+    }
+
+    fn accept(&self) -> io::Result<Stream> {
+        match self {
+            Listener::Tcp(l) => {
+                let (s, _) = l.accept()?;
+                s.set_nodelay(true)?;
+                Ok(Stream::Tcp(s))
+            }
+            Listener::Unix(l) => Ok(Stream::Unix(l.accept()?.0)),
+        }
+    }
+
+    pub fn local_endpoint(&self, requested: &Endpoint) -> io::Result<Endpoint> {
+        match self {
+            Listener::Tcp(l) => {
+                let addr = l.local_addr()?;
+                Ok(Endpoint::Tcp {
+                    host: addr.ip().to_string(),
+                    port: addr.port(),
+                })
+            }
+            Listener::Unix(_) => Ok(requested.clone()),
+        }
+    }
+}
+
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn source(&mut self) -> &mut dyn mio::event::Source {
+        match self {
+            Stream::Tcp(s) => s,
+            Stream::Unix(s) => s,
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnPhase {
+    Handshake,
+    Running,
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct TaskSlot {
+    generation: u32,
+    task: u32,
+    /// Nanoseconds since the run's epoch when the task was (meant to be) sent.
+    sent_ns: u64,
+    measured: bool,
+}
+
+/// Per-connection results.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ConnReport {
+    pub session: Option<u32>,
+    pub tasks_ok: u64,
+    pub tasks_failed: u64,
+    pub tasks_wrong: u64,
+    pub tasks_lost: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub agent_bytes_sent: Option<u64>,
+    pub agent_bytes_received: Option<u64>,
+    pub goodbye_len: Option<usize>,
+    pub accounting_exact: bool,
+    pub error: Option<String>,
+}
+
+struct Conn {
+    stream: Stream,
+    machine: ManagerMachine,
+    phase: ConnPhase,
+    slots: Vec<TaskSlot>,
+    free: Vec<u32>,
+    in_flight: u32,
+    report: ConnReport,
+    goodbye: Option<(GoodbyeBody, usize)>,
+    next_intended_ns: u64,
+    eof: bool,
+    /// The workload stops sending on this connection.
+    sending: bool,
+}
+
+/// Totals of a run.
+#[derive(Debug)]
+pub struct RunResult {
+    pub conns: Vec<ConnReport>,
+    pub histogram: Histogram<u64>,
+    pub measured: Duration,
+    pub measured_tasks: u64,
+    pub measured_payload_bytes: u64,
+    pub measured_wire_bytes: u64,
+    pub failure_codes: std::collections::BTreeMap<String, u64>,
+}
+
+const LISTENER: Token = Token(usize::MAX);
+const READ_CHUNK: usize = 64 * 1024;
+const MAX_SLOTS: u32 = 65_536;
+
+/// Drive a workload over `listener` until done, then stop sending and wait
+/// for outstanding results. The connections stay open for the drain
+/// ([`Engine::drain`]).
+pub struct Engine {
+    poll: Poll,
+    listener: Listener,
+    conns: Vec<Conn>,
+    pool: Pool,
+    spec: RunSpec,
+    epoch: Instant,
+    histogram: Histogram<u64>,
+    failure_codes: std::collections::BTreeMap<String, u64>,
+    sent_total: u64,
+    wire_at_start: Option<u64>,
+    wire_at_end: Option<u64>,
+    measured: Duration,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("connections", &self.conns.len())
+            .field("sent_total", &self.sent_total)
+            .finish()
+    }
+}
+
+impl Engine {
+    pub fn new(listener: Listener, pool: Pool, spec: RunSpec) -> io::Result<Engine> {
+        let poll = Poll::new()?;
+        let mut engine = Engine {
+            poll,
+            listener,
+            conns: Vec::new(),
+            pool,
+            spec,
+            epoch: Instant::now(),
+            histogram: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .map_err(|e| io::Error::other(e.to_string()))?,
+            failure_codes: Default::default(),
+            sent_total: 0,
+            wire_at_start: None,
+            wire_at_end: None,
+            measured: Duration::ZERO,
+        };
+        match &mut engine.listener {
+            Listener::Tcp(l) => engine
+                .poll
+                .registry()
+                .register(l, LISTENER, Interest::READABLE)?,
+            Listener::Unix(l) => {
+                engine
+                    .poll
+                    .registry()
+                    .register(l, LISTENER, Interest::READABLE)?
+            }
+        }
+        Ok(engine)
+    }
+
+    /// Accept `sessions` workers and complete their handshakes.
+    pub fn accept_all(&mut self, timeout: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut events = Events::with_capacity(1024);
+        while self
+            .conns
+            .iter()
+            .filter(|c| c.phase == ConnPhase::Running)
+            .count()
+            < self.spec.sessions as usize
+        {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "only {} of {} sessions connected within {timeout:?}",
+                        self.conns
+                            .iter()
+                            .filter(|c| c.phase == ConnPhase::Running)
+                            .count(),
+                        self.spec.sessions
+                    ),
+                ));
+            }
+            self.poll.poll(&mut events, Some(deadline - now))?;
+            for event in events.iter() {
+                if event.token() == LISTENER {
+                    self.accept_ready()?;
+                } else {
+                    self.on_readable(event.token().0, now);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn accept_ready(&mut self) -> io::Result<()> {
+        loop {
+            match self.listener.accept() {
+                Ok(mut stream) => {
+                    let token = Token(self.conns.len());
+                    self.poll.registry().register(
+                        stream.source(),
+                        token,
+                        Interest::READABLE | Interest::WRITABLE,
+                    )?;
+                    self.conns.push(Conn {
+                        stream,
+                        machine: ManagerMachine::new(self.spec.manager.clone()),
+                        phase: ConnPhase::Handshake,
+                        slots: Vec::new(),
+                        free: Vec::new(),
+                        in_flight: 0,
+                        report: ConnReport::default(),
+                        goodbye: None,
+                        next_intended_ns: 0,
+                        eof: false,
+                        sending: true,
+                    });
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// Run the workload; returns when sending is over and results are in (or
+    /// the grace period ran out).
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        self.epoch = Instant::now();
+        let start = self.epoch;
+        let warmup_end = start + self.spec.warmup;
+        let send_end = self.spec.duration.map(|d| warmup_end + d);
+        let mut last_progress = start;
+        let mut last_done = 0u64;
+        for conn in &mut self.conns {
+            conn.next_intended_ns = 0;
+        }
+        let mut finishing_since: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            let sending = finishing_since.is_none()
+                && send_end.is_none_or(|end| now < end)
+                && self.spec.tasks.is_none_or(|limit| self.sent_total < limit);
+            if !sending && finishing_since.is_none() {
+                finishing_since = Some(now);
+                for conn in &mut self.conns {
+                    conn.sending = false;
+                }
+                self.wire_at_end = Some(self.wire_bytes());
+                self.measured = now.saturating_duration_since(warmup_end);
+            }
+            if let Some(since) = finishing_since {
+                let outstanding: u32 = self
+                    .conns
+                    .iter()
+                    .filter(|c| c.phase == ConnPhase::Running)
+                    .map(|c| c.in_flight)
+                    .sum();
+                if outstanding == 0 || now.duration_since(since) >= self.spec.grace {
+                    break;
+                }
+            }
+            let measuring = now >= warmup_end;
+            if measuring && self.wire_at_start.is_none() {
+                self.wire_at_start = Some(self.wire_bytes());
+            }
+            for index in 0..self.conns.len() {
+                if sending {
+                    self.fill(index, now, measuring);
+                }
+                self.flush(index);
+            }
+            if self.spec.progress && now.duration_since(last_progress) >= Duration::from_secs(1) {
+                let done: u64 = self.conns.iter().map(|c| c.report.tasks_ok).sum();
+                eprint!(
+                    "\r  {:>5.1} s  {:>10} ok  {:>9.0} tasks/s  in flight {:>6}   ",
+                    now.duration_since(start).as_secs_f64(),
+                    done,
+                    (done - last_done) as f64 / now.duration_since(last_progress).as_secs_f64(),
+                    self.conns.iter().map(|c| c.in_flight).sum::<u32>()
+                );
+                last_progress = now;
+                last_done = done;
+            }
+            let timeout = match self.spec.pacing {
+                Pacing::Open { .. } if sending => Duration::from_micros(200),
+                _ => Duration::from_millis(50),
+            };
+            self.poll.poll(&mut events, Some(timeout))?;
+            let now = Instant::now();
+            for event in events.iter() {
+                if event.token() == LISTENER {
+                    continue;
+                }
+                if event.is_readable() || event.is_read_closed() || event.is_error() {
+                    self.on_readable(event.token().0, now);
+                }
+            }
+        }
+        if self.spec.progress {
+            eprintln!();
+        }
+        Ok(())
+    }
+
+    fn wire_bytes(&self) -> u64 {
+        self.conns
+            .iter()
+            .map(|c| c.report.bytes_sent + c.report.bytes_received)
+            .sum()
+    }
+
+    fn ns(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
+    /// Queue new TASKs on connection `index` as the pacing allows.
+    fn fill(&mut self, index: usize, now: Instant, measuring: bool) {
+        let now_ns = self.ns(now);
+        let sessions = self.spec.sessions.max(1);
+        let conn = &mut self.conns[index];
+        if conn.phase != ConnPhase::Running || !conn.sending {
+            return;
+        }
+        loop {
+            if self
+                .spec
+                .tasks
+                .is_some_and(|limit| self.sent_total >= limit)
+            {
+                return;
+            }
+            let intended_ns = match self.spec.pacing {
+                Pacing::Closed { concurrency } => {
+                    if conn.in_flight >= concurrency {
+                        return;
+                    }
+                    now_ns
+                }
+                Pacing::Open { rate } => {
+                    if conn.next_intended_ns > now_ns || conn.in_flight >= MAX_SLOTS - 1 {
+                        return;
+                    }
+                    let intended = conn.next_intended_ns;
+                    let interval_ns = (1e9 * f64::from(sessions) / rate).max(1.0);
+                    conn.next_intended_ns = intended + interval_ns as u64;
+                    intended
+                }
+            };
+            let slot = match conn.free.pop() {
+                Some(slot) => slot,
+                None => {
+                    if conn.slots.len() as u32 >= MAX_SLOTS {
+                        return;
+                    }
+                    conn.slots.push(TaskSlot::default());
+                    conn.slots.len() as u32 - 1
+                }
+            };
+            let task = self.pool.pick(self.sent_total);
+            let entry = &mut conn.slots[slot as usize];
+            entry.generation = entry.generation.wrapping_add(1);
+            entry.task = task;
+            entry.sent_ns = intended_ns;
+            entry.measured = measuring;
+            let id = (u64::from(entry.generation) << 32) | u64::from(slot);
+            let prepared = &self.pool.tasks[task as usize];
+            let handler = &self.pool.handlers[prepared.handler];
+            if conn
+                .machine
+                .send_task(id, handler, &prepared.payload, self.spec.ack)
+                .is_err()
+            {
+                conn.free.push(slot);
+                conn.sending = false;
+                conn.report
+                    .error
+                    .get_or_insert_with(|| "a TASK exceeds the agent's max_body".to_owned());
+                return;
+            }
+            conn.in_flight += 1;
+            self.sent_total += 1;
+        }
+    }
+
+    /// Write what connection `index` has queued, as far as the socket takes it.
+    fn flush(&mut self, index: usize) {
+        let conn = &mut self.conns[index];
+        while !conn.machine.pending_output().is_empty() && conn.phase != ConnPhase::Closed {
+            match conn.stream.write(conn.machine.pending_output()) {
+                Ok(0) => {
+                    conn.fail("write returned 0");
+                    return;
+                }
+                Ok(n) => {
+                    conn.report.bytes_sent += n as u64;
+                    conn.machine.consume_output(n);
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => {
+                    conn.fail(&format!("write failed: {err}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_readable(&mut self, index: usize, now: Instant) {
+        let now_ns = self.ns(now);
+        let Some(conn) = self.conns.get_mut(index) else {
+            return;
+        };
+        loop {
+            if conn.phase == ConnPhase::Closed {
+                return;
+            }
+            let space = conn.machine.recv_space(READ_CHUNK);
+            let n = match conn.stream.read(space) {
+                Ok(0) => {
+                    conn.machine.commit(0);
+                    conn.eof = true;
+                    conn.phase = ConnPhase::Closed;
+                    return;
+                }
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    conn.machine.commit(0);
+                    return;
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {
+                    conn.machine.commit(0);
+                    continue;
+                }
+                Err(err) => {
+                    conn.machine.commit(0);
+                    conn.fail(&format!("read failed: {err}"));
+                    return;
+                }
+            };
+            conn.machine.commit(n);
+            conn.report.bytes_received += n as u64;
+            while let Some(event) = conn.machine.poll_event_ref() {
+                match event {
+                    ManagerEventRef::Hello(hello) => {
+                        conn.report.session = Some(hello.session);
+                        conn.phase = ConnPhase::Running;
+                    }
+                    ManagerEventRef::Result { id, failed, body } => {
+                        let slot = (id & 0xFFFF_FFFF) as usize;
+                        let generation = (id >> 32) as u32;
+                        let Some(entry) = conn
+                            .slots
+                            .get(slot)
+                            .copied()
+                            .filter(|e| e.generation == generation && e.sent_ns != u64::MAX)
+                        else {
+                            conn.report.tasks_wrong += 1;
+                            continue;
+                        };
+                        conn.slots[slot].sent_ns = u64::MAX;
+                        conn.free.push(slot as u32);
+                        conn.in_flight -= 1;
+                        let prepared = &self.pool.tasks[entry.task as usize];
+                        if failed {
+                            conn.report.tasks_failed += 1;
+                            let code =
+                                serde_json::from_slice::<ringworker::protocol::ErrorBody>(body)
+                                    .map(|b| b.code)
+                                    .unwrap_or_else(|_| "unparseable".to_owned());
+                            *self.failure_codes.entry(code).or_default() += 1;
+                        } else if prepared
+                            .expected
+                            .as_deref()
+                            .is_none_or(|expected| expected == body)
+                        {
+                            conn.report.tasks_ok += 1;
+                        } else {
+                            conn.report.tasks_wrong += 1;
+                        }
+                        if entry.measured {
+                            let micros = now_ns.saturating_sub(entry.sent_ns) / 1000;
+                            let _ = self.histogram.record(micros.max(1));
+                        }
+                    }
+                    ManagerEventRef::Goodbye { counts, frame_len } => {
+                        if let Some(counts) = counts {
+                            conn.goodbye = Some((counts, frame_len));
+                        }
+                    }
+                    ManagerEventRef::Error { code, message } => {
+                        conn.report.error = Some(format!("agent sent ERROR {code}: {message}"));
+                    }
+                    ManagerEventRef::Refused { code, message } => {
+                        conn.report.error = Some(format!("refused the agent: {code}: {message}"));
+                    }
+                    ManagerEventRef::Ack { .. }
+                    | ManagerEventRef::Ping { .. }
+                    | ManagerEventRef::Pong { .. }
+                    | ManagerEventRef::Drain => {}
+                }
+            }
+        }
+    }
+
+    /// Send DRAIN on every connection (when the agent was not spawned).
+    pub fn send_drain(&mut self) {
+        for index in 0..self.conns.len() {
+            if self.conns[index].phase == ConnPhase::Running {
+                self.conns[index].machine.send_drain();
+                self.flush(index);
+            }
+        }
+    }
+
+    /// Read until every connection has closed (after GOODBYE) or `timeout`.
+    pub fn drain(&mut self, timeout: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut events = Events::with_capacity(1024);
+        while self.conns.iter().any(|c| c.phase != ConnPhase::Closed) {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            for index in 0..self.conns.len() {
+                self.flush(index);
+            }
+            self.poll.poll(
+                &mut events,
+                Some((deadline - now).min(Duration::from_millis(50))),
+            )?;
+            let now = Instant::now();
+            for event in events.iter() {
+                if event.token() != LISTENER {
+                    self.on_readable(event.token().0, now);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The totals of the run.
+    pub fn finish(mut self) -> RunResult {
+        for conn in &mut self.conns {
+            conn.report.tasks_lost = u64::from(conn.in_flight);
+            match conn.goodbye {
+                Some((counts, len)) => {
+                    conn.report.agent_bytes_sent = Some(counts.bytes_sent + len as u64);
+                    conn.report.agent_bytes_received = Some(counts.bytes_received);
+                    conn.report.goodbye_len = Some(len);
+                    conn.report.accounting_exact = counts.bytes_sent + len as u64
+                        == conn.report.bytes_received
+                        && counts.bytes_received == conn.report.bytes_sent;
+                }
+                None => {
+                    conn.report.error.get_or_insert_with(|| {
+                        "no GOODBYE: byte totals cannot be checked".to_owned()
+                    });
+                }
+            }
+        }
+        let measured_tasks = self.histogram.len();
+        // Payload bytes: the mix's mean payload times the measured tasks.
+        let mean_payload = self
+            .pool
+            .order
+            .iter()
+            .map(|&i| self.pool.tasks[i as usize].payload.len() as f64)
+            .sum::<f64>()
+            / self.pool.order.len().max(1) as f64;
+        let wire = self
+            .wire_at_end
+            .unwrap_or(0)
+            .saturating_sub(self.wire_at_start.unwrap_or(0));
+        RunResult {
+            conns: self.conns.into_iter().map(|c| c.report).collect(),
+            histogram: self.histogram,
+            measured: self.measured,
+            measured_tasks,
+            measured_payload_bytes: (mean_payload * measured_tasks as f64) as u64,
+            measured_wire_bytes: wire,
+            failure_codes: self.failure_codes,
+        }
+    }
+}
+
+impl Conn {
+    fn fail(&mut self, why: &str) {
+        self.report.error.get_or_insert_with(|| why.to_owned());
+        self.phase = ConnPhase::Closed;
+    }
+}

@@ -1,0 +1,7 @@
+//! `ringworker-loadgen` as a library: the workload model, the epoll engine
+//! that drives agents, and the report. The binary wires them to a command
+//! line; tests use them directly.
+
+pub mod engine;
+pub mod report;
+pub mod workload;

@@ -1,0 +1,250 @@
+//! The report: a human table on stdout, a JSON object for machines
+//! (AGENT.md lists its keys) and an HdrHistogram percentile file.
+
+use std::io::Write;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::engine::{ConnReport, RunResult};
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+/// The machine-readable report (`--json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub runtime: Option<String>,
+    pub sessions: u32,
+    pub handler: String,
+    pub payload: String,
+    pub pacing: String,
+    pub duration_s: f64,
+    pub tasks_ok: u64,
+    pub tasks_failed: u64,
+    pub tasks_wrong: u64,
+    pub tasks_lost: u64,
+    pub tasks_per_sec: f64,
+    pub payload_mib_per_sec: f64,
+    pub wire_mib_per_sec: f64,
+    pub latency_us: Latency,
+    pub accounting_mismatches: u64,
+    pub loadgen_cpu_s: f64,
+    pub agent_cpu_s: Option<f64>,
+    pub loadgen_cpu_us_per_task: f64,
+    pub agent_cpu_us_per_task: Option<f64>,
+    pub per_session_tasks_min: u64,
+    pub per_session_tasks_max: u64,
+    pub failure_codes: std::collections::BTreeMap<String, u64>,
+    pub connections: Vec<ConnReport>,
+}
+
+/// What the run was, for the report header.
+#[derive(Debug, Clone)]
+pub struct Describe {
+    pub runtime: Option<String>,
+    pub sessions: u32,
+    pub handler: String,
+    pub payload: String,
+    pub pacing: String,
+}
+
+impl Report {
+    pub fn new(
+        result: &RunResult,
+        describe: Describe,
+        loadgen_cpu_s: f64,
+        agent_cpu_s: Option<f64>,
+    ) -> Report {
+        let sum = |f: fn(&ConnReport) -> u64| result.conns.iter().map(f).sum::<u64>();
+        let secs = result.measured.as_secs_f64().max(1e-9);
+        let h = &result.histogram;
+        let q = |quantile: f64| {
+            if h.is_empty() {
+                0
+            } else {
+                h.value_at_quantile(quantile)
+            }
+        };
+        let tasks = result.measured_tasks;
+        let per_task = |cpu: f64| {
+            if tasks == 0 {
+                0.0
+            } else {
+                cpu * 1e6 / tasks as f64
+            }
+        };
+        let per_session: Vec<u64> = result.conns.iter().map(|c| c.tasks_ok).collect();
+        Report {
+            runtime: describe.runtime,
+            sessions: describe.sessions,
+            handler: describe.handler,
+            payload: describe.payload,
+            pacing: describe.pacing,
+            duration_s: secs,
+            tasks_ok: sum(|c| c.tasks_ok),
+            tasks_failed: sum(|c| c.tasks_failed),
+            tasks_wrong: sum(|c| c.tasks_wrong),
+            tasks_lost: sum(|c| c.tasks_lost),
+            tasks_per_sec: tasks as f64 / secs,
+            payload_mib_per_sec: result.measured_payload_bytes as f64 / secs / (1024.0 * 1024.0),
+            wire_mib_per_sec: result.measured_wire_bytes as f64 / secs / (1024.0 * 1024.0),
+            latency_us: Latency {
+                p50: q(0.5),
+                p90: q(0.9),
+                p99: q(0.99),
+                p999: q(0.999),
+                max: if h.is_empty() { 0 } else { h.max() },
+            },
+            accounting_mismatches: result.conns.iter().filter(|c| !c.accounting_exact).count()
+                as u64,
+            loadgen_cpu_s,
+            agent_cpu_s,
+            loadgen_cpu_us_per_task: per_task(loadgen_cpu_s),
+            agent_cpu_us_per_task: agent_cpu_s.map(per_task),
+            per_session_tasks_min: per_session.iter().copied().min().unwrap_or(0),
+            per_session_tasks_max: per_session.iter().copied().max().unwrap_or(0),
+            failure_codes: result.failure_codes.clone(),
+            connections: result.conns.clone(),
+        }
+    }
+
+    /// Exit status rule: clean only with nothing wrong, lost or mismatched.
+    pub fn passed(&self) -> bool {
+        self.tasks_wrong == 0 && self.tasks_lost == 0 && self.accounting_mismatches == 0
+    }
+
+    /// The human table.
+    pub fn print(&self, out: &mut impl Write) -> std::io::Result<()> {
+        writeln!(out, "ringworker-loadgen report")?;
+        writeln!(
+            out,
+            "  agent runtime {}  sessions {}  handler {}  payload {}  {}",
+            self.runtime.as_deref().unwrap_or("(external)"),
+            self.sessions,
+            self.handler,
+            self.payload,
+            self.pacing
+        )?;
+        writeln!(out, "  measured        {:.2} s", self.duration_s)?;
+        writeln!(
+            out,
+            "  tasks           ok {}  failed {}  wrong {}  lost {}",
+            self.tasks_ok, self.tasks_failed, self.tasks_wrong, self.tasks_lost
+        )?;
+        for (code, count) in &self.failure_codes {
+            writeln!(out, "    failed {code}: {count}")?;
+        }
+        writeln!(out, "  throughput      {:.0} tasks/s", self.tasks_per_sec)?;
+        writeln!(
+            out,
+            "  bandwidth       payload {:.1} MiB/s  wire {:.1} MiB/s",
+            self.payload_mib_per_sec, self.wire_mib_per_sec
+        )?;
+        let l = &self.latency_us;
+        writeln!(
+            out,
+            "  latency (us)    p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+            l.p50, l.p90, l.p99, l.p999, l.max
+        )?;
+        writeln!(
+            out,
+            "  per session     tasks min {}  max {}",
+            self.per_session_tasks_min, self.per_session_tasks_max
+        )?;
+        match (self.agent_cpu_s, self.agent_cpu_us_per_task) {
+            (Some(agent), Some(per_task)) => writeln!(
+                out,
+                "  cpu             loadgen {:.2} s ({:.3} us/task)  agent {:.2} s ({:.3} us/task)",
+                self.loadgen_cpu_s, self.loadgen_cpu_us_per_task, agent, per_task
+            )?,
+            _ => writeln!(
+                out,
+                "  cpu             loadgen {:.2} s ({:.3} us/task)  agent n/a (not spawned)",
+                self.loadgen_cpu_s, self.loadgen_cpu_us_per_task
+            )?,
+        }
+        writeln!(out, "  byte accounting (agent vs loadgen, per connection):")?;
+        let mut conns: Vec<&ConnReport> = self.connections.iter().collect();
+        conns.sort_by_key(|c| c.session);
+        let shown = conns.len().min(16);
+        for c in &conns[..shown] {
+            writeln!(
+                out,
+                "    session {:>5}  agent sent {:>14} / loadgen received {:>14}  agent received {:>14} / loadgen sent {:>14}  {}",
+                c.session.map_or("?".to_owned(), |s| s.to_string()),
+                c.agent_bytes_sent.map_or("-".to_owned(), |b| b.to_string()),
+                c.bytes_received,
+                c.agent_bytes_received.map_or("-".to_owned(), |b| b.to_string()),
+                c.bytes_sent,
+                if c.accounting_exact { "exact" } else { c.error.as_deref().unwrap_or("MISMATCH") }
+            )?;
+        }
+        if conns.len() > shown {
+            let exact = conns[shown..].iter().filter(|c| c.accounting_exact).count();
+            writeln!(
+                out,
+                "    ... {} more connections, {} exact",
+                conns.len() - shown,
+                exact
+            )?;
+        }
+        writeln!(
+            out,
+            "  result          {}",
+            if self.passed() {
+                "PASS: every result verified, byte totals exact"
+            } else {
+                "FAIL"
+            }
+        )?;
+        Ok(())
+    }
+}
+
+/// Write the HdrHistogram percentile distribution (`.hgrm`), in microseconds.
+pub fn write_hgrm(histogram: &Histogram<u64>, out: &mut impl Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:>12} {:>14} {:>10} {:>14}\n",
+        "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
+    )?;
+    let mut total = 0u64;
+    for v in histogram.iter_quantiles(5) {
+        total += v.count_since_last_iteration();
+        let q = v.quantile_iterated_to();
+        let inverse = if q < 1.0 {
+            1.0 / (1.0 - q)
+        } else {
+            f64::INFINITY
+        };
+        writeln!(
+            out,
+            "{:>12.3} {:>14.12} {:>10} {:>14.2}",
+            v.value_iterated_to() as f64,
+            q,
+            total,
+            inverse
+        )?;
+    }
+    writeln!(
+        out,
+        "#[Mean    = {:>12.3}, StdDeviation   = {:>12.3}]",
+        histogram.mean(),
+        histogram.stdev()
+    )?;
+    writeln!(
+        out,
+        "#[Max     = {:>12.3}, Total count    = {:>12}]",
+        histogram.max() as f64,
+        histogram.len()
+    )?;
+    Ok(())
+}
