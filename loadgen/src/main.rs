@@ -163,7 +163,13 @@ fn run() -> anyhow::Result<bool> {
             Pacing::Closed { concurrency } => concurrency.max(64),
             Pacing::Open { .. } => 1024,
         };
-        let child = Command::new(&bin)
+        let given = |flag: &str| {
+            args.agent_args
+                .iter()
+                .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+        };
+        let mut command = Command::new(&bin);
+        command
             .args([
                 "run",
                 "--manager",
@@ -171,9 +177,17 @@ fn run() -> anyhow::Result<bool> {
                 "--runtime",
                 runtime,
             ])
-            .args(["--sessions", &args.sessions.to_string()])
-            .args(["--max-in-flight", &max_in_flight.to_string()])
-            .args(["--metrics-addr", "off", "--worker-id", "loadgen-spawned"])
+            .args(["--sessions", &args.sessions.to_string()]);
+        if !given("--max-in-flight") {
+            command.args(["--max-in-flight", &max_in_flight.to_string()]);
+        }
+        if !given("--metrics-addr") {
+            command.args(["--metrics-addr", "off"]);
+        }
+        if !given("--worker-id") {
+            command.args(["--worker-id", "loadgen-spawned"]);
+        }
+        let child = command
             .args(&args.agent_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

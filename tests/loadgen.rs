@@ -1,0 +1,190 @@
+//! ringworker-loadgen end to end: it drives a spawned agent of each runtime,
+//! catches a wrong result, and measures open-loop latency from the intended
+//! send time.
+
+// Tests unwrap freely: a panic is a failed test with its location.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use ringworker::handlers::{HandlerRegistry, Reply};
+use ringworker::runtime::{BlockingRuntime, RuntimeKind, RuntimeMode};
+use ringworker::transport::Endpoint;
+
+/// The loadgen binary, next to the agent binary. It belongs to another
+/// package of the workspace, so it is brought up to date here once (a no-op
+/// after `cargo test --workspace`).
+fn loadgen_bin() -> PathBuf {
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    BUILD.call_once(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "ringworker-loadgen"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "cargo build -p ringworker-loadgen failed");
+    });
+    PathBuf::from(env!("CARGO_BIN_EXE_ringworker")).with_file_name("ringworker-loadgen")
+}
+
+fn temp_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "ringworker-loadgen-test-{}-{name}",
+        std::process::id()
+    ))
+}
+
+fn json(path: &PathBuf) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+for_each_runtime!(loadgen_drives_a_spawned_agent_with_exact_accounting);
+
+fn loadgen_drives_a_spawned_agent_with_exact_accounting(kind: RuntimeKind) {
+    let report = temp_path(&format!("e2e-{}.json", kind.as_str()));
+    let output = Command::new(loadgen_bin())
+        .args(["--listen", "tcp://127.0.0.1:0", "--spawn", kind.as_str()])
+        .arg(format!("--agent-bin={}", env!("CARGO_BIN_EXE_ringworker")))
+        .args(["--sessions", "4", "--concurrency", "8", "--duration", "2"])
+        .args([
+            "--handler",
+            "echo:4,crc32c:1,sha256:1,sink:1",
+            "--payload",
+            "1..2048",
+            "--ack",
+        ])
+        .arg(format!("--json={}", report.display()))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let r = json(&report);
+    assert!(r["tasks_ok"].as_u64().unwrap() > 100, "{r}");
+    assert_eq!(r["tasks_wrong"], 0);
+    assert_eq!(r["tasks_lost"], 0);
+    assert_eq!(r["tasks_failed"], 0);
+    assert_eq!(r["accounting_mismatches"], 0);
+    assert_eq!(r["sessions"], 4);
+    assert!(
+        r["agent_cpu_s"].as_f64().is_some(),
+        "a spawned agent's CPU is reported"
+    );
+    for key in [
+        "duration_s",
+        "tasks_per_sec",
+        "payload_mib_per_sec",
+        "wire_mib_per_sec",
+        "loadgen_cpu_s",
+    ] {
+        assert!(r[key].as_f64().unwrap() > 0.0, "{key}: {r}");
+    }
+    for key in ["p50", "p90", "p99", "p999", "max"] {
+        assert!(r["latency_us"][key].as_u64().unwrap() > 0, "{key}");
+    }
+    let connections = r["connections"].as_array().unwrap();
+    assert_eq!(connections.len(), 4);
+    for c in connections {
+        assert_eq!(c["agent_bytes_sent"], c["bytes_received"]);
+        assert_eq!(c["agent_bytes_received"], c["bytes_sent"]);
+    }
+    assert!(stdout.contains("PASS"), "{stdout}");
+    let _ = std::fs::remove_file(report);
+}
+
+#[test]
+fn a_wrong_result_is_caught_and_exits_non_zero() {
+    // An agent whose `echo` corrupts one byte in a thousand tasks.
+    let socket = temp_path("wrong.sock");
+    let report = temp_path("wrong.json");
+    let mut loadgen = Command::new(loadgen_bin())
+        .arg(format!("--listen=unix://{}", socket.display()))
+        .args([
+            "--sessions",
+            "1",
+            "--concurrency",
+            "4",
+            "--tasks",
+            "3000",
+            "--payload",
+            "32",
+        ])
+        .arg(format!("--json={}", report.display()))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut handlers = HandlerRegistry::new();
+    let calls = std::sync::atomic::AtomicU64::new(0);
+    handlers
+        .register("echo", move |payload: &[u8], out: &mut Vec<u8>| {
+            out.extend_from_slice(payload);
+            if calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 1000 == 999 {
+                out[0] ^= 0xFF;
+            }
+            Ok(Reply::Ready)
+        })
+        .unwrap();
+    let mut plan = common::plan(Endpoint::Unix(socket.clone()), 1, 8);
+    plan.handlers = handlers;
+    let mut agent = BlockingRuntime::new(plan);
+    agent.start().unwrap();
+    let status = loadgen.wait().unwrap();
+    agent.request_stop();
+    agent.wait();
+    assert_eq!(status.code(), Some(1), "a wrong result fails the run");
+    let r = json(&report);
+    assert_eq!(r["tasks_wrong"], 3, "{r}");
+    assert_eq!(r["tasks_ok"], 2997);
+    assert_eq!(r["tasks_lost"], 0);
+    let _ = std::fs::remove_file(report);
+}
+
+#[test]
+fn open_loop_latency_counts_queueing_from_the_intended_send_time() {
+    // 50 ms sleeps, one at a time, offered at 100/s: the agent can do 20/s,
+    // so tasks queue and their latency, measured from when each was meant
+    // to be sent, grows far past the 50 ms service time.
+    let report = temp_path("open.json");
+    let output = Command::new(loadgen_bin())
+        .args(["--listen", "tcp://127.0.0.1:0", "--spawn", "blocking"])
+        .arg(format!("--agent-bin={}", env!("CARGO_BIN_EXE_ringworker")))
+        .args(["--agent-arg=--max-in-flight=1", "--sessions", "1"])
+        .args([
+            "--handler",
+            "sleep",
+            "--payload",
+            "50",
+            "--rate",
+            "100",
+            "--duration",
+            "2",
+        ])
+        .arg(format!("--json={}", report.display()))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let r = json(&report);
+    let p50 = Duration::from_micros(r["latency_us"]["p50"].as_u64().unwrap());
+    let max = Duration::from_micros(r["latency_us"]["max"].as_u64().unwrap());
+    assert!(
+        p50 >= Duration::from_millis(300),
+        "median includes queueing: {p50:?}"
+    );
+    assert!(
+        max >= Duration::from_millis(1000),
+        "the backlog grows: {max:?}"
+    );
+    assert_eq!(r["tasks_lost"], 0);
+    let _ = std::fs::remove_file(report);
+}
