@@ -84,20 +84,33 @@ impl std::fmt::Debug for Agent {
 impl Agent {
     /// Select the runtime and start every session.
     pub fn start(config: &Config, handlers: HandlerRegistry) -> Result<Agent, RuntimeError> {
+        let mut agent = Agent::new(config, handlers)?;
+        agent.run(config)?;
+        Ok(agent)
+    }
+
+    /// Select the runtime without starting it (its stats exist already, so
+    /// the HTTP listener can be bound first).
+    pub fn new(config: &Config, handlers: HandlerRegistry) -> Result<Agent, RuntimeError> {
         let plan = plan_from_config(config, handlers);
-        let mut runtime = select_runtime(config.runtime, plan)?;
-        runtime.start()?;
+        let runtime = select_runtime(config.runtime, plan)?;
+        Ok(Agent { runtime })
+    }
+
+    /// Start every session.
+    pub fn run(&mut self, config: &Config) -> Result<(), RuntimeError> {
+        self.runtime.start()?;
         tracing::info!(
-            runtime = runtime.kind().as_str(),
+            runtime = self.runtime.kind().as_str(),
             sessions = config.sessions,
             manager = %config.manager,
             "ringworker {} started: {} session(s) to {} on the {} runtime",
             env!("CARGO_PKG_VERSION"),
             config.sessions,
             config.manager,
-            runtime.kind().as_str()
+            self.runtime.kind().as_str()
         );
-        Ok(Agent { runtime })
+        Ok(())
     }
 
     pub fn stats(&self) -> Arc<AgentStats> {

@@ -14,7 +14,9 @@
 //!   counted in one `send_raw` / `recv_raw` per engine.
 //! - [`transport`]: endpoints (`tcp://`, `tls://`, `unix://`) and dialling.
 //! - [`agent`], [`config`]: the `ringworker run` command around a runtime.
-//! - [`stats`], [`format`]: live counters and their human form.
+//! - [`stats`], [`format`]: live counters and their human form;
+//!   [`metrics`], [`http`]: Prometheus metrics and the HTTP listener
+//!   (`/metrics`, `/healthz`, `/readyz`, `/status`) on a thread of its own.
 //! - [`manager`]: the manager side of the protocol, for the loadgen and tests.
 //! - [`demo`]: `ringworker demo`, an embedded manager and agent on loopback.
 //!
@@ -29,7 +31,9 @@ pub mod config;
 pub mod demo;
 pub mod format;
 pub mod handlers;
+pub mod http;
 pub mod manager;
+pub mod metrics;
 pub mod protocol;
 pub mod runtime;
 pub mod session;

@@ -5,7 +5,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use ringworker::agent::{install_signal_handlers, Agent};
-use ringworker::config::{self, Config, LogFormat, RunArgs};
+use std::sync::Arc;
+
+use ringworker::config::{self, Config, LogFormat, MetricsAddr, RunArgs};
+use ringworker::http::HttpServer;
+use ringworker::metrics::Telemetry;
 use ringworker::demo::{self, DemoArgs};
 use ringworker::handlers::HandlerRegistry;
 
@@ -78,13 +82,35 @@ fn run(args: &RunArgs) -> ExitCode {
     if let Ok(limit) = rlimit::increase_nofile_limit(u64::MAX) {
         tracing::debug!(limit, "open-file limit raised to the hard limit");
     }
-    let agent = match Agent::start(&config, HandlerRegistry::with_builtins()) {
+    let mut agent = match Agent::new(&config, HandlerRegistry::with_builtins()) {
         Ok(agent) => agent,
         Err(err) => {
             eprintln!("ringworker: {err}");
             return ExitCode::from(1);
         }
     };
+    let _http = match config.metrics_addr {
+        MetricsAddr::Off => None,
+        MetricsAddr::Listen(addr) => {
+            let telemetry = Arc::new(Telemetry::new(agent.stats()));
+            match HttpServer::start(addr, telemetry) {
+                Ok(server) => {
+                    tracing::info!("metrics and status on http://{}/metrics", server.addr());
+                    Some(server)
+                }
+                Err(err) => {
+                    eprintln!(
+                        "ringworker: cannot listen on {addr} for metrics: {err} (choose another --metrics-addr, or `off`)"
+                    );
+                    return ExitCode::from(1);
+                }
+            }
+        }
+    };
+    if let Err(err) = agent.run(&config) {
+        eprintln!("ringworker: {err}");
+        return ExitCode::from(1);
+    }
     if let Err(err) = install_signal_handlers(agent.stop_handle()) {
         eprintln!("ringworker: cannot install signal handlers: {err}");
         return ExitCode::from(1);

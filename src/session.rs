@@ -56,8 +56,13 @@ struct Delayed {
     due: Instant,
     seq: u64,
     id: u64,
+    handler: Option<usize>,
     output: Result<Vec<u8>, (&'static str, String)>,
 }
+
+/// One task in this many has its handler time measured for
+/// `ringworker_task_duration_seconds` (delayed answers always are).
+pub const TIMING_SAMPLE: u64 = 16;
 
 /// One connection of one session, above the socket.
 #[derive(Debug)]
@@ -72,6 +77,9 @@ pub struct WorkerSession {
     tasks_this_connection: u64,
     closed: Option<CloseReason>,
     welcomed_at: Option<Instant>,
+    /// `ringworker_task_duration_seconds{handler}`, by registry position.
+    durations: Vec<::metrics::Histogram>,
+    timing_tick: u64,
 }
 
 impl WorkerSession {
@@ -86,6 +94,11 @@ impl WorkerSession {
         let mut machine_config = MachineConfig::new(config.hello(index, &handlers));
         machine_config.handshake_timeout = config.handshake_timeout;
         stats.set_state(SessionState::Handshaking);
+        let durations = handlers
+            .names()
+            .into_iter()
+            .map(|name| ::metrics::histogram!(crate::metrics::TASK_DURATION, "handler" => name))
+            .collect();
         WorkerSession {
             index,
             machine: WorkerMachine::new(machine_config, now),
@@ -97,6 +110,8 @@ impl WorkerSession {
             tasks_this_connection: 0,
             closed: None,
             welcomed_at: None,
+            durations,
+            timing_tick: 0,
         }
     }
 
@@ -174,7 +189,7 @@ impl WorkerSession {
                 Ok(output) => TaskOutcome::Ok(output),
                 Err((code, message)) => TaskOutcome::Failed { code, message },
             };
-            self.finish(delayed.id, outcome, now);
+            self.finish(delayed.id, delayed.handler, outcome, now);
         }
         self.machine.handle_timeout(now);
         self.process(now);
@@ -291,27 +306,48 @@ impl WorkerSession {
                 }
                 Event::Task(task) => {
                     self.scratch.clear();
-                    let reply = self
-                        .handlers
-                        .call(task.handler, task.payload, &mut self.scratch);
                     let id = task.id;
+                    let found = self.handlers.lookup(task.handler);
+                    let handler = found.map(|(index, _)| index);
+                    // One task in TIMING_SAMPLE is timed: two clock reads per
+                    // task would cost more than the rest of the metrics.
+                    self.timing_tick = self.timing_tick.wrapping_add(1);
+                    let timed = handler.is_some() && self.timing_tick % TIMING_SAMPLE == 0;
+                    let started = timed.then(Instant::now);
+                    let reply = match found {
+                        Some((_, h)) => h.call(task.payload, &mut self.scratch),
+                        None => Err(TaskFailure {
+                            code: crate::protocol::codes::UNKNOWN_HANDLER,
+                            message: format!("no handler named {:?}", task.handler),
+                        }),
+                    };
+                    if let (Some(started), Some(index)) = (started, handler) {
+                        if let Some(histogram) = self.durations.get(index) {
+                            histogram.record(started.elapsed().as_secs_f64());
+                        }
+                    }
                     match reply {
                         Ok(Reply::Ready) => {
                             let output = std::mem::take(&mut self.scratch);
-                            self.finish(id, TaskOutcome::Ok(&output), now);
+                            self.finish(id, handler, TaskOutcome::Ok(&output), now);
                             self.scratch = output;
                         }
                         Ok(Reply::After(delay)) => {
+                            // A delayed answer's handler time is its delay.
+                            if let Some(histogram) = handler.and_then(|i| self.durations.get(i)) {
+                                histogram.record(delay.as_secs_f64());
+                            }
                             let output = if self.scratch.is_empty() {
                                 Vec::new()
                             } else {
                                 self.scratch.clone()
                             };
-                            self.schedule(id, now + delay, Ok(output));
+                            self.schedule(id, handler, now + delay, Ok(output));
                         }
                         Err(TaskFailure { code, message }) => {
                             self.finish(
                                 id,
+                                handler,
                                 TaskOutcome::Failed {
                                     code,
                                     message: &message,
@@ -343,22 +379,31 @@ impl WorkerSession {
         self.stats.set_in_flight(self.machine.in_flight());
     }
 
-    fn schedule(&mut self, id: u64, due: Instant, output: Result<Vec<u8>, (&'static str, String)>) {
+    fn schedule(
+        &mut self,
+        id: u64,
+        handler: Option<usize>,
+        due: Instant,
+        output: Result<Vec<u8>, (&'static str, String)>,
+    ) {
         self.delayed_seq += 1;
         self.delayed.push(Reverse(Delayed {
             due,
             seq: self.delayed_seq,
             id,
+            handler,
             output,
         }));
     }
 
-    fn finish(&mut self, id: u64, outcome: TaskOutcome<'_>, now: Instant) {
+    fn finish(&mut self, id: u64, handler: Option<usize>, outcome: TaskOutcome<'_>, now: Instant) {
         match self.machine.complete_task(id, outcome, now) {
             Ok(()) => {
                 self.tasks_this_connection += 1;
-                self.stats
-                    .record_task(outcome_is_ok(&outcome, self.machine.peer_max_body()));
+                self.stats.record_task(
+                    handler,
+                    outcome_is_ok(&outcome, self.machine.peer_max_body()),
+                );
             }
             Err(NotInFlight(id)) => {
                 tracing::error!(

@@ -62,22 +62,28 @@ pub struct SessionStats {
     state: AtomicU8,
     pub(crate) bytes_sent: AtomicU64,
     pub(crate) bytes_received: AtomicU64,
-    tasks_ok: AtomicU64,
-    tasks_failed: AtomicU64,
+    /// RESULTs written, per handler (registry order) and outcome
+    /// (`[failed, ok]`); the last row counts names no handler has.
+    handler_tasks: Box<[[AtomicU64; 2]]>,
     in_flight: AtomicU64,
     connections: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
 impl SessionStats {
+    /// Stats with task counts for no named handler (every task counts as unknown).
     pub fn new(index: u32) -> Self {
+        SessionStats::with_handlers(index, 0)
+    }
+
+    /// Stats that count tasks for `handlers` handlers (the registry's order).
+    pub fn with_handlers(index: u32, handlers: usize) -> Self {
         SessionStats {
             index,
             state: AtomicU8::new(SessionState::Disconnected as u8),
             bytes_sent: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
-            tasks_ok: AtomicU64::new(0),
-            tasks_failed: AtomicU64::new(0),
+            handler_tasks: (0..=handlers).map(|_| [AtomicU64::new(0), AtomicU64::new(0)]).collect(),
             in_flight: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             last_error: Mutex::new(None),
@@ -103,11 +109,22 @@ impl SessionStats {
     }
 
     pub fn tasks_ok(&self) -> u64 {
-        self.tasks_ok.load(Relaxed)
+        self.handler_tasks.iter().map(|row| row[1].load(Relaxed)).sum()
     }
 
     pub fn tasks_failed(&self) -> u64 {
-        self.tasks_failed.load(Relaxed)
+        self.handler_tasks.iter().map(|row| row[0].load(Relaxed)).sum()
+    }
+
+    /// RESULTs written for handler `handler` (registry order; `None` for
+    /// names no handler has) with this outcome.
+    pub fn handler_tasks(&self, handler: Option<usize>, ok: bool) -> u64 {
+        self.handler_tasks[self.handler_row(handler)][usize::from(ok)].load(Relaxed)
+    }
+
+    fn handler_row(&self, handler: Option<usize>) -> usize {
+        let unknown = self.handler_tasks.len() - 1;
+        handler.filter(|&h| h < unknown).unwrap_or(unknown)
     }
 
     /// RESULTs written since the agent started.
@@ -128,12 +145,8 @@ impl SessionStats {
         self.last_error.lock().ok().and_then(|guard| guard.clone())
     }
 
-    pub(crate) fn record_task(&self, ok: bool) {
-        if ok {
-            self.tasks_ok.fetch_add(1, Relaxed);
-        } else {
-            self.tasks_failed.fetch_add(1, Relaxed);
-        }
+    pub(crate) fn record_task(&self, handler: Option<usize>, ok: bool) {
+        self.handler_tasks[self.handler_row(handler)][usize::from(ok)].fetch_add(1, Relaxed);
     }
 
     pub(crate) fn set_in_flight(&self, n: usize) {
@@ -195,6 +208,8 @@ pub struct SessionSnapshot {
 pub struct AgentStats {
     pub worker_id: String,
     pub runtime: &'static str,
+    /// The handlers' names, in the order the per-handler counts use.
+    pub handler_names: Vec<String>,
     pub sessions: Vec<Arc<SessionStats>>,
     pub(crate) bytes_sent_total: AtomicU64,
     pub(crate) bytes_received_total: AtomicU64,
@@ -204,11 +219,23 @@ pub struct AgentStats {
 
 impl AgentStats {
     pub fn new(worker_id: String, runtime: &'static str, sessions: u32) -> Self {
+        AgentStats::with_handlers(worker_id, runtime, sessions, Vec::new())
+    }
+
+    /// Stats that count tasks per handler, `handler_names` in registry order.
+    pub fn with_handlers(
+        worker_id: String,
+        runtime: &'static str,
+        sessions: u32,
+        handler_names: Vec<String>,
+    ) -> Self {
+        let handlers = handler_names.len();
         AgentStats {
             worker_id,
             runtime,
+            handler_names,
             sessions: (0..sessions)
-                .map(|i| Arc::new(SessionStats::new(i)))
+                .map(|i| Arc::new(SessionStats::with_handlers(i, handlers)))
                 .collect(),
             bytes_sent_total: AtomicU64::new(0),
             bytes_received_total: AtomicU64::new(0),

@@ -149,6 +149,14 @@ impl HandlerRegistry {
             .map(|at| &self.entries[at].1)
     }
 
+    /// The position of `name` in [`HandlerRegistry::names`], and its handler.
+    pub fn lookup(&self, name: &str) -> Option<(usize, &Arc<dyn Handler>)> {
+        self.entries
+            .binary_search_by(|(n, _)| (**n).cmp(name))
+            .ok()
+            .map(|at| (at, &self.entries[at].1))
+    }
+
     /// Every name, sorted; HELLO's `handlers`.
     pub fn names(&self) -> Vec<String> {
         self.entries.iter().map(|(n, _)| n.to_string()).collect()

@@ -54,10 +54,11 @@ impl BlockingRuntime {
     pub fn new(plan: AgentPlan) -> Self {
         let mut plan = plan;
         plan.session.runtime = RuntimeKind::Blocking.as_str();
-        let stats = Arc::new(AgentStats::new(
+        let stats = Arc::new(AgentStats::with_handlers(
             plan.session.worker_id.clone(),
             RuntimeKind::Blocking.as_str(),
             plan.sessions,
+            plan.handlers.names(),
         ));
         let (stop_tx, stop_rx) = bounded::<()>(0);
         let stop_tx = Arc::new(Mutex::new(Some(stop_tx)));

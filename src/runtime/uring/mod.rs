@@ -43,10 +43,11 @@ impl UringRuntime {
         probe().map_err(RuntimeError::UringUnavailable)?;
         let mut plan = plan;
         plan.session.runtime = RuntimeKind::Uring.as_str();
-        let stats = Arc::new(AgentStats::new(
+        let stats = Arc::new(AgentStats::with_handlers(
             plan.session.worker_id.clone(),
             RuntimeKind::Uring.as_str(),
             plan.sessions,
+            plan.handlers.names(),
         ));
         let stop = StopHandle::new();
         let agent_stats = stats.clone();
