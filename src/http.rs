@@ -50,7 +50,9 @@ pub struct HttpServer {
 
 impl std::fmt::Debug for HttpServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpServer").field("addr", &self.addr).finish()
+        f.debug_struct("HttpServer")
+            .field("addr", &self.addr)
+            .finish()
     }
 }
 
@@ -62,7 +64,8 @@ impl HttpServer {
         let addr = std_listener.local_addr()?;
         let mut listener = TcpListener::from_std(std_listener);
         let poll = Poll::new()?;
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = stop.clone();
@@ -156,7 +159,11 @@ fn accept_all(listener: &TcpListener, poll: &Poll, conns: &mut [Option<Conn>]) {
                 };
                 if poll
                     .registry()
-                    .register(&mut stream, Token(slot), Interest::READABLE | Interest::WRITABLE)
+                    .register(
+                        &mut stream,
+                        Token(slot),
+                        Interest::READABLE | Interest::WRITABLE,
+                    )
                     .is_ok()
                 {
                     conns[slot] = Some(Conn {
@@ -242,11 +249,23 @@ fn respond(head: &[u8], telemetry: &Telemetry) -> Vec<u8> {
             if telemetry.ready() {
                 response(200, "text/plain", b"ready\n")
             } else {
-                response(503, "text/plain", b"no session has completed its handshake\n")
+                response(
+                    503,
+                    "text/plain",
+                    b"no session has completed its handshake\n",
+                )
             }
         }
-        b"/status" => response(200, "application/json", telemetry.render_status().as_bytes()),
-        _ => response(404, "text/plain", b"not found: try /metrics /healthz /readyz /status\n"),
+        b"/status" => response(
+            200,
+            "application/json",
+            telemetry.render_status().as_bytes(),
+        ),
+        _ => response(
+            404,
+            "text/plain",
+            b"not found: try /metrics /healthz /readyz /status\n",
+        ),
     };
     if method == b"HEAD" {
         let head_len = find_head_end(&full).map_or(full.len(), |end| end + 4);

@@ -8,10 +8,10 @@ use ringworker::agent::{install_signal_handlers, Agent};
 use std::sync::Arc;
 
 use ringworker::config::{self, Config, LogFormat, MetricsAddr, RunArgs};
-use ringworker::http::HttpServer;
-use ringworker::metrics::Telemetry;
 use ringworker::demo::{self, DemoArgs};
 use ringworker::handlers::HandlerRegistry;
+use ringworker::http::HttpServer;
+use ringworker::metrics::Telemetry;
 
 /// A Linux worker agent: dials a manager, runs the tasks it sends, answers
 /// with every byte counted.

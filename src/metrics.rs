@@ -28,8 +28,8 @@ pub const BUILD_INFO: &str = "ringworker_build_info";
 
 /// Buckets of the handler-time histogram, in seconds.
 const DURATION_BUCKETS: [f64; 16] = [
-    0.000_001, 0.000_005, 0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0,
-    60.0,
+    0.000_001, 0.000_005, 0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5,
+    1.0, 5.0, 10.0, 60.0,
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -53,10 +53,26 @@ pub fn recorder() -> &'static PrometheusHandle {
 
 fn describe() {
     use ::metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_gauge!(SESSION_BYTES_SENT, Unit::Bytes, "Bytes written on the session's current connection.");
-    describe_gauge!(SESSION_BYTES_RECEIVED, Unit::Bytes, "Bytes read on the session's current connection.");
-    describe_counter!(BYTES_SENT_TOTAL, Unit::Bytes, "Bytes written, all sessions and connections since start.");
-    describe_counter!(BYTES_RECEIVED_TOTAL, Unit::Bytes, "Bytes read, all sessions and connections since start.");
+    describe_gauge!(
+        SESSION_BYTES_SENT,
+        Unit::Bytes,
+        "Bytes written on the session's current connection."
+    );
+    describe_gauge!(
+        SESSION_BYTES_RECEIVED,
+        Unit::Bytes,
+        "Bytes read on the session's current connection."
+    );
+    describe_counter!(
+        BYTES_SENT_TOTAL,
+        Unit::Bytes,
+        "Bytes written, all sessions and connections since start."
+    );
+    describe_counter!(
+        BYTES_RECEIVED_TOTAL,
+        Unit::Bytes,
+        "Bytes read, all sessions and connections since start."
+    );
     describe_gauge!(SESSION_CONNECTED, "1 after WELCOME, 0 otherwise.");
     describe_gauge!(TASKS_IN_FLIGHT, "Tasks read and not yet answered.");
     describe_counter!(TASKS_TOTAL, "RESULTs written, by handler and outcome.");
@@ -65,7 +81,10 @@ fn describe() {
         Unit::Seconds,
         "Handler time; one task in 16 per session is timed, delayed answers always."
     );
-    describe_counter!(RECONNECTS_TOTAL, "Dial attempts after each session's first.");
+    describe_counter!(
+        RECONNECTS_TOTAL,
+        "Dial attempts after each session's first."
+    );
     describe_gauge!(BUILD_INFO, "Always 1; the labels say what is running.");
 }
 
@@ -139,25 +158,40 @@ impl Telemetry {
     pub fn refresh(&self) {
         let stats = &self.stats;
         for (session, gauges) in stats.sessions.iter().zip(&self.session_gauges) {
-            let connected = matches!(session.state(), SessionState::Connected | SessionState::Draining);
+            let connected = matches!(
+                session.state(),
+                SessionState::Connected | SessionState::Draining
+            );
             gauges[0].set(session.bytes_sent() as f64);
             gauges[1].set(session.bytes_received() as f64);
             gauges[2].set(if connected { 1.0 } else { 0.0 });
             gauges[3].set(session.in_flight() as f64);
         }
         self.bytes_sent_total.absolute(stats.bytes_sent_total());
-        self.bytes_received_total.absolute(stats.bytes_received_total());
+        self.bytes_received_total
+            .absolute(stats.bytes_received_total());
         self.reconnects_total.absolute(stats.reconnects_total());
         for (index, counters) in self.task_counters.iter().enumerate() {
             for (counter, ok) in counters.iter().zip([true, false]) {
-                counter.absolute(stats.sessions.iter().map(|s| s.handler_tasks(Some(index), ok)).sum());
+                counter.absolute(
+                    stats
+                        .sessions
+                        .iter()
+                        .map(|s| s.handler_tasks(Some(index), ok))
+                        .sum(),
+                );
             }
         }
         // Names no handler has: one series, created only when needed.
         for (ok, outcome) in [(true, "ok"), (false, "failed")] {
-            let unknown: u64 = stats.sessions.iter().map(|s| s.handler_tasks(None, ok)).sum();
+            let unknown: u64 = stats
+                .sessions
+                .iter()
+                .map(|s| s.handler_tasks(None, ok))
+                .sum();
             if unknown > 0 {
-                ::metrics::counter!(TASKS_TOTAL, "handler" => "unknown", "outcome" => outcome).absolute(unknown);
+                ::metrics::counter!(TASKS_TOTAL, "handler" => "unknown", "outcome" => outcome)
+                    .absolute(unknown);
             }
         }
     }

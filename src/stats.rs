@@ -83,7 +83,9 @@ impl SessionStats {
             state: AtomicU8::new(SessionState::Disconnected as u8),
             bytes_sent: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
-            handler_tasks: (0..=handlers).map(|_| [AtomicU64::new(0), AtomicU64::new(0)]).collect(),
+            handler_tasks: (0..=handlers)
+                .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
+                .collect(),
             in_flight: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             last_error: Mutex::new(None),
@@ -109,11 +111,17 @@ impl SessionStats {
     }
 
     pub fn tasks_ok(&self) -> u64 {
-        self.handler_tasks.iter().map(|row| row[1].load(Relaxed)).sum()
+        self.handler_tasks
+            .iter()
+            .map(|row| row[1].load(Relaxed))
+            .sum()
     }
 
     pub fn tasks_failed(&self) -> u64 {
-        self.handler_tasks.iter().map(|row| row[0].load(Relaxed)).sum()
+        self.handler_tasks
+            .iter()
+            .map(|row| row[0].load(Relaxed))
+            .sum()
     }
 
     /// RESULTs written for handler `handler` (registry order; `None` for

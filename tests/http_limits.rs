@@ -1,0 +1,67 @@
+//! The HTTP listener under a slow or hostile client: a flood of idle
+//! connections and an endless header. (Its own test binary: the metrics
+//! recorder is process-wide.)
+
+// Tests unwrap freely: a panic is a failed test with its location.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{http_get, plan, start, tcp_listener};
+use ringworker::http::HttpServer;
+use ringworker::metrics::Telemetry;
+use ringworker::runtime::RuntimeKind;
+
+#[test]
+fn a_flood_of_idle_connections_and_a_huge_header_cannot_lock_out_scrapes() {
+    let listener = tcp_listener();
+    let mut agent = start(
+        RuntimeKind::Blocking,
+        plan(listener.local_endpoint().unwrap(), 1, 8),
+    );
+    let server = HttpServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(Telemetry::new(agent.stats())),
+    )
+    .unwrap();
+    let addr = server.addr().to_string();
+    // 1,000 connections that never send a byte.
+    let idle: Vec<TcpStream> = (0..1000)
+        .filter_map(|_| TcpStream::connect(&addr).ok())
+        .collect();
+    assert!(idle.len() >= 900, "connections opened: {}", idle.len());
+    // A real scrape still gets through (the oldest idle ones are evicted).
+    let (status, _) = http_get(&addr, "/healthz").unwrap();
+    assert_eq!(status, 200);
+    // A 10 MiB header is cut off after the limit with 431, not buffered.
+    let mut huge = TcpStream::connect(&addr).unwrap();
+    huge.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = huge.write_all(b"GET /metrics HTTP/1.1\r\nX-Fill: ");
+    let chunk = vec![b'a'; 64 * 1024];
+    let mut sent = 0;
+    while sent < 10 * 1024 * 1024 {
+        if huge.write_all(&chunk).is_err() {
+            break; // the server answered and closed
+        }
+        sent += chunk.len();
+    }
+    let mut answer = Vec::new();
+    let _ = huge.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "{answer}"
+    );
+    let (status, body) = http_get(&addr, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("ringworker_build_info"));
+    drop(idle);
+    agent.request_stop();
+    assert!(agent.wait().is_clean());
+}

@@ -1,0 +1,187 @@
+//! The agent's metrics through a real Prometheus (Debian's `prometheus`
+//! package, which `.ci/run` installs): scraped totals equal the agent's own,
+//! rates move under load, `up` is 1, `promtool check metrics` is clean, and
+//! a token never shows in metrics, status or logs.
+
+// Tests unwrap freely: a panic is a failed test with its location.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{free_port, http_get, url_encode, wait_until};
+
+/// A child process killed (by its own PID) when the test ends, pass or fail.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn tool(name: &str) -> PathBuf {
+    for dir in ["/usr/bin", "/usr/local/bin", "/bin"] {
+        let path = Path::new(dir).join(name);
+        if path.exists() {
+            return path;
+        }
+    }
+    panic!("`{name}` is not installed: apt-get install prometheus (.ci/run does this)");
+}
+
+fn loadgen_bin() -> PathBuf {
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "-p", "ringworker-loadgen"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    PathBuf::from(env!("CARGO_BIN_EXE_ringworker")).with_file_name("ringworker-loadgen")
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ringworker-prom-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// One instant-query value from Prometheus, if the query has a result.
+fn query(prometheus: &str, expr: &str) -> Option<f64> {
+    let (status, body) = http_get(prometheus, &format!("/api/v1/query?query={}", url_encode(expr))).ok()?;
+    if status != 200 {
+        return None;
+    }
+    let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+    json["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
+fn start_prometheus(dir: &Path, targets: &str) -> (Reaped, String) {
+    let port = free_port();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: ringworker\n    scrape_interval: 1s\n    static_configs:\n      - targets: ['{targets}']\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new(tool("prometheus"))
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    assert!(
+        wait_until(Duration::from_secs(30), || http_get(&addr, "/-/ready").is_ok_and(|(s, _)| s == 200)),
+        "prometheus did not become ready"
+    );
+    (Reaped(child), addr)
+}
+
+#[test]
+fn prometheus_scrapes_exact_totals_and_live_rates() {
+    let dir = temp_dir("scrape");
+    let socket = dir.join("manager.sock");
+    let metrics_port = free_port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let token = dir.join("token");
+    std::fs::write(&token, "s3cr3t-t0ken-value\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let (_prometheus, prom) = start_prometheus(&dir, &metrics_addr);
+    let log_path = dir.join("agent.log");
+    let agent = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_ringworker"))
+            .args(["run", "--runtime", "auto", "--sessions", "4"])
+            .arg(format!("--manager=unix://{}", socket.display()))
+            .arg(format!("--metrics-addr={metrics_addr}"))
+            .arg(format!("--token-file={}", token.display()))
+            .args(["--reconnect-min", "500", "--reconnect-max", "2000"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(wait_until(Duration::from_secs(10), || http_get(&metrics_addr, "/healthz").is_ok()));
+    // The loadgen is the manager; it drains the sessions (DRAIN) at the end,
+    // after which the agent's totals stand still.
+    let loadgen = Command::new(loadgen_bin())
+        .arg(format!("--listen=unix://{}", socket.display()))
+        .args(["--sessions", "4", "--handler", "echo:3,sha256:1", "--payload", "16..512"])
+        .args(["--concurrency", "8", "--duration", "6"])
+        .arg(format!("--token-file={}", token.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut loadgen = Reaped(loadgen);
+    // While traffic flows: up is 1 and the byte rate is above zero.
+    assert!(
+        wait_until(Duration::from_secs(20), || query(&prom, "up{job=\"ringworker\"}") == Some(1.0)),
+        "up == 1"
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            query(&prom, "rate(ringworker_bytes_sent_total[5s])").is_some_and(|r| r > 0.0)
+        }),
+        "rate(ringworker_bytes_sent_total) > 0 during the run"
+    );
+    // promtool on a live scrape: no problems, no warnings.
+    let (_, scrape) = http_get(&metrics_addr, "/metrics").unwrap();
+    let mut promtool = Command::new(tool("promtool"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    promtool.stdin.take().unwrap().write_all(scrape.as_bytes()).unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    let complaints = format!(
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert!(checked.status.success() && complaints.trim().is_empty(), "promtool: {complaints}");
+
+    let status = loadgen.0.wait().unwrap();
+    assert!(status.success(), "the loadgen verified every task and the byte totals");
+    // After the sessions end: the agent's /status totals, then Prometheus'
+    // last scrape of the counter, equal to the byte.
+    let status_total = || -> u64 {
+        let (_, body) = http_get(&metrics_addr, "/status").unwrap();
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        json["bytes_sent_total"].as_u64().unwrap()
+    };
+    let total = status_total();
+    assert!(total > 0);
+    assert!(
+        wait_until(Duration::from_secs(15), || query(&prom, "ringworker_bytes_sent_total") == Some(total as f64)),
+        "Prometheus' last scrape of ringworker_bytes_sent_total = {:?}, /status says {total}",
+        query(&prom, "ringworker_bytes_sent_total")
+    );
+    assert_eq!(status_total(), total, "no bytes moved after the sessions ended");
+
+    // The token never appears in metrics, status or logs.
+    let (_, metrics) = http_get(&metrics_addr, "/metrics").unwrap();
+    let (_, status_json) = http_get(&metrics_addr, "/status").unwrap();
+    drop(agent);
+    let mut logs = String::new();
+    std::fs::File::open(&log_path).unwrap().read_to_string(&mut logs).unwrap();
+    assert!(logs.contains("connected: WELCOME"), "the agent logged its sessions:\n{logs}");
+    for (what, text) in [("/metrics", &metrics), ("/status", &status_json), ("logs", &logs)] {
+        assert!(!text.contains("s3cr3t-t0ken-value"), "the token leaked into {what}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
