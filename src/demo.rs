@@ -14,7 +14,9 @@ use crate::agent::Agent;
 use crate::config::{Config, LogFormat, MetricsAddr, RuntimeChoice};
 use crate::format::format_bytes;
 use crate::handlers::HandlerRegistry;
+use crate::http::HttpServer;
 use crate::manager::{verify::verify, ManagerConfig, ManagerConn, ManagerError, ManagerEvent};
+use crate::metrics::Telemetry;
 use crate::transport::{BlockingListener, Endpoint};
 
 /// Options of `ringworker demo`.
@@ -82,9 +84,19 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<bool> {
         tls_key: None,
         tls_server_name: None,
     };
-    let agent = Agent::start(&config, HandlerRegistry::with_builtins())?;
+    let mut agent = Agent::new(&config, HandlerRegistry::with_builtins())?;
     let stats = agent.stats();
-    println!("agent runtime: {}", agent.runtime().kind().as_str());
+    // The agent's HTTP listener, on the default port when it is free.
+    let telemetry = Arc::new(Telemetry::new(stats.clone()));
+    let default_addr: std::net::SocketAddr = crate::config::DEFAULT_METRICS_ADDR.parse()?;
+    let http = HttpServer::start(default_addr, telemetry.clone())
+        .or_else(|_| HttpServer::start(([127, 0, 0, 1], 0).into(), telemetry))?;
+    agent.run(&config)?;
+    println!(
+        "agent runtime: {}; while it runs: curl http://{addr}/metrics  (also /status /healthz /readyz)",
+        agent.runtime().kind().as_str(),
+        addr = http.addr()
+    );
 
     let sending = Arc::new(AtomicBool::new(true));
     let done = Arc::new(AtomicU64::new(0));

@@ -285,3 +285,27 @@ fn help_explains_every_option() {
         assert!(help.contains(option), "--help lacks {option}");
     }
 }
+
+#[test]
+fn demo_runs_a_verified_workload_with_no_setup() {
+    let output = Command::new(env!("CARGO_BIN_EXE_ringworker"))
+        .args(["demo", "--duration", "2", "--sessions", "2"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("demo passed"), "{stdout}");
+    assert!(
+        stdout.contains("/metrics"),
+        "the HTTP listener is announced: {stdout}"
+    );
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.trim_end().ends_with("exact"))
+        .collect();
+    assert_eq!(rows.len(), 2, "one exact row per session:\n{stdout}");
+}

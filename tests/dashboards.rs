@@ -18,7 +18,11 @@ fn promtool(args: &[&str]) {
         .args(args)
         .current_dir(dashboards())
         .output()
-        .unwrap_or_else(|err| panic!("promtool is not installed ({err}): apt-get install prometheus (.ci/run does this)"));
+        .unwrap_or_else(|err| {
+            panic!(
+                "promtool is not installed ({err}): apt-get install prometheus (.ci/run does this)"
+            )
+        });
     assert!(
         output.status.success(),
         "promtool {args:?}:\n{}{}",
@@ -55,7 +59,9 @@ fn referenced(text: &str) -> BTreeSet<String> {
     let mut rest = text;
     while let Some(at) = rest.find("ringworker_") {
         let tail = &rest[at..];
-        let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
         names.insert(tail[..end].to_owned());
         rest = &tail[end..];
     }
@@ -75,10 +81,19 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
         "RingworkerReconnectStorm",
         "RingworkerBytesFlat",
     ] {
-        assert!(rules.contains(&format!("alert: {alert}")), "{alert} missing");
+        assert!(
+            rules.contains(&format!("alert: {alert}")),
+            "{alert} missing"
+        );
     }
-    let unknown: Vec<_> = referenced(&rules).difference(&exported()).cloned().collect();
-    assert!(unknown.is_empty(), "alerts use metrics the agent does not export: {unknown:?}");
+    let unknown: Vec<_> = referenced(&rules)
+        .difference(&exported())
+        .cloned()
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "alerts use metrics the agent does not export: {unknown:?}"
+    );
 }
 
 #[test]
@@ -86,14 +101,20 @@ fn grafana_dashboard_is_provisionable_and_uses_only_exported_metrics() {
     let text = std::fs::read_to_string(dashboards().join("grafana-ringworker.json")).unwrap();
     let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(dashboard["uid"], "ringworker-agents", "a fixed uid");
-    assert!(dashboard.get("__inputs").is_none() && !text.contains("${DS_"), "no import placeholders");
+    assert!(
+        dashboard.get("__inputs").is_none() && !text.contains("${DS_"),
+        "no import placeholders"
+    );
     let variables = dashboard["templating"]["list"].as_array().unwrap();
     let variable = |name: &str| variables.iter().find(|v| v["name"] == name).cloned();
     assert_eq!(variable("datasource").unwrap()["type"], "datasource");
     assert_eq!(variable("datasource").unwrap()["query"], "prometheus");
     assert!(variable("instance").is_some(), "an instance variable");
     let panels = dashboard["panels"].as_array().unwrap();
-    let titles: Vec<&str> = panels.iter().map(|p| p["title"].as_str().unwrap()).collect();
+    let titles: Vec<&str> = panels
+        .iter()
+        .map(|p| p["title"].as_str().unwrap())
+        .collect();
     for wanted in [
         "Bytes/s per instance",
         "Bytes/s per session",
@@ -104,17 +125,30 @@ fn grafana_dashboard_is_provisionable_and_uses_only_exported_metrics() {
         "Tasks in flight",
         "Reconnects",
     ] {
-        assert!(titles.contains(&wanted), "panel {wanted:?} missing from {titles:?}");
+        assert!(
+            titles.contains(&wanted),
+            "panel {wanted:?} missing from {titles:?}"
+        );
     }
     let mut ids = BTreeSet::new();
     for panel in panels {
-        assert!(ids.insert(panel["id"].as_u64().unwrap()), "panel ids are unique");
-        assert_eq!(panel["datasource"]["uid"], "${datasource}", "{}", panel["title"]);
+        assert!(
+            ids.insert(panel["id"].as_u64().unwrap()),
+            "panel ids are unique"
+        );
+        assert_eq!(
+            panel["datasource"]["uid"], "${datasource}",
+            "{}",
+            panel["title"]
+        );
         let targets = panel["targets"].as_array().unwrap();
         assert!(!targets.is_empty());
         for target in targets {
             let expr = target["expr"].as_str().unwrap();
-            assert!(expr.contains("instance=~\"$instance\""), "filtered by instance: {expr}");
+            assert!(
+                expr.contains("instance=~\"$instance\""),
+                "filtered by instance: {expr}"
+            );
             let unknown: Vec<_> = referenced(expr).difference(&exported()).cloned().collect();
             assert!(unknown.is_empty(), "{expr} uses {unknown:?}");
         }
@@ -123,8 +157,10 @@ fn grafana_dashboard_is_provisionable_and_uses_only_exported_metrics() {
 
 #[test]
 fn grafana_provisioning_files_name_the_dashboard_path_and_a_prometheus_source() {
-    let dashboards_yml = std::fs::read_to_string(dashboards().join("grafana-dashboards.yml")).unwrap();
+    let dashboards_yml =
+        std::fs::read_to_string(dashboards().join("grafana-dashboards.yml")).unwrap();
     assert!(dashboards_yml.contains("type: file") && dashboards_yml.contains("path: "));
-    let datasource_yml = std::fs::read_to_string(dashboards().join("grafana-datasource.yml")).unwrap();
+    let datasource_yml =
+        std::fs::read_to_string(dashboards().join("grafana-datasource.yml")).unwrap();
     assert!(datasource_yml.contains("type: prometheus"));
 }

@@ -54,7 +54,11 @@ fn temp_dir(name: &str) -> PathBuf {
 
 /// One instant-query value from Prometheus, if the query has a result.
 fn query(prometheus: &str, expr: &str) -> Option<f64> {
-    let (status, body) = http_get(prometheus, &format!("/api/v1/query?query={}", url_encode(expr))).ok()?;
+    let (status, body) = http_get(
+        prometheus,
+        &format!("/api/v1/query?query={}", url_encode(expr)),
+    )
+    .ok()?;
     if status != 200 {
         return None;
     }
@@ -74,7 +78,10 @@ fn start_prometheus(dir: &Path, targets: &str) -> (Reaped, String) {
     .unwrap();
     let child = Command::new(tool("prometheus"))
         .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -82,7 +89,8 @@ fn start_prometheus(dir: &Path, targets: &str) -> (Reaped, String) {
         .unwrap();
     let addr = format!("127.0.0.1:{port}");
     assert!(
-        wait_until(Duration::from_secs(30), || http_get(&addr, "/-/ready").is_ok_and(|(s, _)| s == 200)),
+        wait_until(Duration::from_secs(30), || http_get(&addr, "/-/ready")
+            .is_ok_and(|(s, _)| s == 200)),
         "prometheus did not become ready"
     );
     (Reaped(child), addr)
@@ -113,12 +121,23 @@ fn prometheus_scrapes_exact_totals_and_live_rates() {
             .spawn()
             .unwrap(),
     );
-    assert!(wait_until(Duration::from_secs(10), || http_get(&metrics_addr, "/healthz").is_ok()));
+    assert!(wait_until(Duration::from_secs(10), || http_get(
+        &metrics_addr,
+        "/healthz"
+    )
+    .is_ok()));
     // The loadgen is the manager; it drains the sessions (DRAIN) at the end,
     // after which the agent's totals stand still.
     let loadgen = Command::new(loadgen_bin())
         .arg(format!("--listen=unix://{}", socket.display()))
-        .args(["--sessions", "4", "--handler", "echo:3,sha256:1", "--payload", "16..512"])
+        .args([
+            "--sessions",
+            "4",
+            "--handler",
+            "echo:3,sha256:1",
+            "--payload",
+            "16..512",
+        ])
         .args(["--concurrency", "8", "--duration", "6"])
         .arg(format!("--token-file={}", token.display()))
         .stdout(Stdio::null())
@@ -128,7 +147,10 @@ fn prometheus_scrapes_exact_totals_and_live_rates() {
     let mut loadgen = Reaped(loadgen);
     // While traffic flows: up is 1 and the byte rate is above zero.
     assert!(
-        wait_until(Duration::from_secs(20), || query(&prom, "up{job=\"ringworker\"}") == Some(1.0)),
+        wait_until(Duration::from_secs(20), || query(
+            &prom,
+            "up{job=\"ringworker\"}"
+        ) == Some(1.0)),
         "up == 1"
     );
     assert!(
@@ -146,17 +168,28 @@ fn prometheus_scrapes_exact_totals_and_live_rates() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    promtool.stdin.take().unwrap().write_all(scrape.as_bytes()).unwrap();
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(scrape.as_bytes())
+        .unwrap();
     let checked = promtool.wait_with_output().unwrap();
     let complaints = format!(
         "{}{}",
         String::from_utf8_lossy(&checked.stdout),
         String::from_utf8_lossy(&checked.stderr)
     );
-    assert!(checked.status.success() && complaints.trim().is_empty(), "promtool: {complaints}");
+    assert!(
+        checked.status.success() && complaints.trim().is_empty(),
+        "promtool: {complaints}"
+    );
 
     let status = loadgen.0.wait().unwrap();
-    assert!(status.success(), "the loadgen verified every task and the byte totals");
+    assert!(
+        status.success(),
+        "the loadgen verified every task and the byte totals"
+    );
     // After the sessions end: the agent's /status totals, then Prometheus'
     // last scrape of the counter, equal to the byte.
     let status_total = || -> u64 {
@@ -167,21 +200,41 @@ fn prometheus_scrapes_exact_totals_and_live_rates() {
     let total = status_total();
     assert!(total > 0);
     assert!(
-        wait_until(Duration::from_secs(15), || query(&prom, "ringworker_bytes_sent_total") == Some(total as f64)),
+        wait_until(Duration::from_secs(15), || query(
+            &prom,
+            "ringworker_bytes_sent_total"
+        ) == Some(total as f64)),
         "Prometheus' last scrape of ringworker_bytes_sent_total = {:?}, /status says {total}",
         query(&prom, "ringworker_bytes_sent_total")
     );
-    assert_eq!(status_total(), total, "no bytes moved after the sessions ended");
+    assert_eq!(
+        status_total(),
+        total,
+        "no bytes moved after the sessions ended"
+    );
 
     // The token never appears in metrics, status or logs.
     let (_, metrics) = http_get(&metrics_addr, "/metrics").unwrap();
     let (_, status_json) = http_get(&metrics_addr, "/status").unwrap();
     drop(agent);
     let mut logs = String::new();
-    std::fs::File::open(&log_path).unwrap().read_to_string(&mut logs).unwrap();
-    assert!(logs.contains("connected: WELCOME"), "the agent logged its sessions:\n{logs}");
-    for (what, text) in [("/metrics", &metrics), ("/status", &status_json), ("logs", &logs)] {
-        assert!(!text.contains("s3cr3t-t0ken-value"), "the token leaked into {what}");
+    std::fs::File::open(&log_path)
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    assert!(
+        logs.contains("connected: WELCOME"),
+        "the agent logged its sessions:\n{logs}"
+    );
+    for (what, text) in [
+        ("/metrics", &metrics),
+        ("/status", &status_json),
+        ("logs", &logs),
+    ] {
+        assert!(
+            !text.contains("s3cr3t-t0ken-value"),
+            "the token leaked into {what}"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
