@@ -30,6 +30,8 @@ pub mod agent;
 pub mod config;
 pub mod demo;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handlers;
 pub mod http;
 pub mod manager;
