@@ -80,6 +80,8 @@ pub struct WorkerSession {
     /// `ringworker_task_duration_seconds{handler}`, by registry position.
     durations: Vec<::metrics::Histogram>,
     timing_tick: u64,
+    handler_names: Vec<String>,
+    last_handler: Option<usize>,
 }
 
 impl WorkerSession {
@@ -94,10 +96,10 @@ impl WorkerSession {
         let mut machine_config = MachineConfig::new(config.hello(index, &handlers));
         machine_config.handshake_timeout = config.handshake_timeout;
         stats.set_state(SessionState::Handshaking);
-        let durations = handlers
-            .names()
-            .into_iter()
-            .map(|name| ::metrics::histogram!(crate::metrics::TASK_DURATION, "handler" => name))
+        let handler_names = handlers.names();
+        let durations = handler_names
+            .iter()
+            .map(|name| ::metrics::histogram!(crate::metrics::TASK_DURATION, "handler" => name.clone()))
             .collect();
         WorkerSession {
             index,
@@ -112,6 +114,8 @@ impl WorkerSession {
             welcomed_at: None,
             durations,
             timing_tick: 0,
+            handler_names,
+            last_handler: None,
         }
     }
 
@@ -307,7 +311,20 @@ impl WorkerSession {
                 Event::Task(task) => {
                     self.scratch.clear();
                     let id = task.id;
-                    let found = self.handlers.lookup(task.handler);
+                    // Most sessions run one or a few handlers: try the last
+                    // one looked up before searching the registry.
+                    let found = match self.last_handler {
+                        Some(index)
+                            if self.handler_names[index].as_bytes() == task.handler.as_bytes() =>
+                        {
+                            self.handlers.lookup_index(index)
+                        }
+                        _ => {
+                            let found = self.handlers.lookup(task.handler);
+                            self.last_handler = found.map(|(index, _)| index);
+                            found
+                        }
+                    };
                     let handler = found.map(|(index, _)| index);
                     // One task in TIMING_SAMPLE is timed: two clock reads per
                     // task would cost more than the rest of the metrics.

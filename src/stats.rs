@@ -62,6 +62,11 @@ pub struct SessionStats {
     state: AtomicU8,
     pub(crate) bytes_sent: AtomicU64,
     pub(crate) bytes_received: AtomicU64,
+    /// The same bytes over every connection of this session: the process
+    /// totals are their sum. Kept per session (one writer thread, no shared
+    /// cache line) rather than in one process-wide atomic.
+    pub(crate) bytes_sent_lifetime: AtomicU64,
+    pub(crate) bytes_received_lifetime: AtomicU64,
     /// RESULTs written, per handler (registry order) and outcome
     /// (`[failed, ok]`); the last row counts names no handler has.
     handler_tasks: Box<[[AtomicU64; 2]]>,
@@ -83,6 +88,8 @@ impl SessionStats {
             state: AtomicU8::new(SessionState::Disconnected as u8),
             bytes_sent: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
+            bytes_sent_lifetime: AtomicU64::new(0),
+            bytes_received_lifetime: AtomicU64::new(0),
             handler_tasks: (0..=handlers)
                 .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
                 .collect(),
@@ -219,8 +226,6 @@ pub struct AgentStats {
     /// The handlers' names, in the order the per-handler counts use.
     pub handler_names: Vec<String>,
     pub sessions: Vec<Arc<SessionStats>>,
-    pub(crate) bytes_sent_total: AtomicU64,
-    pub(crate) bytes_received_total: AtomicU64,
     reconnects_total: AtomicU64,
     stop_requested: AtomicBool,
 }
@@ -245,8 +250,6 @@ impl AgentStats {
             sessions: (0..sessions)
                 .map(|i| Arc::new(SessionStats::with_handlers(i, handlers)))
                 .collect(),
-            bytes_sent_total: AtomicU64::new(0),
-            bytes_received_total: AtomicU64::new(0),
             reconnects_total: AtomicU64::new(0),
             stop_requested: AtomicBool::new(false),
         }
@@ -254,12 +257,18 @@ impl AgentStats {
 
     /// Bytes written by every session on every connection since start.
     pub fn bytes_sent_total(&self) -> u64 {
-        self.bytes_sent_total.load(Relaxed)
+        self.sessions
+            .iter()
+            .map(|s| s.bytes_sent_lifetime.load(Relaxed))
+            .sum()
     }
 
     /// Bytes read by every session on every connection since start.
     pub fn bytes_received_total(&self) -> u64 {
-        self.bytes_received_total.load(Relaxed)
+        self.sessions
+            .iter()
+            .map(|s| s.bytes_received_lifetime.load(Relaxed))
+            .sum()
     }
 
     /// Dial attempts after each session's first.

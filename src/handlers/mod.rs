@@ -157,6 +157,11 @@ impl HandlerRegistry {
             .map(|at| (at, &self.entries[at].1))
     }
 
+    /// The handler at position `index` of [`HandlerRegistry::names`].
+    pub fn lookup_index(&self, index: usize) -> Option<(usize, &Arc<dyn Handler>)> {
+        self.entries.get(index).map(|(_, handler)| (index, handler))
+    }
+
     /// Every name, sorted; HELLO's `handlers`.
     pub fn names(&self) -> Vec<String> {
         self.entries.iter().map(|(n, _)| n.to_string()).collect()

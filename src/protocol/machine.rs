@@ -14,6 +14,7 @@
 //! (reading pauses above it, so a peer that never reads cannot grow it).
 
 use std::collections::HashSet;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
 use super::frame::{
@@ -21,6 +22,34 @@ use super::frame::{
     FLAG_FAILED, MAX_HANDLER_NAME,
 };
 use super::hello::{codes, ErrorBody, GoodbyeBody, Hello, Welcome, PROTOCOL_VERSION};
+
+/// Task ids in flight. The hash is splitmix64's finaliser rather than
+/// SipHash: ids come from the manager, but the set never holds more than
+/// `max_in_flight` of them, so even chosen colliding ids cost at most a scan
+/// of that many entries, and the common case is a few nanoseconds.
+type IdSet = HashSet<u64, BuildHasherDefault<IdHasher>>;
+
+#[derive(Debug, Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(self.0 ^ u64::from(byte));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        let mut z = n.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        self.0 = z ^ (z >> 31);
+    }
+}
 
 /// Settings of one connection's machine.
 #[derive(Debug, Clone)]
@@ -104,6 +133,17 @@ impl CloseReason {
             if code == codes::UNAUTHORIZED || code == codes::UNSUPPORTED_VERSION)
     }
 
+    /// Whether to keep reading after our last frame until the manager closes:
+    /// only when that frame (GOODBYE, ERROR) is something the manager should
+    /// read. A manager presumed gone, or one that closed first, is not
+    /// waited for.
+    pub fn wants_linger(&self) -> bool {
+        matches!(
+            self,
+            CloseReason::Goodbye { .. } | CloseReason::ProtocolViolation { .. }
+        )
+    }
+
     /// The session ended by the protocol's own graceful path.
     pub fn is_graceful(&self) -> bool {
         matches!(
@@ -183,7 +223,7 @@ pub struct WorkerMachine {
     phase: Phase,
     recv: FrameBuffer,
     out: Vec<u8>,
-    in_flight: HashSet<u64>,
+    in_flight: IdSet,
     max_in_flight: usize,
     output_high_water: usize,
     /// The manager's `max_body`: no frame larger than this is ever sent.
@@ -213,7 +253,7 @@ impl WorkerMachine {
             phase: Phase::AwaitingWelcome,
             recv: FrameBuffer::new(config.hello.max_body),
             out: Vec::new(),
-            in_flight: HashSet::with_capacity(max_in_flight),
+            in_flight: IdSet::with_capacity_and_hasher(max_in_flight, Default::default()),
             max_in_flight,
             output_high_water: config.output_high_water,
             peer_max_body: 0,
@@ -416,7 +456,14 @@ impl WorkerMachine {
                             return self.take_close_event();
                         }
                     };
-                    if self.in_flight.contains(&header.id) {
+                    // One hash lookup on the hot path: insert, and a
+                    // duplicate shows as a failed insert.
+                    let fresh = if self.refuse_tasks {
+                        !self.in_flight.contains(&header.id)
+                    } else {
+                        self.in_flight.insert(header.id)
+                    };
+                    if !fresh {
                         self.violation(
                             codes::DUPLICATE_TASK_ID,
                             format!("task id {} is already in flight", header.id),
@@ -441,7 +488,6 @@ impl WorkerMachine {
                         encode_frame(&mut self.out, FrameKind::Ack, 0, header.id, &[]);
                         self.last_sent = now;
                     }
-                    self.in_flight.insert(header.id);
                     // Re-borrow the body: the frame borrow ended when we mutated self.
                     let (name, payload) = self.reborrow_task(name, payload);
                     return Some(Event::Task(TaskRequest {

@@ -172,7 +172,7 @@ fn supervise(
             }
             Ok(stream) => {
                 stats.begin_connection();
-                let counters = ByteCounters::new(stats.clone(), agent.clone());
+                let counters = ByteCounters::new(stats.clone());
                 let outcome = run_connection(index, stream, plan, &stats, counters, stop, stop_rx);
                 abandoned += outcome.abandoned;
                 backoff.connection_ended(outcome.uptime);
@@ -393,7 +393,8 @@ fn run_connection(
     if writer_busy {
         let _ = written_rx.recv_timeout(LINGER);
     }
-    if broken.is_none() && outcome.abandoned == 0 {
+    let linger = session.closed().is_some_and(|r| r.wants_linger());
+    if broken.is_none() && outcome.abandoned == 0 && linger {
         let _ = stream.shutdown(Shutdown::Write);
         let linger_until = Instant::now() + LINGER;
         if !reader_done {

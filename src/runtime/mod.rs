@@ -129,27 +129,30 @@ impl Backoff {
 #[derive(Debug, Clone)]
 pub struct ByteCounters {
     session: Arc<SessionStats>,
-    agent: Arc<AgentStats>,
 }
 
 impl ByteCounters {
-    pub fn new(session: Arc<SessionStats>, agent: Arc<AgentStats>) -> Self {
-        ByteCounters { session, agent }
+    /// Counters of one session; the process totals are the sum over sessions
+    /// ([`AgentStats::bytes_sent_total`]).
+    pub fn new(session: Arc<SessionStats>) -> Self {
+        ByteCounters { session }
     }
 
     #[inline]
     pub fn sent(&self, n: usize) {
         let n = n as u64;
         self.session.bytes_sent.fetch_add(n, Ordering::Relaxed);
-        self.agent.bytes_sent_total.fetch_add(n, Ordering::Relaxed);
+        self.session
+            .bytes_sent_lifetime
+            .fetch_add(n, Ordering::Relaxed);
     }
 
     #[inline]
     pub fn received(&self, n: usize) {
         let n = n as u64;
         self.session.bytes_received.fetch_add(n, Ordering::Relaxed);
-        self.agent
-            .bytes_received_total
+        self.session
+            .bytes_received_lifetime
             .fetch_add(n, Ordering::Relaxed);
     }
 }

@@ -509,7 +509,7 @@ fn counted_session(
         index + 1,
     ));
     let stats = agent.sessions[index as usize].clone();
-    let counters = ByteCounters::new(stats.clone(), agent.clone());
+    let counters = ByteCounters::new(stats.clone());
     let t0 = Instant::now();
     let s = WorkerSession::new(
         index,

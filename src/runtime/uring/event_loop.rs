@@ -173,7 +173,7 @@ impl EventLoop {
                 let stats = agent.sessions[index as usize].clone();
                 Slot {
                     index,
-                    counters: ByteCounters::new(stats.clone(), agent.clone()),
+                    counters: ByteCounters::new(stats.clone()),
                     stats,
                     phase: SlotPhase::Idle,
                     generation: 0,
@@ -466,13 +466,17 @@ impl EventLoop {
         };
         if session.closed().is_some() {
             if !s.send_inflight && !session.has_output() {
-                // Everything is written: half-close, then read to EOF.
-                if let Some(socket) = &s.socket {
-                    let _ = socket.shutdown(Shutdown::Write);
+                if session.closed().is_some_and(|r| r.wants_linger()) {
+                    // Everything is written: half-close, then read to EOF.
+                    if let Some(socket) = &s.socket {
+                        let _ = socket.shutdown(Shutdown::Write);
+                    }
+                    s.phase = SlotPhase::Linger;
+                    s.linger_until = Some(now + LINGER);
+                    self.mark_dirty(slot_id);
+                } else {
+                    self.begin_teardown(slot_id);
                 }
-                s.phase = SlotPhase::Linger;
-                s.linger_until = Some(now + LINGER);
-                self.mark_dirty(slot_id);
             }
             return;
         }
@@ -688,14 +692,16 @@ impl EventLoop {
                 .completion()
                 .map(|c| (c.user_data(), c.result(), c.flags())),
         );
+        // One clock read per batch: completions reaped together happened together.
+        let now = Instant::now();
         for &(data, result, flags) in &completions {
-            self.complete(data, result, flags);
+            self.complete(data, result, flags, now);
         }
         completions.clear();
         self.completions = completions;
     }
 
-    fn complete(&mut self, data: u64, result: i32, flags: u32) {
+    fn complete(&mut self, data: u64, result: i32, flags: u32, now: Instant) {
         let (op, generation, slot_id) = decode_user_data(data);
         let selected = cqueue::buffer_select(flags);
         if op == Op::Wake as u8 {
@@ -711,7 +717,6 @@ impl EventLoop {
             self.recycle(selected);
             return;
         }
-        let now = Instant::now();
         match op {
             x if x == Op::Recv as u8 => self.on_recv(slot_id, result, flags, selected, now),
             x if x == Op::Send as u8 => self.on_send(slot_id, result),
