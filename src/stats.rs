@@ -160,8 +160,11 @@ impl SessionStats {
         self.last_error.lock().ok().and_then(|guard| guard.clone())
     }
 
+    /// Called by the thread that owns the session (its only writer), so a
+    /// relaxed load and store suffice: no locked instruction per task.
     pub(crate) fn record_task(&self, handler: Option<usize>, ok: bool) {
-        self.handler_tasks[self.handler_row(handler)][usize::from(ok)].fetch_add(1, Relaxed);
+        let counter = &self.handler_tasks[self.handler_row(handler)][usize::from(ok)];
+        counter.store(counter.load(Relaxed) + 1, Relaxed);
     }
 
     pub(crate) fn set_in_flight(&self, n: usize) {

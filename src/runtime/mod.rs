@@ -126,6 +126,12 @@ impl Backoff {
 /// Counts the bytes of one session's socket. Runtimes call it from their one
 /// `send_raw` and one `recv_raw` and nowhere else, with the byte counts the
 /// kernel reported, so every byte on the socket is counted exactly once.
+///
+/// Each direction has a single writer (the uring loop thread; the blocking
+/// runtime's writer thread for `sent`, reader thread for `received`), so an
+/// update is a relaxed load and store, not a locked read-modify-write:
+/// readers on other threads still see whole values, and the hot path pays
+/// no bus lock.
 #[derive(Debug, Clone)]
 pub struct ByteCounters {
     session: Arc<SessionStats>,
@@ -140,21 +146,24 @@ impl ByteCounters {
 
     #[inline]
     pub fn sent(&self, n: usize) {
-        let n = n as u64;
-        self.session.bytes_sent.fetch_add(n, Ordering::Relaxed);
-        self.session
-            .bytes_sent_lifetime
-            .fetch_add(n, Ordering::Relaxed);
+        bump(&self.session.bytes_sent, n);
+        bump(&self.session.bytes_sent_lifetime, n);
     }
 
     #[inline]
     pub fn received(&self, n: usize) {
-        let n = n as u64;
-        self.session.bytes_received.fetch_add(n, Ordering::Relaxed);
-        self.session
-            .bytes_received_lifetime
-            .fetch_add(n, Ordering::Relaxed);
+        bump(&self.session.bytes_received, n);
+        bump(&self.session.bytes_received_lifetime, n);
     }
+}
+
+/// Add `n` to a counter that only the calling thread writes.
+#[inline]
+fn bump(counter: &std::sync::atomic::AtomicU64, n: usize) {
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(n as u64),
+        Ordering::Relaxed,
+    );
 }
 
 /// Asks a running runtime to drain and stop; cheap to clone and to hand to a
