@@ -38,7 +38,7 @@ while [ $((SECONDS + 10)) -lt $end ]; do
   run=$((run + 1)); echo "$run" > "$dir/run"
   left=$((end - SECONDS - 5)); dur=$(( left < 55 ? left : 55 ))
   "$bin/ringworker-loadgen" --listen "unix://$sock" --sessions 8 \
-    --handler echo:6,crc32c:2,sha256:1,sleep:1 --payload 1..4096 --rate "$rate" \
+    --handler echo:6,crc32c:2,sha256:1,sleep:1 --payload 1..4096 --sleep-ms 1..10 --rate "$rate" \
     --duration "$dur" --json "$dir/run-$run.json" > /dev/null 2>&1 || true
   read -r o l w m < <(python3 -c "import json;r=json.load(open('$dir/run-$run.json'));print(r['tasks_ok'],r['tasks_lost'],r['tasks_wrong'],r['accounting_mismatches'])")
   ok=$((ok + o)); lost=$((lost + l)); wrong=$((wrong + w)); mismatches=$((mismatches + m))

@@ -39,9 +39,12 @@ struct Args {
     /// Handler, or a weighted mix such as echo:8,crc32c:1,sha256:1
     #[arg(long, default_value = "echo")]
     handler: Mix,
-    /// Payload bytes: a size (64, 4KiB, 1MiB) or a range 16..4096 drawn with --seed; for `sleep`, milliseconds
+    /// Payload bytes: a size (64, 4KiB, 1MiB) or a range 16..4096 drawn with --seed
     #[arg(long, default_value = "64")]
     payload: PayloadSpec,
+    /// Milliseconds of the `sleep` handler's tasks: a number or a range [default: --payload]
+    #[arg(long, value_name = "MS")]
+    sleep_ms: Option<PayloadSpec>,
     /// Seed of the payload pool
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -120,6 +123,13 @@ fn cpu_seconds(pid: &str) -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
+/// Resident memory of a process, from /proc.
+fn rss_kib(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 struct Spawned {
     child: Child,
 }
@@ -135,6 +145,8 @@ impl Drop for Spawned {
 
 fn run() -> anyhow::Result<bool> {
     let args = Args::parse();
+    // One socket per session: allow as many as the hard limit permits.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
     let requested: Endpoint = args.listen.parse()?;
     let listener =
         Listener::bind(&requested).with_context(|| format!("cannot listen on {requested}"))?;
@@ -215,7 +227,7 @@ fn run() -> anyhow::Result<bool> {
         grace: Duration::from_secs(10),
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
-    let pool = Pool::new(&args.handler, args.payload, args.seed);
+    let pool = Pool::new(&args.handler, args.payload, args.sleep_ms.unwrap_or(args.payload), args.seed);
     let mut engine = Engine::new(listener, pool, spec)?;
     eprintln!(
         "ringworker-loadgen: listening on {endpoint}, waiting for {} session(s){}",
@@ -226,8 +238,18 @@ fn run() -> anyhow::Result<bool> {
             ""
         }
     );
+    let connect_started = Instant::now();
     engine.accept_all(Duration::from_secs_f64(args.connect_timeout))?;
+    let connect_s = connect_started.elapsed().as_secs_f64();
     let agent_pid = spawned.as_ref().map(|s| s.child.id().to_string());
+    let agent_rss_kib = agent_pid.as_deref().and_then(rss_kib);
+    if args.sessions >= 1000 {
+        eprintln!(
+            "ringworker-loadgen: {} sessions connected in {connect_s:.2} s{}",
+            args.sessions,
+            agent_rss_kib.map_or(String::new(), |kib| format!("; agent RSS {:.1} MiB", kib as f64 / 1024.0))
+        );
+    }
     let warmup = Duration::from_secs_f64(args.warmup);
     // CPU is sampled over the measured window: from the end of the warmup to
     // the end of sending (sampled by a helper thread at those instants).
@@ -315,7 +337,9 @@ fn run() -> anyhow::Result<bool> {
             Pacing::Open { rate } => format!("open loop, {rate} tasks/s"),
         },
     };
-    let report = Report::new(&result, describe, loadgen_cpu, agent_cpu);
+    let mut report = Report::new(&result, describe, loadgen_cpu, agent_cpu);
+    report.connect_s = Some(connect_s);
+    report.agent_rss_kib_connected = agent_rss_kib;
     report.print(&mut std::io::stdout())?;
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)

@@ -40,6 +40,10 @@ pub struct Report {
     pub agent_cpu_s: Option<f64>,
     pub loadgen_cpu_us_per_task: f64,
     pub agent_cpu_us_per_task: Option<f64>,
+    /// Seconds from listening until every session had completed its handshake.
+    pub connect_s: Option<f64>,
+    /// A spawned agent's resident memory once every session was connected.
+    pub agent_rss_kib_connected: Option<u64>,
     pub per_session_tasks_min: u64,
     pub per_session_tasks_max: u64,
     pub failure_codes: std::collections::BTreeMap<String, u64>,
@@ -109,6 +113,8 @@ impl Report {
             agent_cpu_s,
             loadgen_cpu_us_per_task: per_task(loadgen_cpu_s),
             agent_cpu_us_per_task: agent_cpu_s.map(per_task),
+            connect_s: None,
+            agent_rss_kib_connected: None,
             per_session_tasks_min: per_session.iter().copied().min().unwrap_or(0),
             per_session_tasks_max: per_session.iter().copied().max().unwrap_or(0),
             failure_codes: result.failure_codes.clone(),

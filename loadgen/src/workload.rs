@@ -94,19 +94,21 @@ pub struct Pool {
 const POOL_BUDGET: usize = 256 * 1024 * 1024;
 
 impl Pool {
-    /// Build a pool for `mix` and `payload`; reproducible for a given `seed`.
-    pub fn new(mix: &Mix, payload: PayloadSpec, seed: u64) -> Pool {
+    /// Build a pool for `mix` and `payload` (`sleep_ms` for the `sleep`
+    /// handler's milliseconds); reproducible for a given `seed`.
+    pub fn new(mix: &Mix, payload: PayloadSpec, sleep_ms: PayloadSpec, seed: u64) -> Pool {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let handlers: Vec<String> = mix.entries.iter().map(|(n, _)| n.clone()).collect();
         let per_handler = (POOL_BUDGET / payload.max.max(1) / handlers.len()).clamp(1, 64);
         let mut tasks = Vec::new();
         for (handler, name) in handlers.iter().enumerate() {
             for _ in 0..per_handler {
-                let len = rng.random_range(payload.min..=payload.max);
                 let body: Vec<u8> = if name == "sleep" {
-                    let ms = u32::try_from(len).unwrap_or(u32::MAX).min(60_000);
+                    let ms = rng.random_range(sleep_ms.min..=sleep_ms.max);
+                    let ms = u32::try_from(ms).unwrap_or(u32::MAX).min(60_000);
                     ms.to_be_bytes().to_vec()
                 } else {
+                    let len = rng.random_range(payload.min..=payload.max);
                     let mut bytes = vec![0u8; len];
                     rng.fill(&mut bytes[..]);
                     bytes
@@ -187,8 +189,8 @@ mod tests {
     #[test]
     fn pool_is_reproducible_and_weighted() {
         let mix: Mix = "echo:3,sha256:1".parse().unwrap();
-        let a = Pool::new(&mix, "8..64".parse().unwrap(), 42);
-        let b = Pool::new(&mix, "8..64".parse().unwrap(), 42);
+        let a = Pool::new(&mix, "8..64".parse().unwrap(), "1..2".parse().unwrap(), 42);
+        let b = Pool::new(&mix, "8..64".parse().unwrap(), "1..2".parse().unwrap(), 42);
         assert_eq!(a.order, b.order);
         assert_eq!(a.tasks[5].payload, b.tasks[5].payload);
         let echo = a
