@@ -26,9 +26,21 @@ fn session() -> WorkerSession {
         handshake_timeout: Duration::from_secs(3600),
     };
     let now = Instant::now();
-    let mut session = WorkerSession::new(0, &config, HandlerRegistry::with_builtins(), Arc::new(SessionStats::new(0)), now);
+    let mut session = WorkerSession::new(
+        0,
+        &config,
+        HandlerRegistry::with_builtins(),
+        Arc::new(SessionStats::new(0)),
+        now,
+    );
     let mut welcome = Vec::new();
-    encode_frame(&mut welcome, FrameKind::Welcome, 0, 0, br#"{"protocol":1,"manager":"m","max_body":1048576,"heartbeat_ms":0}"#);
+    encode_frame(
+        &mut welcome,
+        FrameKind::Welcome,
+        0,
+        0,
+        br#"{"protocol":1,"manager":"m","max_body":1048576,"heartbeat_ms":0}"#,
+    );
     session.on_input(&welcome, now);
     session.take_output(Vec::new());
     session
@@ -52,7 +64,11 @@ fn counting(c: &mut Criterion) {
         let mut s = session();
         let counters = ByteCounters::new(s.stats().clone());
         let mut spare = Vec::new();
-        let name = if counted { "with_byte_counting" } else { "without_byte_counting" };
+        let name = if counted {
+            "with_byte_counting"
+        } else {
+            "without_byte_counting"
+        };
         group.bench_function(name, |b| {
             b.iter(|| {
                 let now = Instant::now();

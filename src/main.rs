@@ -34,6 +34,14 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         config: std::path::PathBuf,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions {
+        /// The shell
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) of ringworker(1)
+    Manpage,
 }
 
 fn init_logging(format: LogFormat) {
@@ -66,6 +74,21 @@ fn main() -> ExitCode {
             }
         }
         Command::CheckConfig { config } => check_config(&config),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "ringworker", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Manpage => {
+            let command = <Cli as clap::CommandFactory>::command();
+            match clap_mangen::Man::new(command).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("ringworker: cannot write the man page: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 

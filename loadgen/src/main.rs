@@ -199,6 +199,11 @@ fn run() -> anyhow::Result<bool> {
         if !given("--worker-id") {
             command.args(["--worker-id", "loadgen-spawned"]);
         }
+        if std::env::var_os("RINGWORKER_LOG").is_none() {
+            // A spawned agent logs warnings and errors only: one line per
+            // session would drown the report at thousands of sessions.
+            command.env("RINGWORKER_LOG", "warn");
+        }
         let child = command
             .args(&args.agent_args)
             .stdin(Stdio::null())
@@ -227,7 +232,12 @@ fn run() -> anyhow::Result<bool> {
         grace: Duration::from_secs(10),
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
-    let pool = Pool::new(&args.handler, args.payload, args.sleep_ms.unwrap_or(args.payload), args.seed);
+    let pool = Pool::new(
+        &args.handler,
+        args.payload,
+        args.sleep_ms.unwrap_or(args.payload),
+        args.seed,
+    );
     let mut engine = Engine::new(listener, pool, spec)?;
     eprintln!(
         "ringworker-loadgen: listening on {endpoint}, waiting for {} session(s){}",
@@ -247,7 +257,10 @@ fn run() -> anyhow::Result<bool> {
         eprintln!(
             "ringworker-loadgen: {} sessions connected in {connect_s:.2} s{}",
             args.sessions,
-            agent_rss_kib.map_or(String::new(), |kib| format!("; agent RSS {:.1} MiB", kib as f64 / 1024.0))
+            agent_rss_kib.map_or(String::new(), |kib| format!(
+                "; agent RSS {:.1} MiB",
+                kib as f64 / 1024.0
+            ))
         );
     }
     let warmup = Duration::from_secs_f64(args.warmup);

@@ -1,0 +1,221 @@
+//! deploy/: the systemd unit passes `systemd-analyze verify`, the Kubernetes
+//! manifests pass an offline OpenAPI validation (`kubernetes-validate`,
+//! installed by `.ci/run`), the PodMonitor has what the operator requires,
+//! the shipped configs pass `check-config`, and completions and the man page
+//! are generated from the CLI definition.
+
+// Tests unwrap freely: a panic is a failed test with its location.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn deploy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ringworker-deploy-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn run(program: &str, args: &[&str], dir: &Path) -> (bool, String) {
+    let output = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|err| panic!("{program} is not installed ({err}); .ci/run installs it"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[test]
+fn systemd_unit_verifies_and_is_hardened_with_io_uring_allowed() {
+    let unit = std::fs::read_to_string(deploy().join("systemd/ringworker.service")).unwrap();
+    // Verify a copy whose ExecStart names the binary just built.
+    let dir = temp_dir("systemd");
+    let copy = dir.join("ringworker.service");
+    std::fs::write(
+        &copy,
+        unit.replace(
+            "/usr/local/bin/ringworker",
+            env!("CARGO_BIN_EXE_ringworker"),
+        ),
+    )
+    .unwrap();
+    let (ok, output) = run("systemd-analyze", &["verify", copy.to_str().unwrap()], &dir);
+    assert!(
+        ok && output.trim().is_empty(),
+        "systemd-analyze verify:\n{output}"
+    );
+    for line in [
+        "Restart=on-failure",
+        "DynamicUser=yes",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "LimitNOFILE=65536",
+    ] {
+        assert!(unit.lines().any(|l| l.trim() == line), "{line} missing");
+    }
+    let filter = unit
+        .lines()
+        .find(|l| l.starts_with("SystemCallFilter=@system-service"))
+        .unwrap();
+    for syscall in ["io_uring_setup", "io_uring_enter", "io_uring_register"] {
+        assert!(filter.contains(syscall), "the filter must allow {syscall}");
+    }
+    let stop: u64 = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+        .and_then(|v| v.trim_end_matches('s').parse().ok())
+        .unwrap();
+    assert!(
+        stop > 30,
+        "TimeoutStopSec {stop} s must exceed the 30 s drain timeout"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn kubernetes_manifests_validate_against_the_openapi_schemas() {
+    let dir = deploy().join("kubernetes");
+    let files = [
+        "namespace.yaml",
+        "configmap.yaml",
+        "secret.yaml",
+        "daemonset.yaml",
+        "deployment.yaml",
+    ];
+    let mut args = vec!["--strict"];
+    args.extend(files);
+    let (ok, output) = run("kubernetes-validate", &args, &dir);
+    assert!(ok, "kubernetes-validate:\n{output}");
+    for file in files {
+        assert!(
+            output.contains(&format!("{file} passed")),
+            "{file} not validated:\n{output}"
+        );
+    }
+    for workload in ["daemonset.yaml", "deployment.yaml"] {
+        let text = std::fs::read_to_string(dir.join(workload)).unwrap();
+        let grace: u64 = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("terminationGracePeriodSeconds:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap();
+        assert!(
+            grace > 30,
+            "{workload}: grace period {grace} s must exceed the drain timeout"
+        );
+        for needle in [
+            "path: /healthz",
+            "path: /readyz",
+            "secretName: ringworker-token",
+            "seccompProfile:",
+        ] {
+            assert!(text.contains(needle), "{workload} lacks {needle}");
+        }
+    }
+}
+
+#[test]
+fn pod_monitor_has_the_fields_the_prometheus_operator_requires() {
+    // A CRD: no OpenAPI schema ships with kubernetes-validate, so check it as
+    // strict YAML with the operator's required fields.
+    let script = r#"
+import sys, yaml
+doc = yaml.safe_load(open(sys.argv[1]))
+assert doc["apiVersion"] == "monitoring.coreos.com/v1", doc["apiVersion"]
+assert doc["kind"] == "PodMonitor"
+assert doc["metadata"]["name"] and doc["metadata"]["namespace"]
+spec = doc["spec"]
+assert spec["selector"]["matchLabels"], "selector"
+endpoints = spec["podMetricsEndpoints"]
+assert endpoints and all(e.get("port") or e.get("targetPort") for e in endpoints), "endpoints need a port"
+allowed = {"port", "targetPort", "path", "interval", "scrapeTimeout", "scheme", "relabelings", "metricRelabelings", "honorLabels"}
+assert all(set(e) <= allowed for e in endpoints), "unknown endpoint fields"
+print("ok")
+"#;
+    let path = deploy().join("kubernetes/podmonitor.yaml");
+    let (ok, output) = run(
+        "python3",
+        &["-c", script, path.to_str().unwrap()],
+        &deploy(),
+    );
+    assert!(ok && output.trim() == "ok", "{output}");
+}
+
+#[test]
+fn shipped_configs_pass_check_config() {
+    let dir = temp_dir("config");
+    let token = dir.join("token");
+    std::fs::write(&token, "t0ken\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let example = std::fs::read_to_string(deploy().join("config/agent.toml")).unwrap();
+    let configmap = std::fs::read_to_string(deploy().join("kubernetes/configmap.yaml")).unwrap();
+    let embedded: String = configmap
+        .split("agent.toml: |")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim_start())
+        .collect::<Vec<_>>()
+        .join("\n");
+    for (name, text, token_path) in [
+        ("example", example, "/etc/ringworker/token"),
+        ("configmap", embedded, "/var/run/secrets/ringworker/token"),
+    ] {
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(&config, text.replace(token_path, token.to_str().unwrap())).unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_ringworker"))
+            .args(["check-config", "--config", config.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            stdout.contains("token = \"<redacted>\"") && !stdout.contains("t0ken"),
+            "{stdout}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn completions_and_man_page_come_from_the_cli_definition() {
+    for shell in ["bash", "zsh", "fish"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_ringworker"))
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success()
+                && text.contains("check-config")
+                && text.contains("max-in-flight"),
+            "{shell}"
+        );
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_ringworker"))
+        .arg("manpage")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && text.starts_with(".ie") && text.contains(".TH ringworker 1"),
+        "{text}"
+    );
+}
