@@ -5,8 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 prefix=${1:-/usr/local}
-cargo build --release --locked -p ringworker
-bin=target/release/ringworker
+cargo build --profile dist --locked -p ringworker
+bin=target/dist/ringworker
 install -D -m 0755 "$bin" "$prefix/bin/ringworker"
 install -d "$prefix/share/bash-completion/completions" "$prefix/share/zsh/site-functions" \
   "$prefix/share/fish/vendor_completions.d" "$prefix/share/man/man1"
