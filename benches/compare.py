@@ -109,8 +109,9 @@ def syscalls_per_task(worker, sessions, seconds=4):
         total = 0
         for line in open(trace):
             parts = line.split()
+            # "100.00  seconds  usecs/call  calls  [errors]  total"
             if len(parts) >= 5 and parts[-1] == "total":
-                total = int(parts[2])
+                total = int(parts[3])
         return total / tasks if tasks else None
     except (OSError, ValueError, KeyError, IndexError):
         return None
