@@ -259,6 +259,8 @@ pub struct FrameBuffer {
     max_body: u32,
     /// Where the body of the frame last returned by `next_frame` lies.
     last_body: std::ops::Range<usize>,
+    /// Size of the frame last returned, for the shrink decision.
+    last_frame_len: usize,
 }
 
 /// One decoded frame, borrowed from the [`FrameBuffer`].
@@ -278,6 +280,7 @@ impl FrameBuffer {
             end: 0,
             max_body,
             last_body: 0..0,
+            last_frame_len: 0,
         }
     }
 
@@ -297,40 +300,81 @@ impl FrameBuffer {
 
     /// Bytes of storage held (for memory accounting).
     pub fn capacity(&self) -> usize {
-        self.data.len()
+        self.data.capacity()
     }
 
-    /// Copy `bytes` in.
+    /// Copy `bytes` in. Grows without zero-filling, and reserves a frame
+    /// whose header has been validated in one step rather than by doubling.
     pub fn extend(&mut self, bytes: &[u8]) {
-        self.spare(bytes.len())[..bytes.len()].copy_from_slice(bytes);
-        self.commit(bytes.len());
+        self.last_body = 0..0;
+        self.prepare(bytes.len());
+        if self.data.len() - self.end >= bytes.len() {
+            self.data[self.end..self.end + bytes.len()].copy_from_slice(bytes);
+        } else {
+            self.data.truncate(self.end);
+            self.data.extend_from_slice(bytes);
+        }
+        self.end += bytes.len();
+        self.reserve_frame();
+    }
+
+    /// Once a frame's header is in (and valid), reserve the rest of it.
+    fn reserve_frame(&mut self) {
+        if let Ok(Decoded::Incomplete { needed }) =
+            decode(&self.data[self.start..self.end], self.max_body)
+        {
+            if self.end - self.start >= HEADER_LEN && self.end + needed > self.data.capacity() {
+                if self.start > 0 {
+                    self.data.copy_within(self.start..self.end, 0);
+                    self.end -= self.start;
+                    self.start = 0;
+                    self.data.truncate(self.end);
+                }
+                self.data
+                    .reserve((self.end + needed).saturating_sub(self.data.len()));
+            }
+        }
     }
 
     /// Writable space of at least `min` bytes after the buffered data, to read
     /// into directly; follow with [`FrameBuffer::commit`].
-    ///
-    /// Before growing, consumed bytes are dropped from the front. When the
-    /// buffer is empty and oversized (after a large frame) it is shrunk back.
     pub fn spare(&mut self, min: usize) -> &mut [u8] {
         self.last_body = 0..0;
+        self.prepare(min);
+        if self.data.len() - self.end < min {
+            self.data.resize(self.end + min, 0);
+        }
+        &mut self.data[self.end..]
+    }
+
+    /// Make room for `incoming` more bytes: drop consumed bytes from the
+    /// front, give back an oversized buffer once it is empty and the last
+    /// frame was small (so a stream of large frames keeps its buffer), and
+    /// reserve the rest of a frame whose header is already validated.
+    fn prepare(&mut self, incoming: usize) {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
-            if self.data.len() > SHRINK_ABOVE && min <= SHRINK_ABOVE {
+            if self.data.capacity() > SHRINK_ABOVE
+                && self.last_frame_len <= SHRINK_ABOVE
+                && incoming <= SHRINK_ABOVE
+            {
                 self.data = Vec::new();
             }
         }
-        if self.data.len() - self.end < min {
-            if self.start > 0 {
-                self.data.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
-            }
-            if self.data.len() - self.end < min {
-                self.data.resize(self.end + min, 0);
-            }
+        if self.start > 0 && self.data.capacity() - self.end < incoming {
+            self.data.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
         }
-        &mut self.data[self.end..]
+        let needed = match decode(&self.data[self.start..self.end], self.max_body) {
+            Ok(Decoded::Incomplete { needed }) => needed,
+            _ => 0,
+        };
+        let want = self.end + incoming.max(needed);
+        if want > self.data.capacity() {
+            self.data.reserve(want.saturating_sub(self.data.len()));
+        }
     }
 
     /// Mark `n` bytes of the slice returned by [`FrameBuffer::spare`] as filled.
@@ -340,6 +384,7 @@ impl FrameBuffer {
             "commit past the spare space"
         );
         self.end += n;
+        self.reserve_frame();
     }
 
     /// How many bytes the next read should ask for: enough to complete the
@@ -368,6 +413,7 @@ impl FrameBuffer {
                 let body_end = body_start + header.body_len as usize;
                 self.start = body_end;
                 self.last_body = body_start..body_end;
+                self.last_frame_len = header.frame_len();
                 Ok(Some(FrameRef {
                     header,
                     body: &self.data[body_start..body_end],
@@ -502,15 +548,26 @@ mod tests {
     }
 
     #[test]
-    fn empty_oversized_buffer_shrinks() {
+    fn buffer_is_kept_across_large_frames_and_given_back_after_a_small_one() {
         let mut buffer = FrameBuffer::new(1 << 20);
-        let mut out = Vec::new();
-        encode_frame(&mut out, FrameKind::Error, 0, 0, &vec![1u8; 600_000]);
-        buffer.extend(&out);
+        let mut big = Vec::new();
+        encode_frame(&mut big, FrameKind::Error, 0, 0, &vec![1u8; 600_000]);
+        // The whole frame is reserved once its header is known.
+        buffer.extend(&big[..16]);
+        assert!(buffer.capacity() >= 600_016);
+        buffer.extend(&big[16..]);
         assert!(buffer.next_frame().unwrap().is_some());
-        assert!(buffer.capacity() >= 600_000);
+        // Another large frame follows: the buffer is kept, not freed and regrown.
+        buffer.extend(&big[..4096]);
+        assert!(buffer.capacity() >= 600_016);
+        buffer.extend(&big[4096..]);
+        assert!(buffer.next_frame().unwrap().is_some());
+        let mut small = Vec::new();
+        encode_frame(&mut small, FrameKind::Error, 0, 0, b"x");
+        buffer.extend(&small);
+        assert!(buffer.next_frame().unwrap().is_some());
         let _ = buffer.spare(4096);
-        assert!(buffer.capacity() <= 4096);
+        assert!(buffer.capacity() <= 8192, "capacity {}", buffer.capacity());
     }
 
     fn arb_frame() -> impl Strategy<Value = (FrameKind, u8, u64, Vec<u8>)> {

@@ -42,6 +42,9 @@ const BUF_GROUP: u16 = 7;
 /// Buffers in each loop's ring, and their size.
 pub const BUF_ENTRIES: u16 = 512;
 pub const BUF_LEN: usize = 16 * 1024;
+/// A frame with at least this much left to arrive is received in one
+/// operation straight into its buffer.
+const LARGE_FRAME_REMAINDER: usize = 4 * BUF_LEN;
 /// How long to keep reading after our last frame before closing.
 const LINGER: Duration = Duration::from_secs(2);
 /// How long shutdown waits for cancelled operations to complete.
@@ -56,6 +59,7 @@ enum Op {
     Connect = 3,
     Cancel = 4,
     Wake = 5,
+    RecvBody = 6,
 }
 
 fn user_data(op: Op, generation: u32, slot: u32) -> u64 {
@@ -100,6 +104,8 @@ struct Slot {
     inflight: u32,
     recv_armed: bool,
     recv_cancelled: bool,
+    /// A one-shot receive into the frame buffer is in flight.
+    body_recv: bool,
     teardown_cancelled: bool,
     send_inflight: bool,
     send_buf: Vec<u8>,
@@ -182,6 +188,7 @@ impl EventLoop {
                     inflight: 0,
                     recv_armed: false,
                     recv_cancelled: false,
+                    body_recv: false,
                     teardown_cancelled: false,
                     send_inflight: false,
                     send_buf: Vec::new(),
@@ -404,7 +411,7 @@ impl EventLoop {
                     self.begin_teardown(slot_id);
                 } else {
                     let at = s.linger_until;
-                    if !s.recv_armed {
+                    if !s.recv_armed && !s.body_recv {
                         self.arm_recv(slot_id);
                     }
                     self.schedule(slot_id, at);
@@ -485,12 +492,74 @@ impl EventLoop {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        if wants_read && !s.recv_armed {
+        // A large frame under way is received straight into the session's
+        // frame buffer with one MSG_WAITALL receive (one copy, like a plain
+        // read into a big buffer) instead of 16 KiB provided buffers copied
+        // again; the multishot receive is stopped first, so only one receive
+        // is ever active on the socket and the byte order holds.
+        let needed = session.recv_hint(0);
+        if wants_read && needed >= LARGE_FRAME_REMAINDER {
+            if s.recv_armed && !s.recv_cancelled {
+                self.cancel_recv(slot_id);
+            } else if !s.recv_armed && !s.body_recv {
+                self.submit_body_recv(slot_id, needed);
+            }
+        } else if wants_read && !s.recv_armed && !s.body_recv {
             self.arm_recv(slot_id);
         } else if !wants_read && s.recv_armed && !s.recv_cancelled {
             self.cancel_recv(slot_id);
         }
         self.schedule(slot_id, timeout);
+    }
+
+    /// Receive the `needed` bytes that complete the frame under way directly
+    /// into the session's frame buffer.
+    fn submit_body_recv(&mut self, slot_id: u32, needed: usize) {
+        let s = &mut self.slots[slot_id as usize];
+        let (Some(socket), Some(session)) = (&s.socket, s.session.as_mut()) else {
+            return;
+        };
+        let fd = socket.as_raw_fd();
+        let len = needed.min(u32::MAX as usize);
+        let space = session.recv_space(len);
+        let entry = opcode::Recv::new(types::Fd(fd), space.as_mut_ptr(), len as u32)
+            .flags(libc::MSG_WAITALL)
+            .build()
+            .user_data(user_data(Op::RecvBody, s.generation, slot_id));
+        s.body_recv = true;
+        s.inflight += 1;
+        self.push(entry);
+    }
+
+    /// Completion of [`EventLoop::submit_body_recv`]: the other place bytes
+    /// are received, counted the same way.
+    fn on_body_recv(&mut self, slot_id: u32, result: i32, now: Instant) {
+        let s = &mut self.slots[slot_id as usize];
+        s.body_recv = false;
+        s.inflight = s.inflight.saturating_sub(1);
+        match result {
+            n if n > 0 => {
+                s.counters.received(n as usize);
+                if let Some(session) = s.session.as_mut() {
+                    session.on_received(n as usize, now);
+                }
+            }
+            0 => {
+                s.eof = true;
+                if let Some(session) = s.session.as_mut() {
+                    session.on_eof(now);
+                }
+            }
+            r if r == -libc::ECANCELED || r == -libc::EINTR => {}
+            r => {
+                if s.broken.is_none() {
+                    s.broken = Some(format!(
+                        "connection lost: read failed: {}",
+                        io::Error::from_raw_os_error(-r)
+                    ));
+                }
+            }
+        }
     }
 
     fn dial(&mut self, slot_id: u32, now: Instant) {
@@ -527,6 +596,7 @@ impl EventLoop {
         s.eof = false;
         s.recv_armed = false;
         s.recv_cancelled = false;
+        s.body_recv = false;
         s.teardown_cancelled = false;
         s.send_inflight = false;
         s.inflight = 1;
@@ -721,6 +791,7 @@ impl EventLoop {
             x if x == Op::Recv as u8 => self.on_recv(slot_id, result, flags, selected, now),
             x if x == Op::Send as u8 => self.on_send(slot_id, result),
             x if x == Op::Connect as u8 => self.on_connect(slot_id, result, now),
+            x if x == Op::RecvBody as u8 => self.on_body_recv(slot_id, result, now),
             _ => {
                 let s = &mut self.slots[slot_id as usize];
                 s.inflight = s.inflight.saturating_sub(1);
