@@ -126,6 +126,13 @@ impl Stream {
             Stream::Unix(s) => s.write(buf),
         }
     }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write_vectored(bufs),
+            Stream::Unix(s) => s.write_vectored(bufs),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,7 +168,20 @@ pub struct ConnReport {
     pub error: Option<String>,
 }
 
+/// Output queued behind a large payload, in order.
+enum Segment {
+    /// Bytes taken from the machine's output buffer, and how many are written.
+    Bytes(Vec<u8>, usize),
+    /// A pool task's payload, and how many bytes of it are written.
+    Payload(u32, usize),
+}
+
+/// Payloads at least this large are written from the pool with vectored
+/// writes rather than copied into the output buffer.
+const LARGE_PAYLOAD: usize = 16 * 1024;
+
 struct Conn {
+    segments: std::collections::VecDeque<Segment>,
     stream: Stream,
     machine: ManagerMachine,
     phase: ConnPhase,
@@ -300,6 +320,7 @@ impl Engine {
                         Interest::READABLE | Interest::WRITABLE,
                     )?;
                     self.conns.push(Conn {
+                        segments: Default::default(),
                         stream,
                         machine: ManagerMachine::new(self.spec.manager.clone()),
                         phase: ConnPhase::Handshake,
@@ -464,11 +485,21 @@ impl Engine {
             let id = (u64::from(entry.generation) << 32) | u64::from(slot);
             let prepared = &self.pool.tasks[task as usize];
             let handler = &self.pool.handlers[prepared.handler];
-            if conn
-                .machine
-                .send_task(id, handler, &prepared.payload, self.spec.ack)
-                .is_err()
-            {
+            let queued = if prepared.payload.len() >= LARGE_PAYLOAD {
+                // Header now, payload written from the pool by `flush`:
+                // large payloads are never copied into the output buffer.
+                conn.machine
+                    .send_task_head(id, handler, prepared.payload.len(), self.spec.ack)
+                    .map(|()| {
+                        let head = conn.machine.take_output(Vec::new());
+                        conn.segments.push_back(Segment::Bytes(head, 0));
+                        conn.segments.push_back(Segment::Payload(task, 0));
+                    })
+            } else {
+                conn.machine
+                    .send_task(id, handler, &prepared.payload, self.spec.ack)
+            };
+            if queued.is_err() {
                 conn.free.push(slot);
                 conn.sending = false;
                 conn.report
@@ -484,15 +515,42 @@ impl Engine {
     /// Write what connection `index` has queued, as far as the socket takes it.
     fn flush(&mut self, index: usize) {
         let conn = &mut self.conns[index];
-        while !conn.machine.pending_output().is_empty() && conn.phase != ConnPhase::Closed {
-            match conn.stream.write(conn.machine.pending_output()) {
+        // Whatever the machine queued after the last segment goes behind it.
+        if !conn.segments.is_empty() && !conn.machine.pending_output().is_empty() {
+            let bytes = conn.machine.take_output(Vec::new());
+            conn.segments.push_back(Segment::Bytes(bytes, 0));
+        }
+        while conn.phase != ConnPhase::Closed {
+            let result = if conn.segments.is_empty() {
+                if conn.machine.pending_output().is_empty() {
+                    return;
+                }
+                conn.stream.write(conn.machine.pending_output())
+            } else {
+                let mut slices: Vec<io::IoSlice<'_>> = Vec::with_capacity(16);
+                for segment in conn.segments.iter().take(16) {
+                    let bytes = match segment {
+                        Segment::Bytes(bytes, off) => &bytes[*off..],
+                        Segment::Payload(task, off) => {
+                            &self.pool.tasks[*task as usize].payload[*off..]
+                        }
+                    };
+                    slices.push(io::IoSlice::new(bytes));
+                }
+                conn.stream.write_vectored(&slices)
+            };
+            match result {
                 Ok(0) => {
                     conn.fail("write returned 0");
                     return;
                 }
                 Ok(n) => {
                     conn.report.bytes_sent += n as u64;
-                    conn.machine.consume_output(n);
+                    if conn.segments.is_empty() {
+                        conn.machine.consume_output(n);
+                    } else {
+                        conn.advance_segments(n, &self.pool);
+                    }
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
@@ -683,6 +741,27 @@ impl Engine {
 }
 
 impl Conn {
+    /// Drop `n` written bytes from the front of the segment queue.
+    fn advance_segments(&mut self, mut n: usize, pool: &Pool) {
+        while n > 0 {
+            let Some(front) = self.segments.front_mut() else {
+                return;
+            };
+            let (len, off) = match front {
+                Segment::Bytes(bytes, off) => (bytes.len(), off),
+                Segment::Payload(task, off) => (pool.tasks[*task as usize].payload.len(), off),
+            };
+            let left = len - *off;
+            if n >= left {
+                n -= left;
+                self.segments.pop_front();
+            } else {
+                *off += n;
+                n = 0;
+            }
+        }
+    }
+
     fn fail(&mut self, why: &str) {
         self.report.error.get_or_insert_with(|| why.to_owned());
         self.phase = ConnPhase::Closed;

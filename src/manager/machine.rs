@@ -344,6 +344,39 @@ impl ManagerMachine {
         Ok(())
     }
 
+    /// Queue a TASK's header and handler name only; the caller writes the
+    /// `payload_len` payload bytes itself right after them (vectored writes
+    /// of large payloads without copying them into the output buffer).
+    pub fn send_task_head(
+        &mut self,
+        id: u64,
+        handler: &str,
+        payload_len: usize,
+        ack: bool,
+    ) -> Result<(), SendError> {
+        if self.phase != ManagerPhase::Active {
+            return Err(SendError::NotReady);
+        }
+        if handler.is_empty()
+            || handler.len() > 64
+            || !handler.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(SendError::BadHandlerName(handler.to_owned()));
+        }
+        let body_len = 1 + handler.len() + payload_len;
+        if body_len > self.worker_max_body as usize {
+            return Err(SendError::TooLarge {
+                body: body_len,
+                max_body: self.worker_max_body,
+            });
+        }
+        let flags = if ack { FLAG_ACK_REQUESTED } else { 0 };
+        encode_header(&mut self.out, FrameKind::Task, flags, id, body_len);
+        self.out.push(handler.len() as u8);
+        self.out.extend_from_slice(handler.as_bytes());
+        Ok(())
+    }
+
     pub fn send_ping(&mut self, nonce: u64) {
         encode_frame(&mut self.out, FrameKind::Ping, 0, nonce, &[]);
     }

@@ -144,6 +144,8 @@ pub struct EventLoop {
     wake_buf: Box<[u8]>,
     wake_armed: bool,
     dirty: Vec<u32>,
+    /// Slots in [`SlotPhase::Stopped`] (the loop ends when all are).
+    stopped: usize,
     batch: Vec<u32>,
     completions: Vec<(u64, i32, u32)>,
     timers: BinaryHeap<Reverse<(Instant, u32)>>,
@@ -222,6 +224,7 @@ impl EventLoop {
             wake_buf: vec![0; 64].into_boxed_slice(),
             wake_armed: false,
             dirty,
+            stopped: 0,
             batch: Vec::new(),
             completions: Vec::with_capacity(RING_ENTRIES as usize),
             timers: BinaryHeap::new(),
@@ -246,7 +249,7 @@ impl EventLoop {
             }
             self.fire_timers(Instant::now());
             self.drive_dirty();
-            if self.slots.iter().all(|s| s.phase == SlotPhase::Stopped) {
+            if self.stopped == self.slots.len() {
                 break;
             }
             if let Some(buffers) = &self.buffers {
@@ -641,8 +644,11 @@ impl EventLoop {
 
     fn stop_slot(&mut self, slot_id: u32) {
         let s = &mut self.slots[slot_id as usize];
-        s.phase = SlotPhase::Stopped;
-        s.stats.set_state(SessionState::Stopped);
+        if s.phase != SlotPhase::Stopped {
+            s.phase = SlotPhase::Stopped;
+            s.stats.set_state(SessionState::Stopped);
+            self.stopped += 1;
+        }
     }
 
     fn arm_recv(&mut self, slot_id: u32) {
