@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::loadgen_bin;
+
 use std::io::{self, BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
@@ -25,22 +27,6 @@ for_each_runtime!(
     drain_timeout_abandons_a_long_task_and_exits_non_zero,
     second_sigterm_during_a_drain_exits_at_once_with_130,
 );
-
-/// The loadgen binary, next to the agent binary. It belongs to another
-/// package of the workspace, so it is brought up to date here once (a no-op
-/// after `cargo test --workspace`).
-fn loadgen_bin() -> PathBuf {
-    static BUILD: std::sync::Once = std::sync::Once::new();
-    BUILD.call_once(|| {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "ringworker-loadgen"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .unwrap();
-        assert!(status.success(), "cargo build -p ringworker-loadgen failed");
-    });
-    PathBuf::from(env!("CARGO_BIN_EXE_ringworker")).with_file_name("ringworker-loadgen")
-}
 
 fn agent_command(manager: &str, runtime: RuntimeKind, extra: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ringworker"));

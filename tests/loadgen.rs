@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::loadgen_bin;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -14,22 +16,6 @@ use std::time::Duration;
 use ringworker::handlers::{HandlerRegistry, Reply};
 use ringworker::runtime::{BlockingRuntime, RuntimeKind, RuntimeMode};
 use ringworker::transport::Endpoint;
-
-/// The loadgen binary, next to the agent binary. It belongs to another
-/// package of the workspace, so it is brought up to date here once (a no-op
-/// after `cargo test --workspace`).
-fn loadgen_bin() -> PathBuf {
-    static BUILD: std::sync::Once = std::sync::Once::new();
-    BUILD.call_once(|| {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "ringworker-loadgen"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .unwrap();
-        assert!(status.success(), "cargo build -p ringworker-loadgen failed");
-    });
-    PathBuf::from(env!("CARGO_BIN_EXE_ringworker")).with_file_name("ringworker-loadgen")
-}
 
 fn temp_path(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!(

@@ -33,6 +33,8 @@
 
 mod common;
 
+use common::loadgen_bin;
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -68,20 +70,6 @@ fn tool(name: &str) -> PathBuf {
         "`{name}` is not installed: this test needs iproute2 (ip, ss) and prometheus \
          (apt-get install iproute2 prometheus; .ci/run installs prometheus)"
     );
-}
-
-/// The loadgen binary, next to the agent binary, brought up to date once.
-fn loadgen_bin() -> PathBuf {
-    static BUILD: std::sync::Once = std::sync::Once::new();
-    BUILD.call_once(|| {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "ringworker-loadgen"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .unwrap();
-        assert!(status.success(), "cargo build -p ringworker-loadgen failed");
-    });
-    PathBuf::from(env!("CARGO_BIN_EXE_ringworker")).with_file_name("ringworker-loadgen")
 }
 
 fn is_root() -> bool {

@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::loadgen_bin;
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -33,16 +35,6 @@ fn tool(name: &str) -> PathBuf {
         }
     }
     panic!("`{name}` is not installed: apt-get install prometheus (.ci/run does this)");
-}
-
-fn loadgen_bin() -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "-p", "ringworker-loadgen"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .unwrap();
-    assert!(status.success());
-    PathBuf::from(env!("CARGO_BIN_EXE_ringworker")).with_file_name("ringworker-loadgen")
 }
 
 fn temp_dir(name: &str) -> PathBuf {

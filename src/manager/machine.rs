@@ -313,33 +313,8 @@ impl ManagerMachine {
     }
 
     /// Queue a TASK.
-    pub fn send_task(
-        &mut self,
-        id: u64,
-        handler: &str,
-        payload: &[u8],
-        ack: bool,
-    ) -> Result<(), SendError> {
-        if self.phase != ManagerPhase::Active {
-            return Err(SendError::NotReady);
-        }
-        if handler.is_empty()
-            || handler.len() > 64
-            || !handler.bytes().all(|b| b.is_ascii_graphic())
-        {
-            return Err(SendError::BadHandlerName(handler.to_owned()));
-        }
-        let body_len = 1 + handler.len() + payload.len();
-        if body_len > self.worker_max_body as usize {
-            return Err(SendError::TooLarge {
-                body: body_len,
-                max_body: self.worker_max_body,
-            });
-        }
-        let flags = if ack { FLAG_ACK_REQUESTED } else { 0 };
-        encode_header(&mut self.out, FrameKind::Task, flags, id, body_len);
-        self.out.push(handler.len() as u8);
-        self.out.extend_from_slice(handler.as_bytes());
+    pub fn send_task(&mut self, id: u64, handler: &str, payload: &[u8], ack: bool) -> Result<(), SendError> {
+        self.send_task_head(id, handler, payload.len(), ack)?;
         self.out.extend_from_slice(payload);
         Ok(())
     }

@@ -157,3 +157,19 @@ pub fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
     check()
 }
+
+/// The loadgen binary, next to the agent binary. It belongs to another
+/// package of the workspace, so it is brought up to date here once per test
+/// binary (a no-op after `cargo test --workspace`).
+pub fn loadgen_bin() -> std::path::PathBuf {
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    BUILD.call_once(|| {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-p", "ringworker-loadgen"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo");
+        assert!(status.success(), "cargo build -p ringworker-loadgen failed");
+    });
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_ringworker")).with_file_name("ringworker-loadgen")
+}
