@@ -313,7 +313,13 @@ impl ManagerMachine {
     }
 
     /// Queue a TASK.
-    pub fn send_task(&mut self, id: u64, handler: &str, payload: &[u8], ack: bool) -> Result<(), SendError> {
+    pub fn send_task(
+        &mut self,
+        id: u64,
+        handler: &str,
+        payload: &[u8],
+        ack: bool,
+    ) -> Result<(), SendError> {
         self.send_task_head(id, handler, payload.len(), ack)?;
         self.out.extend_from_slice(payload);
         Ok(())
