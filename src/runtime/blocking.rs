@@ -128,14 +128,7 @@ impl RuntimeMode for BlockingRuntime {
     }
 
     fn wait(&mut self) -> RunReport {
-        let mut report = RunReport::default();
-        for handle in self.supervisors.drain(..) {
-            match handle.join() {
-                Ok(abandoned) => report.abandoned_tasks += abandoned,
-                Err(_) => tracing::error!("a session thread panicked"),
-            }
-        }
-        report.fatal = self.stop.fatal();
+        let report = super::join_threads(self.supervisors.drain(..), &self.stop, "session");
         // Keep the sender alive until here so that supervisors never see a
         // spurious stop; after wait, nothing listens any more.
         if let Ok(mut tx) = self.stop_tx.lock() {

@@ -237,6 +237,24 @@ impl StopHandle {
     }
 }
 
+/// Join an engine's threads, each returning the tasks it abandoned, into
+/// the run's report (`what` names the threads in the log if one panicked).
+pub(crate) fn join_threads(
+    handles: impl IntoIterator<Item = std::thread::JoinHandle<u64>>,
+    stop: &StopHandle,
+    what: &str,
+) -> RunReport {
+    let mut report = RunReport::default();
+    for handle in handles {
+        match handle.join() {
+            Ok(abandoned) => report.abandoned_tasks += abandoned,
+            Err(_) => tracing::error!("a {what} thread panicked"),
+        }
+    }
+    report.fatal = stop.fatal();
+    report
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunReport {

@@ -25,7 +25,7 @@ use io_uring::{cqueue, opcode, types, Probe};
 
 use super::{AgentPlan, RunReport, RuntimeError, RuntimeKind, RuntimeMode, StopHandle};
 use crate::stats::AgentStats;
-use event_loop::{build_ring, EventLoop, LoopReport};
+use event_loop::{build_ring, EventLoop};
 
 /// The io_uring engine.
 #[derive(Debug)]
@@ -33,7 +33,7 @@ pub struct UringRuntime {
     plan: Arc<AgentPlan>,
     stats: Arc<AgentStats>,
     stop: StopHandle,
-    loops: Vec<JoinHandle<LoopReport>>,
+    loops: Vec<JoinHandle<u64>>,
     started: bool,
 }
 
@@ -95,11 +95,11 @@ impl RuntimeMode for UringRuntime {
                     move || match EventLoop::new(plan, stats, stop, sessions, wake_rx) {
                         Ok(event_loop) => {
                             let _ = ready_tx.send(Ok(()));
-                            event_loop.run()
+                            event_loop.run().abandoned_tasks
                         }
                         Err(err) => {
                             let _ = ready_tx.send(Err(err.to_string()));
-                            LoopReport::default()
+                            0
                         }
                     },
                 )
@@ -145,15 +145,7 @@ impl RuntimeMode for UringRuntime {
     }
 
     fn wait(&mut self) -> RunReport {
-        let mut report = RunReport::default();
-        for handle in self.loops.drain(..) {
-            match handle.join() {
-                Ok(loop_report) => report.abandoned_tasks += loop_report.abandoned_tasks,
-                Err(_) => tracing::error!("an io_uring event loop thread panicked"),
-            }
-        }
-        report.fatal = self.stop.fatal();
-        report
+        super::join_threads(self.loops.drain(..), &self.stop, "io_uring event loop")
     }
 }
 
