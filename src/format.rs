@@ -2,6 +2,12 @@
 
 /// `512 B`, `1.50 KiB`, `37.5 MiB`, `1.21 GiB`, `512 KiB`.
 ///
+/// ```
+/// use ringworker::format::format_bytes;
+/// assert_eq!(format_bytes(1_299_227_607), "1.21 GiB");
+/// assert_eq!(format_bytes(39_321_600), "37.5 MiB");
+/// ```
+///
 /// Below 1 KiB the exact count is shown; above, the largest binary unit that
 /// keeps the value at least 1, rounded to three significant digits (four
 /// between 1000 and 1023 of a unit).

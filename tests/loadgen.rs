@@ -78,6 +78,10 @@ fn loadgen_drives_a_spawned_agent_with_exact_accounting(kind: RuntimeKind) {
     let connections = r["connections"].as_array().unwrap();
     assert_eq!(connections.len(), 4);
     for c in connections {
+        assert_eq!(
+            c["worker"], "loadgen-spawned",
+            "each connection names its agent"
+        );
         assert_eq!(c["agent_bytes_sent"], c["bytes_received"]);
         assert_eq!(c["agent_bytes_received"], c["bytes_sent"]);
     }

@@ -154,6 +154,8 @@ struct TaskSlot {
 /// Per-connection results.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ConnReport {
+    /// The agent's `worker` id and session index, from its HELLO.
+    pub worker: Option<String>,
     pub session: Option<u32>,
     pub tasks_ok: u64,
     pub tasks_failed: u64,
@@ -600,6 +602,7 @@ impl Engine {
                 match event {
                     ManagerEventRef::Hello(hello) => {
                         conn.report.session = Some(hello.session);
+                        conn.report.worker = Some(hello.worker);
                         conn.phase = ConnPhase::Running;
                     }
                     ManagerEventRef::Result { id, failed, body } => {

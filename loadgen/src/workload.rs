@@ -6,6 +6,14 @@
 use rand::{Rng, SeedableRng};
 
 /// Handlers and their relative weights, e.g. `echo:8,crc32c:1,sha256:1`.
+///
+/// ```
+/// use ringworker_loadgen::workload::Mix;
+/// let mix: Mix = "echo:8,crc32c:1,sha256".parse().unwrap();
+/// assert_eq!(mix.entries[0], ("echo".to_string(), 8));
+/// assert_eq!(mix.entries[2], ("sha256".to_string(), 1));
+/// assert!("echo:lots".parse::<Mix>().is_err());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mix {
     pub entries: Vec<(String, u32)>,
