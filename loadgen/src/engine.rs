@@ -52,10 +52,21 @@ impl Listener {
     pub fn bind(endpoint: &Endpoint) -> io::Result<Listener> {
         match endpoint {
             Endpoint::Tcp { .. } => {
-                let addrs = endpoint.socket_addrs()?;
-                let listener = std::net::TcpListener::bind(&addrs[..])?;
-                listener.set_nonblocking(true)?;
-                Ok(Listener::Tcp(TcpListener::from_std(listener)))
+                let addr = endpoint.socket_addrs()?.into_iter().next().ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::NotFound, "the host resolved to no address")
+                })?;
+                // A deep accept queue: thousands of sessions dial at once, and
+                // a SYN dropped by a full queue costs its sender a 1 s retransmit.
+                let socket = socket2::Socket::new(
+                    socket2::Domain::for_address(addr),
+                    socket2::Type::STREAM,
+                    None,
+                )?;
+                socket.set_reuse_address(true)?;
+                socket.bind(&addr.into())?;
+                socket.listen(LISTEN_BACKLOG)?;
+                socket.set_nonblocking(true)?;
+                Ok(Listener::Tcp(TcpListener::from_std(socket.into())))
             }
             Endpoint::Unix(path) => {
                 if std::fs::symlink_metadata(path).is_ok_and(|m| {
@@ -64,8 +75,13 @@ impl Listener {
                 }) {
                     std::fs::remove_file(path)?;
                 }
-                let listener = std::os::unix::net::UnixListener::bind(path)?;
-                listener.set_nonblocking(true)?;
+                let socket =
+                    socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
+                socket.bind(&socket2::SockAddr::unix(path)?)?;
+                socket.listen(LISTEN_BACKLOG)?;
+                socket.set_nonblocking(true)?;
+                let listener: std::os::unix::net::UnixListener =
+                    std::os::fd::OwnedFd::from(socket).into();
                 Ok(Listener::Unix(UnixListener::from_std(listener)))
             }
             Endpoint::Tls { .. } => Err(io::Error::new(
@@ -211,6 +227,8 @@ pub struct RunResult {
 }
 
 const LISTENER: Token = Token(usize::MAX);
+/// Listen backlog (the kernel caps it at net.core.somaxconn).
+const LISTEN_BACKLOG: i32 = 65_535;
 const READ_CHUNK: usize = 64 * 1024;
 const MAX_SLOTS: u32 = 65_536;
 
