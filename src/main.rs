@@ -130,12 +130,14 @@ fn run(args: &RunArgs) -> ExitCode {
             }
         }
     };
-    if let Err(err) = agent.run(&config) {
-        eprintln!("ringworker: {err}");
-        return ExitCode::from(1);
-    }
+    // Signals first: a SIGTERM that arrives while the sessions start must
+    // drain them, not kill the process with the default action.
     if let Err(err) = install_signal_handlers(agent.stop_handle()) {
         eprintln!("ringworker: cannot install signal handlers: {err}");
+        return ExitCode::from(1);
+    }
+    if let Err(err) = agent.run(&config) {
+        eprintln!("ringworker: {err}");
         return ExitCode::from(1);
     }
     let report = agent.wait();

@@ -93,7 +93,17 @@ fn sigterm_drains_in_flight_tasks_then_exits_zero(runtime: RuntimeKind) {
     send_signal(&child, "TERM");
     let mut saw_drain = false;
     let (counts, goodbye_len) = loop {
-        match conn.next_event(TIMEOUT).expect("drain completes") {
+        let event = match conn.next_event(TIMEOUT) {
+            Ok(event) => event,
+            Err(err) => {
+                let status = wait_with_deadline(&mut child, TIMEOUT);
+                panic!(
+                    "drain did not complete ({err}); agent {status}:\n{}",
+                    stderr_of(&mut child)
+                );
+            }
+        };
+        match event {
             ManagerEvent::Drain => saw_drain = true,
             ManagerEvent::Result { id, failed, .. } => {
                 assert!(!failed, "task {id} must finish");
