@@ -350,9 +350,9 @@ impl FrameBuffer {
     }
 
     /// Make room for `incoming` more bytes: drop consumed bytes from the
-    /// front, give back an oversized buffer once it is empty and the last
-    /// frame was small (so a stream of large frames keeps its buffer), and
-    /// reserve the rest of a frame whose header is already validated.
+    /// front, and give back an oversized buffer once it is empty and the last
+    /// frame was small (so a stream of large frames keeps its buffer). The
+    /// rest of a frame is reserved once its header is in ([`Self::reserve_frame`]).
     fn prepare(&mut self, incoming: usize) {
         if self.start == self.end {
             self.start = 0;
@@ -368,14 +368,6 @@ impl FrameBuffer {
             self.data.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
-        }
-        let needed = match decode(&self.data[self.start..self.end], self.max_body) {
-            Ok(Decoded::Incomplete { needed }) => needed,
-            _ => 0,
-        };
-        let want = self.end + incoming.max(needed);
-        if want > self.data.capacity() {
-            self.data.reserve(want.saturating_sub(self.data.len()));
         }
     }
 

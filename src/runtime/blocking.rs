@@ -107,18 +107,6 @@ impl RuntimeMode for BlockingRuntime {
         Ok(())
     }
 
-    fn request_stop(&self) {
-        self.stop.request_stop();
-    }
-
-    fn bytes_sent(&self) -> u64 {
-        self.stats.bytes_sent_total()
-    }
-
-    fn bytes_received(&self) -> u64 {
-        self.stats.bytes_received_total()
-    }
-
     fn stats(&self) -> Arc<AgentStats> {
         self.stats.clone()
     }

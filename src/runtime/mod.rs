@@ -293,18 +293,25 @@ pub trait RuntimeMode: Send {
     fn kind(&self) -> RuntimeKind;
     /// Spawn the engine's threads and begin dialling; returns at once.
     fn start(&mut self) -> Result<(), RuntimeError>;
-    /// Begin a graceful drain of every session (see [`StopHandle`]).
-    fn request_stop(&self);
-    /// Bytes written to every socket since start.
-    fn bytes_sent(&self) -> u64;
-    /// Bytes read from every socket since start.
-    fn bytes_received(&self) -> u64;
     /// Live status of the agent and each session.
     fn stats(&self) -> Arc<AgentStats>;
     /// A handle that stops this runtime from another thread.
     fn stop_handle(&self) -> StopHandle;
     /// Block until every session has ended.
     fn wait(&mut self) -> RunReport;
+
+    /// Begin a graceful drain of every session (see [`StopHandle`]).
+    fn request_stop(&self) {
+        self.stop_handle().request_stop();
+    }
+    /// Bytes written to every socket since start.
+    fn bytes_sent(&self) -> u64 {
+        self.stats().bytes_sent_total()
+    }
+    /// Bytes read from every socket since start.
+    fn bytes_received(&self) -> u64 {
+        self.stats().bytes_received_total()
+    }
 }
 
 #[cfg(test)]
