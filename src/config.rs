@@ -214,6 +214,8 @@ pub enum ConfigError {
     Endpoint(#[from] EndpointError),
     #[error("{0}")]
     Invalid(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::transport::tls::TlsSetupError),
     #[error("cannot read token file {path}: {source}")]
     TokenFile {
         path: PathBuf,
@@ -252,6 +254,8 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub tls_server_name: Option<String>,
+    /// The loaded TLS client configuration, for `tls://` managers.
+    pub tls: Option<crate::transport::tls::ClientTls>,
 }
 
 impl fmt::Debug for Config {
@@ -347,6 +351,25 @@ impl Config {
                 reconnect_max.as_millis()
             )));
         }
+        let tls_options = crate::transport::tls::TlsOptions {
+            ca: args.tls_ca.clone().or(file.tls_ca),
+            cert: args.tls_cert.clone().or(file.tls_cert),
+            key: args.tls_key.clone().or(file.tls_key),
+            server_name: args.tls_server_name.clone().or(file.tls_server_name),
+        };
+        let tls = match &manager {
+            Endpoint::Tls { .. } => Some(crate::transport::tls::ClientTls::new(
+                &manager,
+                &tls_options,
+            )?),
+            _ if tls_options.is_set() => {
+                return Err(ConfigError::Invalid(format!(
+                    "TLS options (tls_ca, tls_cert, tls_key, tls_server_name) are set but the manager endpoint {manager} is not tls://; \
+                     use tls://HOST:PORT or remove them"
+                )))
+            }
+            _ => None,
+        };
         Ok(Config {
             manager,
             runtime: args.runtime.or(file.runtime).unwrap_or(RuntimeChoice::Auto),
@@ -367,10 +390,11 @@ impl Config {
             drain_timeout: Duration::from_secs(
                 args.drain_timeout.or(file.drain_timeout).unwrap_or(30),
             ),
-            tls_ca: args.tls_ca.clone().or(file.tls_ca),
-            tls_cert: args.tls_cert.clone().or(file.tls_cert),
-            tls_key: args.tls_key.clone().or(file.tls_key),
-            tls_server_name: args.tls_server_name.clone().or(file.tls_server_name),
+            tls_ca: tls_options.ca,
+            tls_cert: tls_options.cert,
+            tls_key: tls_options.key,
+            tls_server_name: tls_options.server_name,
+            tls,
         })
     }
 

@@ -83,6 +83,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<bool> {
         tls_cert: None,
         tls_key: None,
         tls_server_name: None,
+        tls: None,
     };
     let mut agent = Agent::new(&config, HandlerRegistry::with_builtins())?;
     let stats = agent.stats();

@@ -10,9 +10,12 @@
 //!   built-ins `echo`, `sink`, `crc32c`, `sha256`, `sleep`.
 //! - [`session`]: [`session::WorkerSession`], the core plus handlers, timers
 //!   and formatted totals; what every runtime drives.
+//! - [`link`]: [`link::Link`], a session over plaintext or TLS (rustls,
+//!   sans-IO); the one thing the engines drive.
 //! - [`runtime`]: the [`runtime::RuntimeMode`] API and its engines; bytes are
 //!   counted in one `send_raw` / `recv_raw` per engine.
-//! - [`transport`]: endpoints (`tcp://`, `tls://`, `unix://`) and dialling.
+//! - [`transport`]: endpoints (`tcp://`, `tls://`, `unix://`), dialling, and
+//!   TLS configuration ([`transport::tls`]).
 //! - [`agent`], [`config`]: the `ringworker run` command around a runtime.
 //! - [`stats`], [`format`]: live counters and their human form;
 //!   [`metrics`], [`http`]: Prometheus metrics and the HTTP listener
@@ -34,6 +37,7 @@ pub mod format;
 pub mod fuzzing;
 pub mod handlers;
 pub mod http;
+pub mod link;
 pub mod manager;
 pub mod metrics;
 pub mod protocol;

@@ -9,6 +9,7 @@ pub mod machine;
 pub mod verify;
 
 use std::io::{self, Read, Write};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use machine::{
@@ -16,6 +17,7 @@ pub use machine::{
 };
 
 use crate::protocol::Hello;
+use crate::transport::tls::ServerTls;
 use crate::transport::{BlockingListener, BlockingStream};
 
 /// Errors of a blocking manager connection.
@@ -32,6 +34,8 @@ pub enum ManagerError {
     Send(#[from] SendError),
     #[error("handshake failed: {0:?}")]
     Handshake(Box<ManagerEvent>),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// One accepted worker connection, driven with blocking I/O.
@@ -42,6 +46,11 @@ pub struct ManagerConn {
     bytes_sent: u64,
     bytes_received: u64,
     eof: bool,
+    tls: Option<Box<ServerTls>>,
+    /// Over TLS: the socket offset of the record that carried the latest
+    /// plaintext (GOODBYE's record, once GOODBYE has arrived).
+    last_record_offset: u64,
+    read_buf: Vec<u8>,
 }
 
 impl ManagerConn {
@@ -53,7 +62,60 @@ impl ManagerConn {
             bytes_sent: 0,
             bytes_received: 0,
             eof: false,
+            tls: None,
+            last_record_offset: 0,
+            read_buf: Vec::new(),
         }
+    }
+
+    /// Wrap an accepted stream and serve TLS on it (the handshake runs with
+    /// the first reads). Its bytes are counted on the socket.
+    pub fn new_tls(
+        stream: BlockingStream,
+        config: ManagerConfig,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> Result<Self, ManagerError> {
+        let mut conn = ManagerConn::new(stream, config);
+        conn.tls = Some(Box::new(
+            ServerTls::new(tls).map_err(|e| ManagerError::Tls(e.to_string()))?,
+        ));
+        conn.read_buf = vec![0; 64 * 1024];
+        Ok(conn)
+    }
+
+    /// Accept the next worker over TLS and complete its handshake.
+    pub fn accept_tls(
+        listener: &BlockingListener,
+        config: ManagerConfig,
+        tls: Arc<rustls::ServerConfig>,
+        timeout: Duration,
+    ) -> Result<(ManagerConn, Hello), ManagerError> {
+        let stream = listener.accept()?;
+        let mut conn = ManagerConn::new_tls(stream, config, tls)?;
+        let hello = conn.handshake(timeout)?;
+        Ok((conn, hello))
+    }
+
+    /// What the worker's GOODBYE must report as `bytes_sent` when it was
+    /// the last frame read, whose encoded length is `goodbye_len`: plaintext,
+    /// everything received before the frame; over TLS, everything received
+    /// before the record that carried it (PROTOCOL.md, "Byte accounting").
+    pub fn expected_goodbye_bytes_sent(&self, goodbye_len: usize) -> u64 {
+        if self.tls.is_some() {
+            self.last_record_offset
+        } else {
+            self.bytes_received.saturating_sub(goodbye_len as u64)
+        }
+    }
+
+    /// Whether this connection runs TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The client certificate chain the worker presented (mutual TLS).
+    pub fn peer_certificates(&self) -> Option<&[rustls::pki_types::CertificateDer<'static>]> {
+        self.tls.as_ref().and_then(|t| t.peer_certificates())
     }
 
     /// Accept the next worker and complete its handshake.
@@ -128,8 +190,76 @@ impl ManagerConn {
     /// Write everything queued.
     pub fn flush(&mut self) -> Result<(), ManagerError> {
         let out = self.machine.take_output(Vec::new());
-        self.write_counted(&out)?;
+        match self.tls.as_mut() {
+            None => self.write_counted(&out)?,
+            Some(tls) => {
+                tls.write_plain(&out);
+                self.flush_records()?;
+            }
+        }
         Ok(())
+    }
+
+    fn flush_records(&mut self) -> io::Result<()> {
+        let mut records = Vec::new();
+        if let Some(tls) = self.tls.as_mut() {
+            tls.write_records(&mut records);
+        }
+        self.write_counted(&records)
+    }
+
+    /// One read of TLS records: decrypt, feed the machine, answer the
+    /// handshake.
+    fn read_tls(&mut self) -> Result<(), ManagerError> {
+        let mut buf = std::mem::take(&mut self.read_buf);
+        let result = self.stream.read(&mut buf);
+        let outcome = match result {
+            Ok(0) => {
+                self.eof = true;
+                self.machine.commit(0);
+                Ok(())
+            }
+            Ok(n) => {
+                self.bytes_received += n as u64;
+                let (machine, last) = (&mut self.machine, &mut self.last_record_offset);
+                let fed = self.tls.as_mut().map(|tls| {
+                    tls.feed(&buf[..n], &mut |plain, offset| {
+                        *last = offset;
+                        machine.handle_input(plain);
+                    })
+                });
+                match fed {
+                    Some(Err(err)) => {
+                        // Send the alert rustls queued, then give up.
+                        let _ = self.flush_records();
+                        Err(ManagerError::Tls(crate::transport::tls::describe_server(
+                            &err,
+                        )))
+                    }
+                    _ => self.flush_records().map_err(ManagerError::from),
+                }
+            }
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Err(ManagerError::Timeout)
+            }
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => Ok(()),
+            Err(err) => Err(err.into()),
+        };
+        self.read_buf = buf;
+        outcome
+    }
+
+    /// Over TLS: send close_notify (before shutting the socket).
+    pub fn close_tls(&mut self) -> io::Result<()> {
+        if let Some(tls) = self.tls.as_mut() {
+            tls.close();
+        }
+        self.flush_records()
     }
 
     /// Wait for the next event from the worker, up to `timeout`.
@@ -151,6 +281,10 @@ impl ManagerConn {
                 return Err(ManagerError::Timeout);
             }
             self.stream.set_read_timeout(Some(deadline - now))?;
+            if self.tls.is_some() {
+                self.read_tls()?;
+                continue;
+            }
             let space = self.machine.recv_space(64 * 1024);
             match self.stream.read(space) {
                 Ok(0) => {

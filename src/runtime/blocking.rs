@@ -24,6 +24,7 @@ use rand::SeedableRng;
 use super::{
     AgentPlan, Backoff, ByteCounters, RunReport, RuntimeError, RuntimeKind, RuntimeMode, StopHandle,
 };
+use crate::link::Link;
 use crate::protocol::CloseReason;
 use crate::session::WorkerSession;
 use crate::stats::{AgentStats, SessionState, SessionStats};
@@ -260,13 +261,24 @@ fn run_connection(
     };
 
     let started = Instant::now();
-    let mut session = WorkerSession::new(
+    let session = WorkerSession::new(
         index,
         &plan.session,
         plan.handlers.clone(),
         stats.clone(),
         started,
     );
+    let mut broken: Option<String> = None;
+    let mut session = match &plan.tls {
+        None => Link::plain(session),
+        Some(tls) => match tls.connect() {
+            Ok(conn) => Link::tls(session, conn),
+            Err(why) => {
+                broken = Some(why);
+                Link::plain(session)
+            }
+        },
+    };
     let never_read = never::<ReadEvent>();
     let never_stop = never::<()>();
     let mut spare = Vec::new();
@@ -274,10 +286,13 @@ fn run_connection(
     let mut reader_done = false;
     let mut stop_seen = false;
     let mut drain_deadline: Option<Instant> = None;
-    let mut broken: Option<String> = None;
 
-    loop {
+    while broken.is_none() {
         let now = Instant::now();
+        if let Some(why) = session.failure() {
+            broken = Some(why.to_owned());
+            break;
+        }
         if !writer_busy {
             if session.has_output() {
                 let buf = session.take_output(std::mem::take(&mut spare));

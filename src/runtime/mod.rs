@@ -57,6 +57,8 @@ pub struct AgentPlan {
     pub drain_timeout: Duration,
     /// Longest wait for a dial to complete.
     pub connect_timeout: Duration,
+    /// TLS settings for a `tls://` manager (`None` for tcp:// and unix://).
+    pub tls: Option<crate::transport::tls::ClientTls>,
 }
 
 /// Exponential back-off with full jitter between dial attempts.

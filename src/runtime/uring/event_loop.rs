@@ -29,6 +29,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use rand::SeedableRng;
 
 use super::bufring::BufRing;
+use crate::link::Link;
 use crate::runtime::{AgentPlan, Backoff, ByteCounters, StopHandle};
 use crate::session::WorkerSession;
 use crate::stats::{AgentStats, SessionState};
@@ -111,7 +112,7 @@ struct Slot {
     send_buf: Vec<u8>,
     send_off: usize,
     spare: Vec<u8>,
-    session: Option<Box<WorkerSession>>,
+    session: Option<Box<Link>>,
     backoff: Backoff,
     retry_at: Instant,
     deadline: Option<Instant>,
@@ -436,6 +437,11 @@ impl EventLoop {
             self.begin_teardown(slot_id);
             return;
         };
+        if let Some(why) = session.failure() {
+            s.broken = Some(why.to_owned());
+            self.begin_teardown(slot_id);
+            return;
+        }
         if stopping && s.drain_deadline.is_none() {
             s.drain_deadline = Some(now + drain_timeout);
             session.start_drain(now);
@@ -911,13 +917,24 @@ impl EventLoop {
         }
         s.stats.begin_connection();
         s.phase = SlotPhase::Open;
-        s.session = Some(Box::new(WorkerSession::new(
+        let session = WorkerSession::new(
             s.index,
             &self.plan.session,
             self.plan.handlers.clone(),
             s.stats.clone(),
             now,
-        )));
+        );
+        let link = match &self.plan.tls {
+            None => Link::plain(session),
+            Some(tls) => match tls.connect() {
+                Ok(conn) => Link::tls(session, conn),
+                Err(why) => {
+                    s.broken = Some(why);
+                    return;
+                }
+            },
+        };
+        s.session = Some(Box::new(link));
     }
 
     /// Stop: cancel what is left, wait (bounded) for it, release the buffers.
@@ -961,7 +978,7 @@ impl EventLoop {
 fn resolve(endpoint: &Endpoint) -> io::Result<socket2::SockAddr> {
     match endpoint {
         Endpoint::Unix(path) => socket2::SockAddr::unix(path),
-        Endpoint::Tcp { .. } => endpoint
+        Endpoint::Tcp { .. } | Endpoint::Tls { .. } => endpoint
             .socket_addrs()?
             .into_iter()
             .next()
@@ -972,9 +989,5 @@ fn resolve(endpoint: &Endpoint) -> io::Result<socket2::SockAddr> {
                     "the host name resolved to no address",
                 )
             }),
-        Endpoint::Tls { .. } => Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "tls:// endpoints are not supported by this build yet; use tcp:// or unix://",
-        )),
     }
 }

@@ -1,0 +1,184 @@
+//! [`Link`]: a [`WorkerSession`] over its transport, plaintext or TLS.
+//!
+//! Both engines drive a `Link` and nothing else above the socket: they read
+//! raw bytes and pass them to [`Link::on_input`], write what
+//! [`Link::take_output`] returns, and count exactly those bytes. Over plain
+//! TCP or a Unix socket every call goes straight to the session; over TLS the
+//! bytes pass through rustls first ([`TlsLayer`]), so the byte counters see
+//! records, handshake and alerts, as PROTOCOL.md asks.
+//!
+//! Two details make the GOODBYE accounting hold over TLS: the session is told
+//! its output is flushed only once every record is on the socket (so the
+//! counters it reports include all of them), and GOODBYE is therefore
+//! encrypted into records of its own; close_notify follows it.
+
+use std::ops::{Deref, DerefMut};
+use std::time::Instant;
+
+use crate::session::WorkerSession;
+use crate::transport::tls::{self, TlsLayer};
+
+/// One connection of one session, as the engines see it.
+#[derive(Debug)]
+pub struct Link {
+    session: WorkerSession,
+    tls: Option<Box<TlsState>>,
+}
+
+#[derive(Debug)]
+struct TlsState {
+    layer: TlsLayer,
+    /// Plaintext taken from the session, recycled.
+    plain: Vec<u8>,
+    /// The first TLS failure; the connection is over.
+    failure: Option<String>,
+}
+
+impl Link {
+    /// A plaintext link (TCP, Unix socket).
+    pub fn plain(session: WorkerSession) -> Link {
+        Link { session, tls: None }
+    }
+
+    /// A TLS link; the ClientHello is the first output.
+    pub fn tls(session: WorkerSession, conn: rustls::ClientConnection) -> Link {
+        Link {
+            session,
+            tls: Some(Box::new(TlsState {
+                layer: TlsLayer::new(conn),
+                plain: Vec::new(),
+                failure: None,
+            })),
+        }
+    }
+
+    /// Whether this link runs TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// A TLS failure that ended the connection (handshake refused, bad
+    /// record, alert): one line for the log.
+    pub fn failure(&self) -> Option<&str> {
+        self.tls.as_ref().and_then(|t| t.failure.as_deref())
+    }
+
+    /// Bytes the engine may receive straight into the session (plaintext
+    /// only: TLS records must be decrypted first).
+    pub fn recv_hint(&self, chunk: usize) -> usize {
+        if self.tls.is_some() {
+            0
+        } else {
+            self.session.recv_hint(chunk)
+        }
+    }
+
+    /// Whether the engine should read: the session wants input, or the TLS
+    /// handshake does.
+    pub fn wants_read(&self) -> bool {
+        match &self.tls {
+            None => self.session.wants_read(),
+            Some(t) => {
+                t.failure.is_none() && (self.session.wants_read() || t.layer.is_handshaking())
+            }
+        }
+    }
+
+    /// Bytes read from the socket.
+    pub fn on_input(&mut self, bytes: &[u8], now: Instant) {
+        let Some(t) = self.tls.as_mut() else {
+            self.session.on_input(bytes, now);
+            return;
+        };
+        if t.failure.is_some() {
+            return;
+        }
+        let session = &mut self.session;
+        let result = t.layer.feed(bytes, &mut |plain| {
+            if session.closed().is_none() {
+                session.on_input(plain, now);
+            }
+        });
+        if let Err(err) = result {
+            let text = if t.layer.is_handshaking() {
+                format!("TLS handshake failed: {}", tls::describe(&err))
+            } else {
+                format!("TLS failed: {}", tls::describe(&err))
+            };
+            t.failure = Some(text);
+        }
+    }
+
+    /// The socket reached EOF.
+    pub fn on_eof(&mut self, now: Instant) {
+        if let Some(t) = self.tls.as_mut() {
+            if t.layer.is_handshaking() && t.failure.is_none() {
+                t.failure = Some(
+                    "TLS handshake failed: the manager closed the connection during the handshake"
+                        .into(),
+                );
+            }
+        }
+        self.session.on_eof(now);
+    }
+
+    /// Whether there are bytes to write.
+    pub fn has_output(&self) -> bool {
+        match &self.tls {
+            None => self.session.has_output(),
+            Some(t) => self.session.has_output() || t.layer.wants_write(),
+        }
+    }
+
+    /// Take the bytes to write (`spare` is an empty buffer to reuse).
+    pub fn take_output(&mut self, spare: Vec<u8>) -> Vec<u8> {
+        let Some(t) = self.tls.as_mut() else {
+            return self.session.take_output(spare);
+        };
+        if self.session.has_output() && t.failure.is_none() {
+            let plain = self.session.take_output(std::mem::take(&mut t.plain));
+            t.layer.write_plain(&plain);
+            let mut plain = plain;
+            plain.clear();
+            t.plain = plain;
+        }
+        let mut out = spare;
+        t.layer.write_records(&mut out);
+        out
+    }
+
+    /// Everything taken has been written. Over TLS the session learns of it
+    /// only when no record is left either; once it has closed, close_notify
+    /// is sent.
+    pub fn on_flushed(&mut self, now: Instant) {
+        match self.tls.as_mut() {
+            None => self.session.on_flushed(now),
+            Some(t) => {
+                if t.layer.wants_write() {
+                    return;
+                }
+                if self.session.closed().is_some() {
+                    if t.failure.is_none() && !t.layer.is_handshaking() {
+                        t.layer.close();
+                    }
+                } else {
+                    self.session.on_flushed(now);
+                }
+            }
+        }
+    }
+}
+
+impl Deref for Link {
+    type Target = WorkerSession;
+
+    fn deref(&self) -> &WorkerSession {
+        &self.session
+    }
+}
+
+impl DerefMut for Link {
+    fn deref_mut(&mut self) -> &mut WorkerSession {
+        &mut self.session
+    }
+}
