@@ -126,7 +126,7 @@ impl Link {
     pub fn has_output(&self) -> bool {
         match &self.tls {
             None => self.session.has_output(),
-            Some(t) => self.session.has_output() || t.layer.wants_write(),
+            Some(t) => t.layer.wants_write() || (t.failure.is_none() && self.session.has_output()),
         }
     }
 

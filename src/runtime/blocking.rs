@@ -289,8 +289,13 @@ fn run_connection(
 
     while broken.is_none() {
         let now = Instant::now();
-        if let Some(why) = session.failure() {
-            broken = Some(why.to_owned());
+        if let Some(why) = session.failure().map(str::to_owned) {
+            // The alert rustls queued is the last write (awaited below).
+            if !writer_busy && session.has_output() {
+                let buf = session.take_output(std::mem::take(&mut spare));
+                writer_busy = write_tx.send(buf).is_ok();
+            }
+            broken = Some(why);
             break;
         }
         if !writer_busy {

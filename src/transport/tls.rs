@@ -56,7 +56,7 @@ fn file_error(flag: &'static str, path: &Path, message: impl fmt::Display) -> Tl
 
 fn pem_error(err: rustls::pki_types::pem::Error) -> String {
     match err {
-        rustls::pki_types::pem::Error::Io(io) => io.to_string(),
+        rustls::pki_types::pem::Error::Io(io) => format!("cannot read: {io}"),
         rustls::pki_types::pem::Error::NoItemsFound => "no PEM item of the expected kind".into(),
         other => format!("not valid PEM: {other}"),
     }

@@ -430,6 +430,11 @@ impl EventLoop {
         let stopping = self.stop_seen;
         let s = &mut self.slots[slot_id as usize];
         if s.broken.is_some() {
+            // A TLS failure is the cause of what broke after it (the alert's
+            // write to a peer that hung up).
+            if let Some(why) = s.session.as_ref().and_then(|l| l.failure()) {
+                s.broken = Some(why.to_owned());
+            }
             self.begin_teardown(slot_id);
             return;
         }
@@ -438,8 +443,16 @@ impl EventLoop {
             return;
         };
         if let Some(why) = session.failure() {
-            s.broken = Some(why.to_owned());
-            self.begin_teardown(slot_id);
+            // Write the alert rustls queued (one last send), then close.
+            if !s.send_inflight && session.has_output() {
+                let spare = std::mem::take(&mut s.spare);
+                s.send_buf = session.take_output(spare);
+                s.send_off = 0;
+                self.submit_send(slot_id);
+            } else if !s.send_inflight {
+                s.broken = Some(why.to_owned());
+                self.begin_teardown(slot_id);
+            }
             return;
         }
         if stopping && s.drain_deadline.is_none() {
