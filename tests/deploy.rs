@@ -81,6 +81,38 @@ fn systemd_unit_verifies_and_is_hardened_with_io_uring_allowed() {
         stop > 30,
         "TimeoutStopSec {stop} s must exceed the 30 s drain timeout"
     );
+    // The TLS drop-in, applied on top of the unit, verifies too and hands
+    // the files over as credentials.
+    let dropin =
+        std::fs::read_to_string(deploy().join("systemd/ringworker.service.d/tls.conf")).unwrap();
+    let with_tls = dir.join("ringworker-tls.service");
+    std::fs::write(
+        &with_tls,
+        format!(
+            "{}\n{dropin}",
+            unit.replace(
+                "/usr/local/bin/ringworker",
+                env!("CARGO_BIN_EXE_ringworker"),
+            )
+        ),
+    )
+    .unwrap();
+    let (ok, output) = run(
+        "systemd-analyze",
+        &["verify", with_tls.to_str().unwrap()],
+        &dir,
+    );
+    assert!(
+        ok && output.trim().is_empty(),
+        "systemd-analyze verify (with tls.conf):\n{output}"
+    );
+    for name in ["ca", "cert", "key"] {
+        assert!(
+            dropin.contains(&format!("LoadCredential=tls-{name}:"))
+                && dropin.contains(&format!("=%d/tls-{name}")),
+            "tls.conf must load and point at tls-{name}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -119,6 +151,8 @@ fn kubernetes_manifests_validate_against_the_openapi_schemas() {
             "path: /healthz",
             "path: /readyz",
             "secretName: ringworker-token",
+            "secretName: ringworker-tls",
+            "mountPath: /var/run/secrets/ringworker-tls",
             "seccompProfile:",
         ] {
             assert!(text.contains(needle), "{workload} lacks {needle}");
@@ -170,10 +204,54 @@ fn shipped_configs_pass_check_config() {
         .map(|l| l.trim_start())
         .collect::<Vec<_>>()
         .join("\n");
+    // TLS material where the examples expect it (the paths are rewritten).
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let worker_key = rcgen::KeyPair::generate().unwrap();
+    let worker = rcgen::CertificateParams::new(vec!["worker.example".to_owned()])
+        .unwrap()
+        .signed_by(&worker_key, &ca, &ca_key)
+        .unwrap();
+    let tls_files = [
+        ("ca.pem", ca.pem()),
+        ("worker.pem", worker.pem()),
+        ("worker.key", worker_key.serialize_pem()),
+    ];
+    for (file, text) in &tls_files {
+        std::fs::write(dir.join(file), text).unwrap();
+    }
+    let tls_paths = |text: String, prefix: &str, names: [&str; 3]| {
+        let mut text = text;
+        for (name, (file, _)) in names.iter().zip(&tls_files) {
+            text = text.replace(
+                &format!("{prefix}/{name}"),
+                dir.join(file).to_str().unwrap(),
+            );
+        }
+        text
+    };
+    let example = tls_paths(
+        example,
+        "/etc/ringworker/tls",
+        ["ca.pem", "worker.pem", "worker.key"],
+    );
+    let embedded = tls_paths(
+        embedded,
+        "/var/run/secrets/ringworker-tls",
+        ["ca.crt", "tls.crt", "tls.key"],
+    );
     for (name, text, token_path) in [
         ("example", example, "/etc/ringworker/token"),
         ("configmap", embedded, "/var/run/secrets/ringworker/token"),
     ] {
+        assert!(
+            text.contains("manager = \"tls://")
+                && !text.contains("\"/etc/ringworker/tls/")
+                && !text.contains("\"/var/run/secrets/ringworker-tls/"),
+            "{name}: the example dials TLS with the test's files:\n{text}"
+        );
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(&config, text.replace(token_path, token.to_str().unwrap())).unwrap();
         let output = Command::new(env!("CARGO_BIN_EXE_ringworker"))

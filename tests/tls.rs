@@ -516,7 +516,54 @@ fn tls_settings_errors_name_the_file() {
     assert!(err.contains("invalid TLS server name"), "{err}");
 }
 
+/// A renewed client certificate (files replaced in place, as cert-manager or
+/// a rotated Secret do) is presented on the next dial, without a restart.
+fn renewed_client_certificate_is_used_on_the_next_dial(kind: RuntimeKind) {
+    let s = setup();
+    let (listener, endpoint) = tls_listener();
+    let options = TlsOptions {
+        ca: Some(s.ca_path.clone()),
+        cert: Some(s.client.0.clone()),
+        key: Some(s.client.1.clone()),
+        server_name: None,
+    };
+    let mut agent = start(kind, tls_plan(endpoint, &options));
+    let server = manager_tls(&s, Some(&s.ca_path));
+    let (mut conn, _) =
+        ManagerConn::accept_tls(&listener, ManagerConfig::default(), server.clone(), TIMEOUT)
+            .unwrap();
+    let first = conn.peer_certificates().unwrap()[0].clone();
+    assert_eq!(first, CertificateDer::from_pem_file(&s.client.0).unwrap());
+    // Renew: same paths, new certificate and key.
+    std::thread::sleep(Duration::from_millis(20));
+    let renewed = s
+        .pki
+        .leaf("worker", &s.ca, &["worker-1.fleet.example"], VALID);
+    assert_eq!(renewed, s.client);
+    let renewed_der = CertificateDer::from_pem_file(&s.client.0).unwrap();
+    assert_ne!(first, renewed_der);
+    drop(conn);
+    let (mut conn, _) =
+        ManagerConn::accept_tls(&listener, ManagerConfig::default(), server, TIMEOUT).unwrap();
+    assert_eq!(conn.peer_certificates().unwrap()[0], renewed_der);
+    conn.send_task(1, "echo", b"renewed", false).unwrap();
+    loop {
+        match conn.next_event(TIMEOUT).unwrap() {
+            ManagerEvent::Result { id, body, .. } => {
+                assert_eq!((id, body.as_slice()), (1, &b"renewed"[..]));
+                break;
+            }
+            ManagerEvent::Ack { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    agent.request_stop();
+    let _ = conn.read_to_end(TIMEOUT);
+    assert!(agent.wait().is_clean());
+}
+
 for_each_runtime!(
+    renewed_client_certificate_is_used_on_the_next_dial,
     tasks_over_tls,
     tasks_over_mutual_tls,
     unknown_ca_is_refused,

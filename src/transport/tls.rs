@@ -138,16 +138,28 @@ impl TlsOptions {
 
 /// What a worker needs to open TLS sessions to one manager: the rustls
 /// configuration and the name the manager's certificate must carry.
+///
+/// The files are watched: a dial after any of them changed (a renewed
+/// certificate, a rotated Kubernetes Secret) loads them again, so long-lived
+/// agents pick up new certificates without a restart. A file that no longer
+/// loads keeps the previous configuration, with one warning per change.
 #[derive(Clone)]
 pub struct ClientTls {
-    config: Arc<ClientConfig>,
+    inner: Arc<std::sync::Mutex<Loaded>>,
+    options: Arc<TlsOptions>,
     server_name: ServerName<'static>,
+}
+
+struct Loaded {
+    config: Arc<ClientConfig>,
+    stamp: Vec<Option<std::time::SystemTime>>,
 }
 
 impl fmt::Debug for ClientTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientTls")
             .field("server_name", &self.server_name)
+            .field("options", &self.options)
             .finish_non_exhaustive()
     }
 }
@@ -166,45 +178,83 @@ impl ClientTls {
         let name = options.server_name.clone().unwrap_or(host);
         let server_name =
             ServerName::try_from(name.clone()).map_err(|_| TlsSetupError::ServerName(name))?;
-        let roots = root_store("--tls-ca", options.ca.as_deref())?;
-        let builder = ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(VERSIONS)
-            .map_err(|e| TlsSetupError::Other(e.to_string()))?
-            .with_root_certificates(roots);
-        let config = match (&options.cert, &options.key) {
-            (Some(cert), Some(key)) => {
-                let chain = load_certs("--tls-cert", cert)?;
-                let key_der = load_key("--tls-key", key)?;
-                builder.with_client_auth_cert(chain, key_der).map_err(|e| {
-                    file_error("--tls-key", key, format!("does not fit --tls-cert: {e}"))
-                })?
-            }
-            (None, None) => builder.with_no_client_auth(),
-            (Some(_), None) => {
-                return Err(TlsSetupError::Other(
-                    "--tls-cert needs --tls-key (the client certificate's private key)".into(),
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(TlsSetupError::Other(
-                    "--tls-key needs --tls-cert (the client certificate)".into(),
-                ))
-            }
-        };
+        let stamp = stamp(options);
+        let config = build_client_config(options)?;
         Ok(ClientTls {
-            config: Arc::new(config),
+            inner: Arc::new(std::sync::Mutex::new(Loaded { config, stamp })),
+            options: Arc::new(options.clone()),
             server_name,
         })
     }
 
+    /// The configuration for the next dial, reloaded if a file changed.
+    fn current(&self) -> Arc<ClientConfig> {
+        let mut loaded = match self.inner.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let now = stamp(&self.options);
+        if now != loaded.stamp {
+            loaded.stamp = now;
+            match build_client_config(&self.options) {
+                Ok(config) => {
+                    tracing::info!("TLS files changed: certificates reloaded for new connections");
+                    loaded.config = config;
+                }
+                Err(err) => tracing::warn!(
+                    "TLS files changed but cannot be loaded ({err}); keeping the previous certificates"
+                ),
+            }
+        }
+        loaded.config.clone()
+    }
+
     /// A fresh client connection; its ClientHello is queued for writing.
     pub fn connect(&self) -> Result<rustls::ClientConnection, String> {
-        let mut conn = rustls::ClientConnection::new(self.config.clone(), self.server_name.clone())
+        let mut conn = rustls::ClientConnection::new(self.current(), self.server_name.clone())
             .map_err(|e| format!("cannot start TLS: {e}"))?;
         // Output is bounded by the session (its window and frame sizes), not here.
         conn.set_buffer_limit(None);
         Ok(conn)
     }
+}
+
+/// The modification times of the TLS files (a change means: reload).
+fn stamp(options: &TlsOptions) -> Vec<Option<std::time::SystemTime>> {
+    [&options.ca, &options.cert, &options.key]
+        .into_iter()
+        .flatten()
+        .map(|path| std::fs::metadata(path).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+fn build_client_config(options: &TlsOptions) -> Result<Arc<ClientConfig>, TlsSetupError> {
+    let roots = root_store("--tls-ca", options.ca.as_deref())?;
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(|e| TlsSetupError::Other(e.to_string()))?
+        .with_root_certificates(roots);
+    let config = match (&options.cert, &options.key) {
+        (Some(cert), Some(key)) => {
+            let chain = load_certs("--tls-cert", cert)?;
+            let key_der = load_key("--tls-key", key)?;
+            builder.with_client_auth_cert(chain, key_der).map_err(|e| {
+                file_error("--tls-key", key, format!("does not fit --tls-cert: {e}"))
+            })?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        (Some(_), None) => {
+            return Err(TlsSetupError::Other(
+                "--tls-cert needs --tls-key (the client certificate's private key)".into(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(TlsSetupError::Other(
+                "--tls-key needs --tls-cert (the client certificate)".into(),
+            ))
+        }
+    };
+    Ok(Arc::new(config))
 }
 
 /// A handshake or record failure in one line an operator can act on.
