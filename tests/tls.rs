@@ -529,7 +529,7 @@ fn renewed_client_certificate_is_used_on_the_next_dial(kind: RuntimeKind) {
     };
     let mut agent = start(kind, tls_plan(endpoint, &options));
     let server = manager_tls(&s, Some(&s.ca_path));
-    let (mut conn, _) =
+    let (conn, _) =
         ManagerConn::accept_tls(&listener, ManagerConfig::default(), server.clone(), TIMEOUT)
             .unwrap();
     let first = conn.peer_certificates().unwrap()[0].clone();
