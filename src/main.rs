@@ -101,6 +101,9 @@ fn run(args: &RunArgs) -> ExitCode {
         }
     };
     init_logging(config.log_format);
+    if let Some(key) = config.tls.as_ref().and(config.tls_key.as_deref()) {
+        ringworker::transport::tls::warn_if_exposed(key);
+    }
     // Each session is a socket: allow as many as the hard limit permits.
     if let Ok(limit) = rlimit::increase_nofile_limit(u64::MAX) {
         tracing::debug!(limit, "open-file limit raised to the hard limit");

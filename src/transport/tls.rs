@@ -219,6 +219,21 @@ impl ClientTls {
     }
 }
 
+/// A private key readable by group or others is worth a warning (not an
+/// error: a Kubernetes Secret mounted through a group may need it).
+pub fn warn_if_exposed(key: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(key) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                "--tls-key {}: readable by group or others (mode {mode:o}); chmod 600 it",
+                key.display()
+            );
+        }
+    }
+}
+
 /// The modification times of the TLS files (a change means: reload).
 fn stamp(options: &TlsOptions) -> Vec<Option<std::time::SystemTime>> {
     [&options.ca, &options.cert, &options.key]
@@ -238,6 +253,7 @@ fn build_client_config(options: &TlsOptions) -> Result<Arc<ClientConfig>, TlsSet
         (Some(cert), Some(key)) => {
             let chain = load_certs("--tls-cert", cert)?;
             let key_der = load_key("--tls-key", key)?;
+            warn_if_exposed(key);
             builder.with_client_auth_cert(chain, key_der).map_err(|e| {
                 file_error("--tls-key", key, format!("does not fit --tls-cert: {e}"))
             })?
