@@ -100,6 +100,8 @@ struct Slot {
     phase: SlotPhase,
     generation: u32,
     socket: Option<socket2::Socket>,
+    /// The socket is in the ring's file table at index `slot`.
+    registered: bool,
     address: Option<socket2::SockAddr>,
     /// Operations submitted on the current socket and not yet completed.
     inflight: u32,
@@ -151,6 +153,21 @@ pub struct EventLoop {
     completions: Vec<(u64, i32, u32)>,
     timers: BinaryHeap<Reverse<(Instant, u32)>>,
     rng: rand::rngs::SmallRng,
+    /// A sparse file table with one entry per slot was registered.
+    file_table: bool,
+}
+
+/// Build an operation on a slot's socket: through the registered file table
+/// when the slot's socket is registered (no file lookup per operation), by
+/// descriptor otherwise. `$build` is a closure taking the target.
+macro_rules! on_socket {
+    ($registered:expr, $slot:expr, $fd:expr, $build:expr) => {
+        if $registered {
+            ($build)(types::Fixed($slot))
+        } else {
+            ($build)(types::Fd($fd))
+        }
+    };
 }
 
 /// Build the ring with the flags this engine relies on.
@@ -175,6 +192,12 @@ impl EventLoop {
     ) -> io::Result<EventLoop> {
         let ring = build_ring()?;
         let buffers = BufRing::new(&ring, BUF_GROUP, BUF_ENTRIES, BUF_LEN)?;
+        // Registered files spare each operation the file lookup; kernels
+        // before 5.19 lack sparse tables, and then descriptors are used.
+        let file_table = ring
+            .submitter()
+            .register_files_sparse(sessions.len().max(1) as u32)
+            .is_ok();
         let now = Instant::now();
         let slots = sessions
             .into_iter()
@@ -187,6 +210,7 @@ impl EventLoop {
                     phase: SlotPhase::Idle,
                     generation: 0,
                     socket: None,
+                    registered: false,
                     address: None,
                     inflight: 0,
                     recv_armed: false,
@@ -230,6 +254,7 @@ impl EventLoop {
             completions: Vec::with_capacity(RING_ENTRIES as usize),
             timers: BinaryHeap::new(),
             rng: rand::rngs::SmallRng::from_os_rng(),
+            file_table,
         })
     }
 
@@ -365,10 +390,11 @@ impl EventLoop {
                 break;
             }
             std::mem::swap(&mut self.dirty, &mut self.batch);
+            let now = Instant::now();
             for i in 0..self.batch.len() {
                 let slot = self.batch[i];
                 self.slots[slot as usize].dirty = false;
-                self.drive(slot, Instant::now());
+                self.drive(slot, now);
             }
             self.batch.clear();
         }
@@ -544,10 +570,12 @@ impl EventLoop {
         let fd = socket.as_raw_fd();
         let len = needed.min(u32::MAX as usize);
         let space = session.recv_space(len);
-        let entry = opcode::Recv::new(types::Fd(fd), space.as_mut_ptr(), len as u32)
-            .flags(libc::MSG_WAITALL)
-            .build()
-            .user_data(user_data(Op::RecvBody, s.generation, slot_id));
+        let entry = on_socket!(s.registered, slot_id, fd, |t| {
+            opcode::Recv::new(t, space.as_mut_ptr(), len as u32)
+                .flags(libc::MSG_WAITALL)
+                .build()
+        })
+        .user_data(user_data(Op::RecvBody, s.generation, slot_id));
         s.body_recv = true;
         s.inflight += 1;
         self.push(entry);
@@ -623,14 +651,18 @@ impl EventLoop {
         s.send_inflight = false;
         s.inflight = 1;
         let fd = socket.as_raw_fd();
+        s.registered = self.file_table
+            && self
+                .ring
+                .submitter()
+                .register_files_update(slot_id, &[fd])
+                .is_ok();
         s.socket = Some(socket);
         let address = s.address.insert(target);
-        let entry = opcode::Connect::new(
-            types::Fd(fd),
-            address.as_ptr().cast::<libc::sockaddr>(),
-            address.len(),
-        )
-        .build()
+        let entry = on_socket!(s.registered, slot_id, fd, |t| {
+            opcode::Connect::new(t, address.as_ptr().cast::<libc::sockaddr>(), address.len())
+                .build()
+        })
         .user_data(user_data(Op::Connect, s.generation, slot_id));
         let deadline = s.deadline;
         self.push(entry);
@@ -673,9 +705,10 @@ impl EventLoop {
     fn arm_recv(&mut self, slot_id: u32) {
         let s = &mut self.slots[slot_id as usize];
         let Some(socket) = &s.socket else { return };
-        let entry = opcode::RecvMulti::new(types::Fd(socket.as_raw_fd()), BUF_GROUP)
-            .build()
-            .user_data(user_data(Op::Recv, s.generation, slot_id));
+        let entry = on_socket!(s.registered, slot_id, socket.as_raw_fd(), |t| {
+            opcode::RecvMulti::new(t, BUF_GROUP).build()
+        })
+        .user_data(user_data(Op::Recv, s.generation, slot_id));
         s.recv_armed = true;
         s.recv_cancelled = false;
         s.inflight += 1;
@@ -698,13 +731,12 @@ impl EventLoop {
         let s = &mut self.slots[slot_id as usize];
         let Some(socket) = &s.socket else { return };
         let remaining = &s.send_buf[s.send_off..];
-        let entry = opcode::Send::new(
-            types::Fd(socket.as_raw_fd()),
-            remaining.as_ptr(),
-            remaining.len().min(u32::MAX as usize) as u32,
-        )
-        .flags(libc::MSG_NOSIGNAL)
-        .build()
+        let len = remaining.len().min(u32::MAX as usize) as u32;
+        let entry = on_socket!(s.registered, slot_id, socket.as_raw_fd(), |t| {
+            opcode::Send::new(t, remaining.as_ptr(), len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
+        })
         .user_data(user_data(Op::Send, s.generation, slot_id));
         s.send_inflight = true;
         s.inflight += 1;
@@ -724,17 +756,22 @@ impl EventLoop {
                 if let Some(socket) = &s.socket {
                     s.teardown_cancelled = true;
                     s.inflight += 1;
-                    let entry = opcode::AsyncCancel2::new(
-                        types::CancelBuilder::fd(types::Fd(socket.as_raw_fd())).all(),
-                    )
-                    .build()
+                    let entry = on_socket!(s.registered, slot_id, socket.as_raw_fd(), |t| {
+                        opcode::AsyncCancel2::new(types::CancelBuilder::fd(t).all()).build()
+                    })
                     .user_data(user_data(Op::Cancel, s.generation, slot_id));
                     self.push(entry);
                 }
             }
             return;
         }
-        // No operation refers to the socket any more: close it.
+        // No operation refers to the socket any more: drop it from the file
+        // table (which holds a reference of its own), then close it.
+        if s.registered {
+            s.registered = false;
+            let _ = self.ring.submitter().register_files_update(slot_id, &[-1]);
+        }
+        let s = &mut self.slots[slot_id as usize];
         s.socket = None;
         s.send_buf.clear();
         s.send_inflight = false;
