@@ -3,8 +3,15 @@
 //! once (64 KiB at a time) and every RESULT in it checked; each connection's
 //! new TASKs are written in one write. Nothing is allocated per task: task
 //! slots are recycled, payloads and expected results come from the [`Pool`].
+//!
+//! Over TLS (`tls://`) each connection wraps a [`ServerTls`]: the socket is
+//! read and written exactly as for plain TCP and its bytes are counted there
+//! (records, handshake and alerts), while plaintext goes through rustls. The
+//! only cost to plaintext connections is one `Option` check per read and
+//! per flush.
 
 use std::io::{self, Read, Write};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -12,6 +19,7 @@ use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use mio::{Events, Interest, Poll, Token};
 use ringworker::manager::{ManagerConfig, ManagerEventRef, ManagerMachine};
 use ringworker::protocol::GoodbyeBody;
+use ringworker::transport::tls::{describe_server, ServerTls};
 use ringworker::transport::Endpoint;
 
 use crate::workload::Pool;
@@ -39,6 +47,8 @@ pub struct RunSpec {
     pub grace: Duration,
     /// Called once a second with the progress (none when not a terminal).
     pub progress: bool,
+    /// Serve TLS with this configuration on every accepted connection.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 #[derive(Debug)]
@@ -51,7 +61,7 @@ impl Listener {
     /// Listen on `endpoint`; a stale Unix socket file is replaced.
     pub fn bind(endpoint: &Endpoint) -> io::Result<Listener> {
         match endpoint {
-            Endpoint::Tcp { .. } => {
+            Endpoint::Tcp { .. } | Endpoint::Tls { .. } => {
                 let addr = endpoint.socket_addrs()?.into_iter().next().ok_or_else(|| {
                     io::Error::new(io::ErrorKind::NotFound, "the host resolved to no address")
                 })?;
@@ -84,10 +94,6 @@ impl Listener {
                     std::os::fd::OwnedFd::from(socket).into();
                 Ok(Listener::Unix(UnixListener::from_std(listener)))
             }
-            Endpoint::Tls { .. } => Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "tls:// listening is not supported by this build yet",
-            )),
         }
     }
 
@@ -106,9 +112,10 @@ impl Listener {
         match self {
             Listener::Tcp(l) => {
                 let addr = l.local_addr()?;
-                Ok(Endpoint::Tcp {
-                    host: addr.ip().to_string(),
-                    port: addr.port(),
+                let (host, port) = (addr.ip().to_string(), addr.port());
+                Ok(match requested {
+                    Endpoint::Tls { .. } => Endpoint::Tls { host, port },
+                    _ => Endpoint::Tcp { host, port },
                 })
             }
             Listener::Unix(_) => Ok(requested.clone()),
@@ -149,6 +156,13 @@ impl Stream {
             Stream::Unix(s) => s.write_vectored(bufs),
         }
     }
+
+    fn shutdown(&self, how: std::net::Shutdown) {
+        let _ = match self {
+            Stream::Tcp(s) => s.shutdown(how),
+            Stream::Unix(s) => s.shutdown(how),
+        };
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,6 +196,12 @@ pub struct ConnReport {
     pub agent_bytes_sent: Option<u64>,
     pub agent_bytes_received: Option<u64>,
     pub goodbye_len: Option<usize>,
+    /// Over TLS: socket bytes received from the start of the record that
+    /// carried GOODBYE to the end (GOODBYE's records and the closing alert).
+    /// The agent's GOODBYE `bytes_sent` must equal `bytes_received` minus
+    /// these; `agent_bytes_sent` includes them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_after_goodbye: Option<u64>,
     pub accounting_exact: bool,
     pub error: Option<String>,
 }
@@ -198,9 +218,24 @@ enum Segment {
 /// writes rather than copied into the output buffer.
 const LARGE_PAYLOAD: usize = 16 * 1024;
 
+/// The TLS half of one connection.
+struct TlsConn {
+    server: ServerTls,
+    /// Records waiting for the socket, and how many of them are written.
+    out: Vec<u8>,
+    out_at: usize,
+    /// Socket offset of the record that carried the latest plaintext.
+    last_record_offset: u64,
+    /// Socket offset of the record that carried GOODBYE.
+    goodbye_offset: Option<u64>,
+    /// The TLS handshake failed: not a session, reported apart.
+    handshake_failed: bool,
+}
+
 struct Conn {
     segments: std::collections::VecDeque<Segment>,
     stream: Stream,
+    tls: Option<Box<TlsConn>>,
     machine: ManagerMachine,
     phase: ConnPhase,
     slots: Vec<TaskSlot>,
@@ -224,6 +259,10 @@ pub struct RunResult {
     pub measured_payload_bytes: u64,
     pub measured_wire_bytes: u64,
     pub failure_codes: std::collections::BTreeMap<String, u64>,
+    /// TLS handshakes that failed (those connections are not in `conns`),
+    /// and the first one's description.
+    pub tls_handshake_failures: u64,
+    pub tls_handshake_error: Option<String>,
 }
 
 const LISTENER: Token = Token(usize::MAX);
@@ -248,6 +287,33 @@ pub struct Engine {
     wire_at_start: Option<u64>,
     wire_at_end: Option<u64>,
     measured: Duration,
+    /// Raw socket bytes of TLS connections land here before decryption.
+    tls_read_buf: Vec<u8>,
+    tls_failures: HandshakeFailures,
+}
+
+/// Failed TLS handshakes: how many, and what went wrong with the first.
+#[derive(Debug, Default)]
+struct HandshakeFailures {
+    count: u64,
+    first: Option<String>,
+}
+
+impl HandshakeFailures {
+    fn note(&mut self, why: String) {
+        self.count += 1;
+        self.first.get_or_insert(why);
+    }
+}
+
+/// What one read of a TLS connection gave.
+enum TlsRead {
+    /// Plaintext may have reached the machine.
+    Plaintext,
+    /// Interrupted: read again.
+    Again,
+    /// Nothing more to read now, or the connection is over.
+    Stop,
 }
 
 impl std::fmt::Debug for Engine {
@@ -276,7 +342,12 @@ impl Engine {
             wire_at_start: None,
             wire_at_end: None,
             measured: Duration::ZERO,
+            tls_read_buf: Vec::new(),
+            tls_failures: HandshakeFailures::default(),
         };
+        if engine.spec.tls.is_some() {
+            engine.tls_read_buf = vec![0; READ_CHUNK];
+        }
         match &mut engine.listener {
             Listener::Tcp(l) => engine
                 .poll
@@ -305,10 +376,17 @@ impl Engine {
         {
             let now = Instant::now();
             if now >= deadline {
+                let tls = match &self.tls_failures.first {
+                    Some(first) => format!(
+                        "; {} TLS handshake(s) failed, the first: {first}",
+                        self.tls_failures.count
+                    ),
+                    None => String::new(),
+                };
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!(
-                        "only {} of {} sessions connected within {timeout:?}",
+                        "only {} of {} sessions connected within {timeout:?}{tls}",
                         self.conns
                             .iter()
                             .filter(|c| c.phase == ConnPhase::Running)
@@ -322,7 +400,10 @@ impl Engine {
                 if event.token() == LISTENER {
                     self.accept_ready()?;
                 } else {
-                    self.on_readable(event.token().0, now);
+                    let index = event.token().0;
+                    self.on_readable(index, now);
+                    // WELCOME, refusals and the TLS handshake's answers.
+                    self.flush(index);
                 }
             }
         }
@@ -333,6 +414,17 @@ impl Engine {
         loop {
             match self.listener.accept() {
                 Ok(mut stream) => {
+                    let tls = match &self.spec.tls {
+                        Some(config) => Some(Box::new(TlsConn {
+                            server: ServerTls::new(config.clone()).map_err(io::Error::other)?,
+                            out: Vec::new(),
+                            out_at: 0,
+                            last_record_offset: 0,
+                            goodbye_offset: None,
+                            handshake_failed: false,
+                        })),
+                        None => None,
+                    };
                     let token = Token(self.conns.len());
                     self.poll.registry().register(
                         stream.source(),
@@ -342,6 +434,7 @@ impl Engine {
                     self.conns.push(Conn {
                         segments: Default::default(),
                         stream,
+                        tls,
                         machine: ManagerMachine::new(self.spec.manager.clone()),
                         phase: ConnPhase::Handshake,
                         slots: Vec::new(),
@@ -535,6 +628,10 @@ impl Engine {
     /// Write what connection `index` has queued, as far as the socket takes it.
     fn flush(&mut self, index: usize) {
         let conn = &mut self.conns[index];
+        if conn.tls.is_some() {
+            conn.flush_tls(&self.pool);
+            return;
+        }
         // Whatever the machine queued after the last segment goes behind it.
         if !conn.segments.is_empty() && !conn.machine.pending_output().is_empty() {
             let bytes = conn.machine.take_output(Vec::new());
@@ -591,31 +688,39 @@ impl Engine {
             if conn.phase == ConnPhase::Closed {
                 return;
             }
-            let space = conn.machine.recv_space(READ_CHUNK);
-            let n = match conn.stream.read(space) {
-                Ok(0) => {
-                    conn.machine.commit(0);
-                    conn.eof = true;
-                    conn.phase = ConnPhase::Closed;
-                    return;
+            if conn.tls.is_some() {
+                match conn.read_tls(&mut self.tls_read_buf, &mut self.tls_failures) {
+                    TlsRead::Plaintext => {}
+                    TlsRead::Again => continue,
+                    TlsRead::Stop => return,
                 }
-                Ok(n) => n,
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                    conn.machine.commit(0);
-                    return;
-                }
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {
-                    conn.machine.commit(0);
-                    continue;
-                }
-                Err(err) => {
-                    conn.machine.commit(0);
-                    conn.fail(&format!("read failed: {err}"));
-                    return;
-                }
-            };
-            conn.machine.commit(n);
-            conn.report.bytes_received += n as u64;
+            } else {
+                let space = conn.machine.recv_space(READ_CHUNK);
+                let n = match conn.stream.read(space) {
+                    Ok(0) => {
+                        conn.machine.commit(0);
+                        conn.eof = true;
+                        conn.phase = ConnPhase::Closed;
+                        return;
+                    }
+                    Ok(n) => n,
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                        conn.machine.commit(0);
+                        return;
+                    }
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {
+                        conn.machine.commit(0);
+                        continue;
+                    }
+                    Err(err) => {
+                        conn.machine.commit(0);
+                        conn.fail(&format!("read failed: {err}"));
+                        return;
+                    }
+                };
+                conn.machine.commit(n);
+                conn.report.bytes_received += n as u64;
+            }
             while let Some(event) = conn.machine.poll_event_ref() {
                 match event {
                     ManagerEventRef::Hello(hello) => {
@@ -663,6 +768,11 @@ impl Engine {
                     ManagerEventRef::Goodbye { counts, frame_len } => {
                         if let Some(counts) = counts {
                             conn.goodbye = Some((counts, frame_len));
+                        }
+                        if let Some(tls) = conn.tls.as_deref_mut() {
+                            // The worker sends nothing after GOODBYE but
+                            // close_notify, which carries no plaintext.
+                            tls.goodbye_offset = Some(tls.last_record_offset);
                         }
                     }
                     ManagerEventRef::Error { code, message } => {
@@ -719,15 +829,34 @@ impl Engine {
     /// The totals of the run.
     pub fn finish(mut self) -> RunResult {
         for conn in &mut self.conns {
+            conn.close_tls();
             conn.report.tasks_lost = u64::from(conn.in_flight);
             match conn.goodbye {
                 Some((counts, len)) => {
-                    conn.report.agent_bytes_sent = Some(counts.bytes_sent + len as u64);
                     conn.report.agent_bytes_received = Some(counts.bytes_received);
                     conn.report.goodbye_len = Some(len);
-                    conn.report.accounting_exact = counts.bytes_sent + len as u64
-                        == conn.report.bytes_received
-                        && counts.bytes_received == conn.report.bytes_sent;
+                    match conn.tls.as_deref() {
+                        None => {
+                            conn.report.agent_bytes_sent = Some(counts.bytes_sent + len as u64);
+                            conn.report.accounting_exact = counts.bytes_sent + len as u64
+                                == conn.report.bytes_received
+                                && counts.bytes_received == conn.report.bytes_sent;
+                        }
+                        Some(tls) => {
+                            // PROTOCOL.md, "Byte accounting" over TLS: GOODBYE
+                            // counts the socket bytes written before the
+                            // record that carried it; that record and the
+                            // closing alert are what the loadgen received
+                            // after that offset.
+                            let offset = tls.goodbye_offset.unwrap_or(0);
+                            let after = conn.report.bytes_received.saturating_sub(offset);
+                            conn.report.tls_after_goodbye = Some(after);
+                            conn.report.agent_bytes_sent = Some(counts.bytes_sent + after);
+                            conn.report.accounting_exact = tls.goodbye_offset.is_some()
+                                && counts.bytes_sent == offset
+                                && counts.bytes_received == conn.report.bytes_sent;
+                        }
+                    }
                 }
                 None => {
                     conn.report.error.get_or_insert_with(|| {
@@ -750,13 +879,20 @@ impl Engine {
             .unwrap_or(0)
             .saturating_sub(self.wire_at_start.unwrap_or(0));
         RunResult {
-            conns: self.conns.into_iter().map(|c| c.report).collect(),
+            conns: self
+                .conns
+                .into_iter()
+                .filter(|c| !c.tls.as_ref().is_some_and(|t| t.handshake_failed))
+                .map(|c| c.report)
+                .collect(),
             histogram: self.histogram,
             measured: self.measured,
             measured_tasks,
             measured_payload_bytes: (mean_payload * measured_tasks as f64) as u64,
             measured_wire_bytes: wire,
             failure_codes: self.failure_codes,
+            tls_handshake_failures: self.tls_failures.count,
+            tls_handshake_error: self.tls_failures.first,
         }
     }
 }
@@ -783,8 +919,145 @@ impl Conn {
         }
     }
 
+    /// One read of a TLS connection: count the socket bytes, decrypt, and
+    /// hand the plaintext to the machine. A failed handshake sends rustls's
+    /// alert, closes the socket and is noted in `failures`.
+    fn read_tls(&mut self, buf: &mut [u8], failures: &mut HandshakeFailures) -> TlsRead {
+        let Some(tls) = self.tls.as_deref_mut() else {
+            return TlsRead::Stop;
+        };
+        let n = match self.stream.read(buf) {
+            Ok(0) => {
+                self.eof = true;
+                self.phase = ConnPhase::Closed;
+                if tls.server.is_handshaking() {
+                    tls.handshake_failed = true;
+                    failures.note(
+                        "the worker closed the connection during the TLS handshake".to_owned(),
+                    );
+                }
+                return TlsRead::Stop;
+            }
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return TlsRead::Stop,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => return TlsRead::Again,
+            Err(err) => {
+                if tls.server.is_handshaking() {
+                    tls.handshake_failed = true;
+                    failures.note(format!("read failed during the TLS handshake: {err}"));
+                    self.phase = ConnPhase::Closed;
+                } else {
+                    self.fail(&format!("read failed: {err}"));
+                }
+                return TlsRead::Stop;
+            }
+        };
+        self.report.bytes_received += n as u64;
+        let (machine, last) = (&mut self.machine, &mut tls.last_record_offset);
+        let fed = tls.server.feed(&buf[..n], &mut |plain, offset| {
+            *last = offset;
+            machine.handle_input(plain);
+        });
+        match fed {
+            Ok(()) => TlsRead::Plaintext,
+            Err(err) => {
+                let why = describe_server(&err);
+                let handshaking = tls.server.is_handshaking();
+                // The alert rustls queued goes out before the socket closes.
+                let _ = write_records(&mut self.stream, tls, &mut self.report.bytes_sent);
+                self.stream.shutdown(std::net::Shutdown::Both);
+                if handshaking {
+                    tls.handshake_failed = true;
+                    failures.note(why);
+                    self.phase = ConnPhase::Closed;
+                } else {
+                    self.fail(&format!("TLS: {why}"));
+                }
+                TlsRead::Stop
+            }
+        }
+    }
+
+    /// Move queued output into rustls and write the records, as far as the
+    /// socket takes them.
+    fn flush_tls(&mut self, pool: &Pool) {
+        if self.phase == ConnPhase::Closed {
+            return;
+        }
+        let Some(tls) = self.tls.as_deref_mut() else {
+            return;
+        };
+        // Segments (large payloads) first: the machine's output was queued
+        // behind them.
+        for segment in self.segments.drain(..) {
+            match segment {
+                Segment::Bytes(bytes, off) => tls.server.write_plain(&bytes[off..]),
+                Segment::Payload(task, off) => {
+                    tls.server
+                        .write_plain(&pool.tasks[task as usize].payload[off..]);
+                }
+            }
+        }
+        let pending = self.machine.pending_output();
+        if !pending.is_empty() {
+            let n = pending.len();
+            tls.server.write_plain(pending);
+            self.machine.consume_output(n);
+        }
+        if let Err(why) = write_records(&mut self.stream, tls, &mut self.report.bytes_sent) {
+            self.fail(&why);
+        }
+    }
+
+    /// The loadgen closes first (the agent sent no GOODBYE): over TLS, send
+    /// close_notify, without waiting for one back.
+    fn close_tls(&mut self) {
+        if self.phase == ConnPhase::Closed || self.goodbye.is_some() {
+            return;
+        }
+        let Some(tls) = self.tls.as_deref_mut() else {
+            return;
+        };
+        if tls.server.is_handshaking() {
+            return;
+        }
+        tls.server.close();
+        let _ = write_records(&mut self.stream, tls, &mut self.report.bytes_sent);
+        self.stream.shutdown(std::net::Shutdown::Write);
+        self.phase = ConnPhase::Closed;
+    }
+
     fn fail(&mut self, why: &str) {
         self.report.error.get_or_insert_with(|| why.to_owned());
         self.phase = ConnPhase::Closed;
+    }
+}
+
+/// Write a TLS connection's records (those already taken from rustls first,
+/// then whatever rustls has queued) until done or the socket is full,
+/// counting the bytes in `sent`.
+fn write_records(stream: &mut Stream, tls: &mut TlsConn, sent: &mut u64) -> Result<(), String> {
+    loop {
+        if tls.out_at == tls.out.len() {
+            tls.out.clear();
+            tls.out_at = 0;
+            if !tls.server.wants_write() {
+                return Ok(());
+            }
+            tls.server.write_records(&mut tls.out);
+            if tls.out.is_empty() {
+                return Ok(());
+            }
+        }
+        match stream.write(&tls.out[tls.out_at..]) {
+            Ok(0) => return Err("write returned 0".to_owned()),
+            Ok(n) => {
+                *sent += n as u64;
+                tls.out_at += n;
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(format!("write failed: {err}")),
+        }
     }
 }

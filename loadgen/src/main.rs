@@ -3,13 +3,15 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
 use ringworker::manager::ManagerConfig;
 use ringworker::transport::Endpoint;
-use ringworker_loadgen::engine::{Engine, Listener, Pacing, RunSpec};
+use ringworker_loadgen::engine::{Engine, Listener, Pacing, RunResult, RunSpec};
+use ringworker_loadgen::pki::Throwaway;
 use ringworker_loadgen::report::{write_hgrm, Describe, Report};
 use ringworker_loadgen::workload::{Mix, PayloadSpec, Pool};
 
@@ -18,12 +20,29 @@ use ringworker_loadgen::workload::{Mix, PayloadSpec, Pool};
 /// agents and reports tasks/s, bandwidth, latency percentiles, CPU per task
 /// and the byte accounting of every connection. Exit status 0 only when no
 /// task was wrong or lost and every connection's byte totals match.
+///
+/// TLS: `--listen tls://HOST:PORT` serves TLS 1.3 with `--tls-cert` and
+/// `--tls-key` (and `--tls-client-ca` to require client certificates). With
+/// `--spawn` and no `--tls-cert`, throwaway certificates are made for the run
+/// (`--tls-mutual` adds a client certificate for the agent) and removed at exit.
 #[derive(Debug, Parser)]
 #[command(name = "ringworker-loadgen", version, about, long_about)]
 struct Args {
-    /// Endpoint to listen on: tcp://HOST:PORT (port 0 picks a free one) or unix:///path
+    /// Endpoint to listen on: tcp://HOST:PORT (port 0 picks a free one), tls://HOST:PORT or unix:///path
     #[arg(long, value_name = "ENDPOINT")]
     listen: String,
+    /// TLS: the manager's certificate chain (PEM) [default with --spawn: a throwaway one]
+    #[arg(long, value_name = "PATH")]
+    tls_cert: Option<PathBuf>,
+    /// TLS: the private key of --tls-cert (PEM)
+    #[arg(long, value_name = "PATH")]
+    tls_key: Option<PathBuf>,
+    /// TLS: require client certificates signed by this CA (mutual TLS)
+    #[arg(long, value_name = "PATH")]
+    tls_client_ca: Option<PathBuf>,
+    /// TLS with throwaway certificates: require a client certificate too, and give the spawned agent one
+    #[arg(long)]
+    tls_mutual: bool,
     /// Spawn a local agent with this runtime, dialling the listener
     #[arg(long, value_name = "uring|blocking|auto")]
     spawn: Option<String>,
@@ -143,11 +162,132 @@ impl Drop for Spawned {
     }
 }
 
+/// What the run was, for the report.
+fn describe(args: &Args, pacing: Pacing, tls: &Option<TlsSetup>) -> Describe {
+    Describe {
+        runtime: args.spawn.clone(),
+        sessions: args.sessions,
+        handler: args
+            .handler
+            .entries
+            .iter()
+            .map(|(n, w)| format!("{n}:{w}"))
+            .collect::<Vec<_>>()
+            .join(","),
+        payload: if args.payload.min == args.payload.max {
+            args.payload.min.to_string()
+        } else {
+            format!("{}..{}", args.payload.min, args.payload.max)
+        },
+        pacing: match pacing {
+            Pacing::Closed { concurrency } => {
+                format!("closed loop, {concurrency} in flight per session")
+            }
+            Pacing::Open { rate } => format!("open loop, {rate} tasks/s"),
+        },
+        transport: match (args.listen.split_once("://"), tls) {
+            (_, Some(tls)) if tls.mutual => "tls+mtls".to_owned(),
+            (_, Some(_)) => "tls".to_owned(),
+            (Some((scheme, _)), None) => scheme.to_owned(),
+            (None, None) => "?".to_owned(),
+        },
+    }
+}
+
+/// The TLS side of a `tls://` listener.
+struct TlsSetup {
+    config: Arc<rustls::ServerConfig>,
+    /// Client certificates are required.
+    mutual: bool,
+    /// Certificates made for this run (removed when dropped).
+    throwaway: Option<Throwaway>,
+}
+
+/// Check the `--tls-*` flags against the endpoint and load (or make) the
+/// certificates. `None` for a plaintext listener.
+fn tls_setup(args: &Args, requested: &Endpoint) -> anyhow::Result<Option<TlsSetup>> {
+    let flags: Vec<&str> = [
+        ("--tls-cert", args.tls_cert.is_some()),
+        ("--tls-key", args.tls_key.is_some()),
+        ("--tls-client-ca", args.tls_client_ca.is_some()),
+        ("--tls-mutual", args.tls_mutual),
+    ]
+    .into_iter()
+    .filter_map(|(flag, set)| set.then_some(flag))
+    .collect();
+    let Endpoint::Tls { host, .. } = requested else {
+        if !flags.is_empty() {
+            bail!(
+                "{} {} a tls:// listener, but --listen is {requested}",
+                flags.join(", "),
+                if flags.len() == 1 { "needs" } else { "need" }
+            );
+        }
+        return Ok(None);
+    };
+    match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            if args.tls_mutual {
+                bail!(
+                    "--tls-mutual is for throwaway certificates; with --tls-cert, \
+                     require client certificates with --tls-client-ca PATH"
+                );
+            }
+            let config = ringworker::transport::tls::server_config(
+                cert,
+                key,
+                args.tls_client_ca.as_deref(),
+            )?;
+            Ok(Some(TlsSetup {
+                config,
+                mutual: args.tls_client_ca.is_some(),
+                throwaway: None,
+            }))
+        }
+        (Some(_), None) => bail!("--tls-cert needs --tls-key (the certificate's private key)"),
+        (None, Some(_)) => bail!("--tls-key needs --tls-cert (the manager's certificate)"),
+        (None, None) => {
+            if args.tls_client_ca.is_some() {
+                bail!(
+                    "--tls-client-ca needs --tls-cert and --tls-key (with throwaway \
+                     certificates, use --tls-mutual)"
+                );
+            }
+            if args.spawn.is_none() {
+                bail!(
+                    "{requested} needs the manager's certificate: --tls-cert PATH --tls-key PATH \
+                     (or --spawn, which makes throwaway certificates for the run)"
+                );
+            }
+            // The agent dials the address the listener is bound to: the
+            // certificate names the host as given and what it resolves to.
+            let mut names = vec![host.clone()];
+            if let Ok(addrs) = requested.socket_addrs() {
+                names.extend(addrs.iter().map(|a| a.ip().to_string()));
+            }
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let pki = Throwaway::generate(&names, args.tls_mutual)
+                .context("cannot make throwaway TLS certificates")?;
+            let config = ringworker::transport::tls::server_config(
+                &pki.server_cert,
+                &pki.server_key,
+                args.tls_mutual.then_some(pki.ca.as_path()),
+            )?;
+            Ok(Some(TlsSetup {
+                config,
+                mutual: args.tls_mutual,
+                throwaway: Some(pki),
+            }))
+        }
+    }
+}
+
 fn run() -> anyhow::Result<bool> {
     let args = Args::parse();
     // One socket per session: allow as many as the hard limit permits.
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let requested: Endpoint = args.listen.parse()?;
+    let tls = tls_setup(&args, &requested)?;
     let listener =
         Listener::bind(&requested).with_context(|| format!("cannot listen on {requested}"))?;
     let endpoint = listener.local_endpoint(&requested)?;
@@ -199,6 +339,17 @@ fn run() -> anyhow::Result<bool> {
         if !given("--worker-id") {
             command.args(["--worker-id", "loadgen-spawned"]);
         }
+        if let Some(pki) = tls.as_ref().and_then(|t| t.throwaway.as_ref()) {
+            if !given("--tls-ca") {
+                command.arg("--tls-ca").arg(&pki.ca);
+            }
+            if let Some((cert, key)) = &pki.client {
+                if !given("--tls-cert") && !given("--tls-key") {
+                    command.arg("--tls-cert").arg(cert);
+                    command.arg("--tls-key").arg(key);
+                }
+            }
+        }
         if std::env::var_os("RINGWORKER_LOG").is_none() {
             // A spawned agent logs warnings and errors only: one line per
             // session would drown the report at thousands of sessions.
@@ -231,6 +382,7 @@ fn run() -> anyhow::Result<bool> {
         },
         grace: Duration::from_secs(10),
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        tls: tls.as_ref().map(|t| t.config.clone()),
     };
     let pool = Pool::new(
         &args.handler,
@@ -249,7 +401,18 @@ fn run() -> anyhow::Result<bool> {
         }
     );
     let connect_started = Instant::now();
-    engine.accept_all(Duration::from_secs_f64(args.connect_timeout))?;
+    if let Err(err) = engine.accept_all(Duration::from_secs_f64(args.connect_timeout)) {
+        // Close what did connect (over TLS with close_notify). The JSON
+        // report still says what connected and which TLS handshakes failed;
+        // the run itself is a usage-level failure.
+        let result = engine.finish();
+        if let Some(path) = &args.json {
+            let report = Report::new(&result, describe(&args, pacing, &tls), 0.0, None);
+            std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        return Err(err.into());
+    }
     let connect_s = connect_started.elapsed().as_secs_f64();
     let agent_pid = spawned.as_ref().map(|s| s.child.id().to_string());
     let agent_rss_kib = agent_pid.as_deref().and_then(rss_kib);
@@ -327,30 +490,13 @@ fn run() -> anyhow::Result<bool> {
             engine.drain(Duration::from_secs(30))?;
         }
     }
-    let result = engine.finish();
-    let describe = Describe {
-        runtime: args.spawn.clone(),
-        sessions: args.sessions,
-        handler: args
-            .handler
-            .entries
-            .iter()
-            .map(|(n, w)| format!("{n}:{w}"))
-            .collect::<Vec<_>>()
-            .join(","),
-        payload: if args.payload.min == args.payload.max {
-            args.payload.min.to_string()
-        } else {
-            format!("{}..{}", args.payload.min, args.payload.max)
-        },
-        pacing: match pacing {
-            Pacing::Closed { concurrency } => {
-                format!("closed loop, {concurrency} in flight per session")
-            }
-            Pacing::Open { rate } => format!("open loop, {rate} tasks/s"),
-        },
-    };
-    let mut report = Report::new(&result, describe, loadgen_cpu, agent_cpu);
+    let result: RunResult = engine.finish();
+    let mut report = Report::new(
+        &result,
+        describe(&args, pacing, &tls),
+        loadgen_cpu,
+        agent_cpu,
+    );
     report.connect_s = Some(connect_s);
     report.agent_rss_kib_connected = agent_rss_kib;
     report.print(&mut std::io::stdout())?;

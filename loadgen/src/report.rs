@@ -22,6 +22,8 @@ pub struct Latency {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub runtime: Option<String>,
+    /// `tcp`, `unix`, `tls` or `tls+mtls` (client certificates required).
+    pub transport: String,
     pub sessions: u32,
     pub handler: String,
     pub payload: String,
@@ -47,6 +49,10 @@ pub struct Report {
     pub per_session_tasks_min: u64,
     pub per_session_tasks_max: u64,
     pub failure_codes: std::collections::BTreeMap<String, u64>,
+    /// TLS handshakes that failed (not counted as sessions), and the first
+    /// one's description.
+    pub tls_handshake_failures: u64,
+    pub tls_handshake_error: Option<String>,
     pub connections: Vec<ConnReport>,
 }
 
@@ -58,6 +64,7 @@ pub struct Describe {
     pub handler: String,
     pub payload: String,
     pub pacing: String,
+    pub transport: String,
 }
 
 impl Report {
@@ -88,6 +95,7 @@ impl Report {
         let per_session: Vec<u64> = result.conns.iter().map(|c| c.tasks_ok).collect();
         Report {
             runtime: describe.runtime,
+            transport: describe.transport,
             sessions: describe.sessions,
             handler: describe.handler,
             payload: describe.payload,
@@ -118,6 +126,8 @@ impl Report {
             per_session_tasks_min: per_session.iter().copied().min().unwrap_or(0),
             per_session_tasks_max: per_session.iter().copied().max().unwrap_or(0),
             failure_codes: result.failure_codes.clone(),
+            tls_handshake_failures: result.tls_handshake_failures,
+            tls_handshake_error: result.tls_handshake_error.clone(),
             connections: result.conns.clone(),
         }
     }
@@ -132,8 +142,9 @@ impl Report {
         writeln!(out, "ringworker-loadgen report")?;
         writeln!(
             out,
-            "  agent runtime {}  sessions {}  handler {}  payload {}  {}",
+            "  agent runtime {}  transport {}  sessions {}  handler {}  payload {}  {}",
             self.runtime.as_deref().unwrap_or("(external)"),
+            self.transport,
             self.sessions,
             self.handler,
             self.payload,
@@ -177,6 +188,16 @@ impl Report {
                 self.loadgen_cpu_s, self.loadgen_cpu_us_per_task
             )?,
         }
+        if self.transport.starts_with("tls") || self.tls_handshake_failures > 0 {
+            match &self.tls_handshake_error {
+                Some(first) => writeln!(
+                    out,
+                    "  tls             handshakes failed {} (first: {first})",
+                    self.tls_handshake_failures
+                )?,
+                None => writeln!(out, "  tls             handshakes failed 0")?,
+            }
+        }
         writeln!(out, "  byte accounting (agent vs loadgen, per connection):")?;
         let mut conns: Vec<&ConnReport> = self.connections.iter().collect();
         conns.sort_by_key(|c| c.session);
@@ -192,6 +213,14 @@ impl Report {
                 c.bytes_sent,
                 if c.accounting_exact { "exact" } else { c.error.as_deref().unwrap_or("MISMATCH") }
             )?;
+            if let (Some(after), Some(sent)) = (c.tls_after_goodbye, c.agent_bytes_sent) {
+                writeln!(
+                    out,
+                    "                   over TLS: GOODBYE reported {} sent, its record began at {}; {after} bytes of records and alert followed",
+                    sent - after,
+                    c.bytes_received - after
+                )?;
+            }
         }
         if conns.len() > shown {
             let exact = conns[shown..].iter().filter(|c| c.accounting_exact).count();
