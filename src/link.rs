@@ -100,7 +100,10 @@ impl Link {
             }
         });
         if let Err(err) = result {
-            let text = if t.layer.is_handshaking() {
+            // Before WELCOME counts as the handshake: in TLS 1.3 a client
+            // certificate is refused only after the client has finished.
+            let text = if t.layer.is_handshaking() || self.session.welcomed_at().is_none() {
+                ::metrics::counter!(crate::metrics::TLS_HANDSHAKE_FAILURES_TOTAL).increment(1);
                 format!("TLS handshake failed: {}", tls::describe(&err))
             } else {
                 format!("TLS failed: {}", tls::describe(&err))
@@ -113,6 +116,7 @@ impl Link {
     pub fn on_eof(&mut self, now: Instant) {
         if let Some(t) = self.tls.as_mut() {
             if t.layer.is_handshaking() && t.failure.is_none() {
+                ::metrics::counter!(crate::metrics::TLS_HANDSHAKE_FAILURES_TOTAL).increment(1);
                 t.failure = Some(
                     "TLS handshake failed: the manager closed the connection during the handshake"
                         .into(),

@@ -25,6 +25,7 @@ pub const TASKS_TOTAL: &str = "ringworker_tasks_total";
 pub const TASK_DURATION: &str = "ringworker_task_duration_seconds";
 pub const RECONNECTS_TOTAL: &str = "ringworker_reconnects_total";
 pub const BUILD_INFO: &str = "ringworker_build_info";
+pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "ringworker_tls_handshake_failures_total";
 
 /// Buckets of the handler-time histogram, in seconds.
 const DURATION_BUCKETS: [f64; 16] = [
@@ -86,6 +87,10 @@ fn describe() {
         "Dial attempts after each session's first."
     );
     describe_gauge!(BUILD_INFO, "Always 1; the labels say what is running.");
+    describe_counter!(
+        TLS_HANDSHAKE_FAILURES_TOTAL,
+        "TLS handshakes with the manager that failed (untrusted, expired or misnamed certificate, client certificate refused, not TLS)."
+    );
 }
 
 /// Publishes one agent's stats and renders `/metrics` and `/status`.
@@ -137,6 +142,8 @@ impl Telemetry {
                 ]
             })
             .collect();
+        // Exported from the start (0), so rate() and alerts see the series.
+        counter!(TLS_HANDSHAKE_FAILURES_TOTAL).increment(0);
         let telemetry = Telemetry {
             handle,
             session_gauges,

@@ -44,6 +44,7 @@ fn exported() -> BTreeSet<String> {
         TASKS_TOTAL,
         RECONNECTS_TOTAL,
         BUILD_INFO,
+        TLS_HANDSHAKE_FAILURES_TOTAL,
     ]
     .iter()
     .map(|s| s.to_string())
@@ -80,6 +81,7 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
         "RingworkerTaskFailureRatioHigh",
         "RingworkerReconnectStorm",
         "RingworkerBytesFlat",
+        "RingworkerTlsHandshakesFailing",
     ] {
         assert!(
             rules.contains(&format!("alert: {alert}")),

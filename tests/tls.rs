@@ -286,6 +286,7 @@ fn refused(
         host: endpoint_host.into(),
         port,
     };
+    let metrics = ringworker::metrics::recorder();
     let mut agent = start(kind, tls_plan(endpoint, options));
     let mut manager_errors = Vec::new();
     // Two attempts: a refused handshake is a failed dial, redialled after
@@ -313,6 +314,14 @@ fn refused(
     let report = agent.wait();
     assert_eq!(report.abandoned_tasks, 0);
     assert!(stats.reconnects_total() >= 1, "failed dials are retried");
+    // Counted for alerting (process-wide: other tests may add theirs).
+    let failures: f64 = metrics
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix("ringworker_tls_handshake_failures_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(failures >= 2.0, "handshake failures counted: {failures}");
     (last, manager_errors.join(" | "))
 }
 
@@ -399,7 +408,10 @@ fn client_certificate_from_another_ca_is_refused(kind: RuntimeKind) {
         manager_tls(&s, Some(&s.ca_path)),
         "127.0.0.1",
     );
-    assert!(agent.contains("TLS"), "{agent}");
+    assert!(
+        agent.contains("TLS handshake failed: the manager does not trust our client certificate"),
+        "{agent}"
+    );
     assert!(
         manager.contains("not signed by --tls-client-ca"),
         "{manager}"
