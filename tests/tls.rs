@@ -333,11 +333,16 @@ fn unknown_ca_is_refused(kind: RuntimeKind) {
         ca: Some(other_ca),
         ..TlsOptions::default()
     };
-    let (agent, _) = refused(kind, &options, manager_tls(&s, None), "127.0.0.1");
+    let (agent, manager) = refused(kind, &options, manager_tls(&s, None), "127.0.0.1");
     assert!(
         agent.contains("TLS handshake failed")
             && agent.contains("not signed by a trusted CA (check --tls-ca)"),
         "{agent}"
+    );
+    // The agent's alert reaches the manager.
+    assert!(
+        manager.contains("the worker does not trust the manager's certificate"),
+        "{manager}"
     );
 }
 

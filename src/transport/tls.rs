@@ -467,6 +467,7 @@ pub struct ServerTls {
     fed: u64,
     plain: Vec<u8>,
     peer_closed: bool,
+    close_sent: bool,
 }
 
 /// TLS record header: type, version, 16-bit length.
@@ -484,6 +485,7 @@ impl ServerTls {
             fed: 0,
             plain: vec![0; PLAIN_CHUNK],
             peer_closed: false,
+            close_sent: false,
         })
     }
 
@@ -575,8 +577,12 @@ impl ServerTls {
         }
     }
 
+    /// Queue close_notify (once).
     pub fn close(&mut self) {
-        self.conn.send_close_notify();
+        if !self.close_sent {
+            self.close_sent = true;
+            self.conn.send_close_notify();
+        }
     }
 
     /// The client certificate's subject, when one was presented (mTLS).
@@ -594,6 +600,19 @@ pub fn describe_server(err: &rustls::Error) -> String {
         rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
             "the worker's client certificate is not signed by --tls-client-ca".into()
         }
+        rustls::Error::InvalidCertificate(other) => {
+            format!("the worker's client certificate was rejected: {other}")
+        }
+        rustls::Error::AlertReceived(rustls::AlertDescription::UnknownCA) => {
+            "the worker does not trust the manager's certificate (alert unknown_ca)".into()
+        }
+        rustls::Error::AlertReceived(
+            rustls::AlertDescription::BadCertificate | rustls::AlertDescription::CertificateUnknown,
+        ) => "the worker rejected the manager's certificate (wrong name?)".into(),
+        rustls::Error::AlertReceived(rustls::AlertDescription::CertificateExpired) => {
+            "the worker rejected the manager's certificate as expired".into()
+        }
+        rustls::Error::AlertReceived(alert) => format!("the worker sent the alert {alert:?}"),
         rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => {
             format!("the worker does not speak TLS here ({err})")
         }
