@@ -13,7 +13,7 @@
 //! PROTOCOL.md needs over TLS.
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -320,19 +320,33 @@ pub fn describe(err: &rustls::Error) -> String {
 #[derive(Debug)]
 pub struct TlsLayer {
     conn: rustls::ClientConnection,
-    plain: Vec<u8>,
     close_sent: bool,
     peer_closed: bool,
 }
 
-/// Plaintext handed to the session in pieces of at most this size.
-const PLAIN_CHUNK: usize = 64 * 1024;
+/// Hand every decrypted byte to `deliver`, in rustls's own buffers (no copy).
+/// Returns whether the peer sent close_notify.
+fn drain(reader: &mut rustls::Reader<'_>, deliver: &mut dyn FnMut(&[u8])) -> bool {
+    use std::io::BufRead;
+    loop {
+        match reader.fill_buf() {
+            Ok([]) => return true,
+            Ok(plain) => {
+                let n = plain.len();
+                deliver(plain);
+                reader.consume(n);
+            }
+            // WouldBlock: no more plaintext for now. UnexpectedEof cannot
+            // happen before the socket's EOF, which is handled apart.
+            Err(_) => return false,
+        }
+    }
+}
 
 impl TlsLayer {
     pub fn new(conn: rustls::ClientConnection) -> TlsLayer {
         TlsLayer {
             conn,
-            plain: vec![0; PLAIN_CHUNK],
             close_sent: false,
             peer_closed: false,
         }
@@ -360,18 +374,7 @@ impl TlsLayer {
     }
 
     fn drain_plaintext(&mut self, deliver: &mut dyn FnMut(&[u8])) {
-        loop {
-            match self.conn.reader().read(&mut self.plain) {
-                Ok(0) => {
-                    self.peer_closed = true;
-                    return;
-                }
-                Ok(n) => deliver(&self.plain[..n]),
-                // WouldBlock: no more plaintext for now. UnexpectedEof cannot
-                // happen before the socket's EOF, which is handled apart.
-                Err(_) => return,
-            }
-        }
+        self.peer_closed |= drain(&mut self.conn.reader(), &mut |plain| deliver(plain));
     }
 
     /// Whether the handshake is still under way.
@@ -465,7 +468,6 @@ pub struct ServerTls {
     pending: Vec<u8>,
     /// Socket bytes fed so far, complete records and `pending` alike.
     fed: u64,
-    plain: Vec<u8>,
     peer_closed: bool,
     close_sent: bool,
 }
@@ -483,7 +485,6 @@ impl ServerTls {
             conn,
             pending: Vec::new(),
             fed: 0,
-            plain: vec![0; PLAIN_CHUNK],
             peer_closed: false,
             close_sent: false,
         })
@@ -535,16 +536,7 @@ impl ServerTls {
                 }
                 self.conn.process_new_packets()?;
             }
-            loop {
-                match self.conn.reader().read(&mut self.plain) {
-                    Ok(0) => {
-                        self.peer_closed = true;
-                        break;
-                    }
-                    Ok(n) => deliver(&self.plain[..n], offset),
-                    Err(_) => break,
-                }
-            }
+            self.peer_closed |= drain(&mut self.conn.reader(), &mut |plain| deliver(plain, offset));
             at += len;
         }
         self.pending.clear();
