@@ -34,12 +34,12 @@ WORKERS = {
 MIB = 1024 * 1024
 
 
-def loadgen(worker, sessions, payload, handler, concurrency, seconds, warmup, extra_agent_args=()):
+def loadgen(worker, sessions, payload, handler, concurrency, seconds, warmup, extra_agent_args=(), scheme="tcp"):
     runtime, agent_bin = WORKERS[worker]
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         report = f.name
     cmd = [
-        os.path.join(BIN, "ringworker-loadgen"), "--listen", "tcp://127.0.0.1:0",
+        os.path.join(BIN, "ringworker-loadgen"), "--listen", f"{scheme}://127.0.0.1:0",
         "--spawn", runtime, "--agent-bin", agent_bin, "--sessions", str(sessions),
         "--handler", handler, "--payload", str(payload), "--concurrency", str(concurrency),
         "--duration", str(seconds), "--warmup", str(warmup), "--json", report,
@@ -129,6 +129,49 @@ def idle_sessions(count=10000):
     return result.get("agent_rss_kib_connected"), result.get("connect_s")
 
 
+TLS_CONFIGS = ((16, 4096, "echo", 32), (1, MIB, "sink", 32))
+
+
+def tls_comparison(repeats, seconds, warmup):
+    """TLS against plain TCP, both runtimes, alternating; certificates made by the loadgen."""
+    results = {}
+    for repeat in range(repeats):
+        for config in TLS_CONFIGS:
+            for worker in ("uring", "blocking"):
+                for scheme in (("tcp", "tls") if repeat % 2 == 0 else ("tls", "tcp")):
+                    sessions, payload, handler, c = config
+                    r = loadgen(worker, sessions, payload, handler, c, seconds, warmup, scheme=scheme)
+                    ok = r and r["tasks_wrong"] == 0 and r["tasks_lost"] == 0 and r.get("accounting_exact", True)
+                    if ok:
+                        results.setdefault((worker, scheme) + config, []).append(r)
+                    print(f"[tls {repeat + 1}/{repeats}] {worker:8} {scheme} s={sessions:<3} {fmt_payload(payload):>6} "
+                          f"{handler:4} {(r or {}).get('tasks_per_sec', 0):>12,.0f} tasks/s", file=sys.stderr)
+
+    def med(key, *k):
+        runs = results.get(k)
+        values = [r[key] for r in runs or [] if r.get(key) is not None]
+        return statistics.median(values) if values else None
+
+    lines = ["", "**TLS 1.3 against plain TCP** (same run, alternating; the loadgen serves TLS with a throwaway "
+             "CA it generates, `ringworker-loadgen --listen tls://127.0.0.1:0 --spawn ...`; bytes are socket "
+             "bytes, accounting exact in every run):", "",
+             "| worker | sessions | payload | handler | in flight | TCP tasks/s | TLS tasks/s | TLS/TCP | TCP MiB/s | TLS MiB/s | TCP CPU µs/task | TLS CPU µs/task | TLS p99 µs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for config in TLS_CONFIGS:
+        sessions, payload, handler, c = config
+        for worker in ("uring", "blocking"):
+            tcp = med("tasks_per_sec", worker, "tcp", *config)
+            tls = med("tasks_per_sec", worker, "tls", *config)
+            if not tcp or not tls:
+                continue
+            cells = [med(k, worker, t, *config) or 0 for k, t in (("payload_mib_per_sec", "tcp"), ("payload_mib_per_sec", "tls"),
+                                                                  ("agent_cpu_us_per_task", "tcp"), ("agent_cpu_us_per_task", "tls"),
+                                                                  ("latency_p99", "tls"))]
+            lines.append(f"| {worker} | {sessions} | {fmt_payload(payload)} | {handler} | {c} | {tcp:,.0f} | {tls:,.0f} | "
+                         f"{tls / tcp:.2f}× | {cells[0]:,.1f} | {cells[1]:,.1f} | {cells[2]:.3f} | {cells[3]:.3f} | {cells[4]:,.0f} |")
+    return lines
+
+
 def matrix(quick):
     rows = []
     if quick:
@@ -162,8 +205,13 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3)
     parser.add_argument("--warmup", type=float, default=1)
+    parser.add_argument("--tls-only", action="store_true",
+                        help="run only the TLS-against-TCP rows and print them (BENCHMARKS.md untouched)")
     args = parser.parse_args()
     subprocess.run(["cargo", "build", "--release", "--workspace", "-q"], cwd=ROOT, check=True)
+    if args.tls_only:
+        print("\n".join(tls_comparison(args.repeats, args.seconds, args.warmup)))
+        return
 
     results = {}
     configs = matrix(args.quick)
@@ -180,6 +228,7 @@ def main():
     iperf = statistics.median(wire) if wire else None
     syscalls = {(w, s): syscalls_per_task(w, s) for w in ("uring", "epoll", "blocking") for s in (16, 256)}
     idle = idle_sessions()
+    tls_lines = tls_comparison(args.repeats, args.seconds, args.warmup)
 
     def med(worker, config, key):
         runs = results.get((worker,) + config)
@@ -224,6 +273,7 @@ def main():
     if idle and idle[0]:
         lines += ["", f"**Idle sessions:** 10,000 connected uring sessions in one agent: RSS {idle[0] / 1024:.1f} MiB; "
                   f"all handshakes completed in {idle[1]:.2f} s."]
+    lines += tls_lines
     lines += ["", "![tasks/s against sessions](benches/scaling.svg)", ""]
     with open(os.path.join(ROOT, "BENCHMARKS.md"), "w") as f:
         f.write("\n".join(lines))
