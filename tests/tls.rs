@@ -579,6 +579,61 @@ fn renewed_client_certificate_is_used_on_the_next_dial(kind: RuntimeKind) {
     assert!(agent.wait().is_clean());
 }
 
+/// Without --tls-ca the manager is verified against the system's roots; the
+/// binary honours SSL_CERT_FILE as OpenSSL does, which lets the test stand in
+/// for /etc/ssl/certs. With no usable root at all, startup says so.
+#[test]
+fn system_roots_verify_the_manager_when_no_ca_is_given() {
+    let s = setup();
+    let (listener, endpoint) = tls_listener();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_ringworker"))
+        .args([
+            "run",
+            "--manager",
+            &endpoint.to_string(),
+            "--metrics-addr",
+            "off",
+        ])
+        .env("SSL_CERT_FILE", &s.ca_path)
+        .env_remove("SSL_CERT_DIR")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let accepted = ManagerConn::accept_tls(
+        &listener,
+        ManagerConfig::default(),
+        manager_tls(&s, None),
+        TIMEOUT,
+    );
+    let _ = std::process::Command::new("kill")
+        .arg(child.id().to_string())
+        .status();
+    let output = child.wait_with_output().unwrap();
+    let (_, hello) =
+        accepted.unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stderr)));
+    assert!(!hello.worker.is_empty());
+
+    let empty = s.pki.write("empty.pem", "");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ringworker"))
+        .args([
+            "run",
+            "--manager",
+            &endpoint.to_string(),
+            "--metrics-addr",
+            "off",
+        ])
+        .env("SSL_CERT_FILE", &empty)
+        .env("SSL_CERT_DIR", s.pki.dir.join("no-such-dir"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("no trusted CA certificates") && stderr.contains("--tls-ca"),
+        "{stderr}"
+    );
+}
+
 for_each_runtime!(
     renewed_client_certificate_is_used_on_the_next_dial,
     tasks_over_tls,
