@@ -1,8 +1,15 @@
-//! Frame encode and decode: bytes/s and frames/s for small and large frames.
+//! Frame encode and decode: bytes/s and frames/s for small and large frames;
+//! and a session's whole per-task path (decode, handler, RESULT), sans I/O.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use ringworker::handlers::HandlerRegistry;
 use ringworker::protocol::frame::{encode_frame, FrameBuffer, FrameKind};
 use ringworker::protocol::machine::encode_task_body;
+use ringworker::session::{SessionConfig, WorkerSession};
+use ringworker::stats::SessionStats;
 
 fn task_stream(payload: usize, frames: usize) -> Vec<u8> {
     let mut body = Vec::new();
@@ -71,5 +78,61 @@ fn decode(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, encode, decode);
+/// A session past its handshake, its HELLO taken.
+fn welcomed_session(now: Instant) -> WorkerSession {
+    let config = SessionConfig {
+        worker_id: "bench".to_owned(),
+        runtime: "bench",
+        max_body: 16 << 20,
+        max_in_flight: 64,
+        token: None,
+        handshake_timeout: Duration::from_secs(10),
+    };
+    let mut session = WorkerSession::new(
+        0,
+        &config,
+        HandlerRegistry::with_builtins(),
+        Arc::new(SessionStats::new(0)),
+        now,
+    );
+    session.take_output(Vec::new());
+    let mut welcome = Vec::new();
+    encode_frame(
+        &mut welcome,
+        FrameKind::Welcome,
+        0,
+        0,
+        br#"{"protocol":1,"manager":"bench","max_body":16777216,"heartbeat_ms":0}"#,
+    );
+    session.on_input(&welcome, now);
+    session.take_output(Vec::new());
+    session
+}
+
+/// 64 B echo tasks through `on_input` in reads of 16 KiB (as the uring
+/// runtime's provided buffers deliver them, so frames straddle reads), and
+/// the RESULTs taken as the runtime does.
+fn session(c: &mut Criterion) {
+    let mut group = c.benchmark_group("session");
+    for payload in [64usize, 4096] {
+        let frames = ((1 << 20) / (payload + 22)).max(1);
+        let stream = task_stream(payload, frames);
+        group.throughput(Throughput::Elements(frames as u64));
+        group.bench_with_input(BenchmarkId::new("echo", payload), &stream, |b, stream| {
+            let now = Instant::now();
+            let mut session = welcomed_session(now);
+            let mut spare = Vec::new();
+            b.iter(|| {
+                for chunk in stream.chunks(16 * 1024) {
+                    session.on_input(chunk, now);
+                    spare = session.take_output(std::mem::take(&mut spare));
+                    black_box(spare.len());
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, encode, decode, session);
 criterion_main!(benches);

@@ -20,7 +20,7 @@ use crate::format::format_bytes;
 use crate::handlers::{HandlerRegistry, Reply, TaskFailure};
 use crate::protocol::machine::{MachineConfig, NotInFlight};
 use crate::protocol::{
-    CloseReason, Event, Hello, Phase, TaskOutcome, WorkerMachine, PROTOCOL_VERSION,
+    CloseReason, Event, Hello, Phase, TaskOutcome, TaskRequest, WorkerMachine, PROTOCOL_VERSION,
 };
 use crate::stats::{SessionState, SessionStats};
 
@@ -69,7 +69,7 @@ pub const TIMING_SAMPLE: u64 = 16;
 pub struct WorkerSession {
     index: u32,
     machine: WorkerMachine,
-    handlers: HandlerRegistry,
+    runner: TaskRunner,
     stats: Arc<SessionStats>,
     scratch: Vec<u8>,
     delayed: BinaryHeap<Reverse<Delayed>>,
@@ -77,11 +77,78 @@ pub struct WorkerSession {
     tasks_this_connection: u64,
     closed: Option<CloseReason>,
     welcomed_at: Option<Instant>,
+}
+
+/// The handlers of a session, found by name and timed.
+#[derive(Debug)]
+struct TaskRunner {
+    handlers: HandlerRegistry,
     /// `ringworker_task_duration_seconds{handler}`, by registry position.
     durations: Vec<::metrics::Histogram>,
     timing_tick: u64,
     handler_names: Vec<String>,
     last_handler: Option<usize>,
+}
+
+impl TaskRunner {
+    /// The registry position of the handler named `name`.
+    #[inline]
+    fn find(&mut self, name: &str) -> Option<usize> {
+        // Most sessions run one or a few handlers: try the last one looked
+        // up before searching the registry.
+        if let Some(index) = self.last_handler {
+            if self
+                .handler_names
+                .get(index)
+                .is_some_and(|known| known.as_bytes() == name.as_bytes())
+            {
+                return Some(index);
+            }
+        }
+        let found = self.handlers.lookup(name).map(|(index, _)| index);
+        if found.is_some() {
+            self.last_handler = found;
+        }
+        found
+    }
+
+    /// Run the handler [`TaskRunner::find`] found for `name` on `payload`,
+    /// appending its output to `out`.
+    #[inline]
+    fn call(
+        &mut self,
+        found: Option<usize>,
+        name: &str,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Reply, TaskFailure> {
+        let Some((index, handler)) = found.and_then(|index| self.handlers.lookup_index(index))
+        else {
+            return Err(TaskFailure {
+                code: crate::protocol::codes::UNKNOWN_HANDLER,
+                message: format!("no handler named {name:?}"),
+            });
+        };
+        // One task in TIMING_SAMPLE is timed: two clock reads per task would
+        // cost more than the rest of the metrics.
+        self.timing_tick = self.timing_tick.wrapping_add(1);
+        if self.timing_tick % TIMING_SAMPLE != 0 {
+            return handler.call(payload, out);
+        }
+        let started = Instant::now();
+        let reply = handler.call(payload, out);
+        if let Some(histogram) = self.durations.get(index) {
+            histogram.record(started.elapsed().as_secs_f64());
+        }
+        reply
+    }
+
+    /// A delayed answer's handler time is its delay.
+    fn record_delay(&self, handler: Option<usize>, delay: Duration) {
+        if let Some(histogram) = handler.and_then(|index| self.durations.get(index)) {
+            histogram.record(delay.as_secs_f64());
+        }
+    }
 }
 
 impl WorkerSession {
@@ -104,7 +171,13 @@ impl WorkerSession {
         WorkerSession {
             index,
             machine: WorkerMachine::new(machine_config, now),
-            handlers,
+            runner: TaskRunner {
+                handlers,
+                durations,
+                timing_tick: 0,
+                handler_names,
+                last_handler: None,
+            },
             stats,
             scratch: Vec::new(),
             delayed: BinaryHeap::new(),
@@ -112,10 +185,6 @@ impl WorkerSession {
             tasks_this_connection: 0,
             closed: None,
             welcomed_at: None,
-            durations,
-            timing_tick: 0,
-            handler_names,
-            last_handler: None,
         }
     }
 
@@ -153,10 +222,35 @@ impl WorkerSession {
         self.process(now);
     }
 
-    /// Bytes read elsewhere, copied in.
+    /// Bytes read elsewhere (a provided buffer, a channel): decode and run
+    /// whatever they complete.
+    ///
+    /// Whole frames are decoded where they lie in `bytes`; only what cannot
+    /// be acted on yet (the start of a frame, or frames held back by a full
+    /// window) is copied into the frame buffer. A frame whose start is
+    /// already buffered is completed there first.
     pub fn on_input(&mut self, bytes: &[u8], now: Instant) {
-        self.machine.handle_input(bytes, now);
-        self.process(now);
+        self.machine.note_input(bytes.len(), now);
+        let mut input = bytes;
+        if self.machine.buffered() > 0 {
+            let taken = self.machine.complete_buffered(input);
+            input = input.get(taken..).unwrap_or_default();
+            self.process_buffered(now);
+            if self.machine.buffered() > 0 {
+                // Held back (a full window) or still incomplete.
+                self.machine.stash_input(input);
+                self.after_events();
+                return;
+            }
+        }
+        while let Some(event) = self.machine.poll_input(&mut input, now) {
+            match event {
+                Event::Task(task) => self.run_task(task, now),
+                other => self.on_event(other, now),
+            }
+        }
+        self.machine.stash_input(input);
+        self.after_events();
     }
 
     /// The manager closed its side of the stream.
@@ -287,109 +381,126 @@ impl WorkerSession {
     }
 
     fn process(&mut self, now: Instant) {
+        self.process_buffered(now);
+        self.after_events();
+    }
+
+    /// Act on the frames in the machine's receive buffer.
+    fn process_buffered(&mut self, now: Instant) {
         while let Some(event) = self.machine.poll_event(now) {
             match event {
-                Event::Welcomed(welcome) => {
-                    self.welcomed_at = Some(now);
-                    self.stats
-                        .set_state(if self.machine.phase() == Phase::Active {
-                            SessionState::Connected
-                        } else {
-                            SessionState::Draining
-                        });
-                    self.stats.set_last_error(None);
-                    tracing::info!(
-                        session = self.index,
-                        manager = %welcome.manager,
-                        manager_max_body = welcome.max_body,
-                        heartbeat_ms = welcome.heartbeat_ms,
-                        "session {} connected: WELCOME from manager {:?}",
-                        self.index,
-                        welcome.manager
-                    );
-                }
                 Event::Task(task) => {
-                    self.scratch.clear();
+                    // The task borrows the receive buffer, so the output goes
+                    // through the scratch buffer.
                     let id = task.id;
-                    // Most sessions run one or a few handlers: try the last
-                    // one looked up before searching the registry.
-                    let found = match self.last_handler {
-                        Some(index)
-                            if self.handler_names[index].as_bytes() == task.handler.as_bytes() =>
-                        {
-                            self.handlers.lookup_index(index)
-                        }
-                        _ => {
-                            let found = self.handlers.lookup(task.handler);
-                            self.last_handler = found.map(|(index, _)| index);
-                            found
-                        }
-                    };
-                    let handler = found.map(|(index, _)| index);
-                    // One task in TIMING_SAMPLE is timed: two clock reads per
-                    // task would cost more than the rest of the metrics.
-                    self.timing_tick = self.timing_tick.wrapping_add(1);
-                    let timed = handler.is_some() && self.timing_tick % TIMING_SAMPLE == 0;
-                    let started = timed.then(Instant::now);
-                    let reply = match found {
-                        Some((_, h)) => h.call(task.payload, &mut self.scratch),
-                        None => Err(TaskFailure {
-                            code: crate::protocol::codes::UNKNOWN_HANDLER,
-                            message: format!("no handler named {:?}", task.handler),
-                        }),
-                    };
-                    if let (Some(started), Some(index)) = (started, handler) {
-                        if let Some(histogram) = self.durations.get(index) {
-                            histogram.record(started.elapsed().as_secs_f64());
-                        }
-                    }
-                    match reply {
-                        Ok(Reply::Ready) => {
-                            let output = std::mem::take(&mut self.scratch);
-                            self.finish(id, handler, TaskOutcome::Ok(&output), now);
-                            self.scratch = output;
-                        }
-                        Ok(Reply::After(delay)) => {
-                            // A delayed answer's handler time is its delay.
-                            if let Some(histogram) = handler.and_then(|i| self.durations.get(i)) {
-                                histogram.record(delay.as_secs_f64());
-                            }
-                            let output = if self.scratch.is_empty() {
-                                Vec::new()
-                            } else {
-                                self.scratch.clone()
-                            };
-                            self.schedule(id, handler, now + delay, Ok(output));
-                        }
-                        Err(TaskFailure { code, message }) => {
-                            self.finish(
-                                id,
-                                handler,
-                                TaskOutcome::Failed {
-                                    code,
-                                    message: &message,
-                                },
-                                now,
-                            );
-                        }
-                    }
+                    let found = self.runner.find(task.handler);
+                    self.scratch.clear();
+                    let reply =
+                        self.runner
+                            .call(found, task.handler, task.payload, &mut self.scratch);
+                    self.answer_from_scratch(id, found, reply, now);
                 }
-                Event::DrainRequested => {
-                    self.stats.set_state(SessionState::Draining);
-                    tracing::info!(
-                        session = self.index,
-                        "session {}: manager asked for a drain",
-                        self.index
-                    );
-                }
-                Event::Closed(reason) => {
-                    if !reason.is_graceful() {
-                        self.stats.set_last_error(Some(reason.to_string()));
-                    }
-                    self.closed = Some(reason);
-                }
+                Event::Welcomed(welcome) => self.on_event(Event::Welcomed(welcome), now),
+                Event::DrainRequested => self.on_event(Event::DrainRequested, now),
+                Event::Closed(reason) => self.on_event(Event::Closed(reason), now),
             }
         }
+    }
+
+    /// Run a task decoded in place.
+    #[inline]
+    fn run_task(&mut self, task: TaskRequest<'_>, now: Instant) {
+        let found = self.runner.find(task.handler);
+        self.scratch.clear();
+        let reply = self
+            .runner
+            .call(found, task.handler, task.payload, &mut self.scratch);
+        self.answer_from_scratch(task.id, found, reply, now);
+    }
+
+    /// Answer a task whose handler wrote its output into the scratch buffer.
+    fn answer_from_scratch(
+        &mut self,
+        id: u64,
+        handler: Option<usize>,
+        reply: Result<Reply, TaskFailure>,
+        now: Instant,
+    ) {
+        match reply {
+            Ok(Reply::Ready) => {
+                let output = std::mem::take(&mut self.scratch);
+                self.finish(id, handler, TaskOutcome::Ok(&output), now);
+                self.scratch = output;
+            }
+            Ok(Reply::After(delay)) => {
+                self.runner.record_delay(handler, delay);
+                let output = if self.scratch.is_empty() {
+                    Vec::new()
+                } else {
+                    self.scratch.clone()
+                };
+                self.schedule(id, handler, now + delay, Ok(output));
+            }
+            Err(TaskFailure { code, message }) => {
+                self.finish(
+                    id,
+                    handler,
+                    TaskOutcome::Failed {
+                        code,
+                        message: &message,
+                    },
+                    now,
+                );
+            }
+        }
+    }
+
+    /// Anything but a task.
+    #[cold]
+    fn on_event(&mut self, event: Event<'_>, now: Instant) {
+        match event {
+            Event::Welcomed(welcome) => {
+                self.welcomed_at = Some(now);
+                self.stats
+                    .set_state(if self.machine.phase() == Phase::Active {
+                        SessionState::Connected
+                    } else {
+                        SessionState::Draining
+                    });
+                self.stats.set_last_error(None);
+                tracing::info!(
+                    session = self.index,
+                    manager = %welcome.manager,
+                    manager_max_body = welcome.max_body,
+                    heartbeat_ms = welcome.heartbeat_ms,
+                    "session {} connected: WELCOME from manager {:?}",
+                    self.index,
+                    welcome.manager
+                );
+            }
+            Event::Task(task) => {
+                // Not reached: tasks are matched before; run it all the same.
+                self.run_task(task, now);
+            }
+            Event::DrainRequested => {
+                self.stats.set_state(SessionState::Draining);
+                tracing::info!(
+                    session = self.index,
+                    "session {}: manager asked for a drain",
+                    self.index
+                );
+            }
+            Event::Closed(reason) => {
+                if !reason.is_graceful() {
+                    self.stats.set_last_error(Some(reason.to_string()));
+                }
+                self.closed = Some(reason);
+            }
+        }
+    }
+
+    /// Gauges that follow the machine, once its events are handled.
+    fn after_events(&mut self) {
         if self.machine.phase() == Phase::Draining(crate::protocol::DrainOrigin::Worker) {
             self.stats.set_state(SessionState::Draining);
         }
@@ -416,20 +527,27 @@ impl WorkerSession {
     fn finish(&mut self, id: u64, handler: Option<usize>, outcome: TaskOutcome<'_>, now: Instant) {
         match self.machine.complete_task(id, outcome, now) {
             Ok(()) => {
-                self.tasks_this_connection += 1;
-                self.stats.record_task(
-                    handler,
-                    outcome_is_ok(&outcome, self.machine.peer_max_body()),
-                );
+                let ok = outcome_is_ok(&outcome, self.machine.peer_max_body());
+                self.count_answer(handler, ok);
             }
-            Err(NotInFlight(id)) => {
-                tracing::error!(
-                    session = self.index,
-                    task = id,
-                    "internal: completed a task that is not in flight"
-                );
-            }
+            Err(NotInFlight(id)) => self.not_in_flight(id),
         }
+    }
+
+    /// A RESULT was queued.
+    #[inline]
+    fn count_answer(&mut self, handler: Option<usize>, ok: bool) {
+        self.tasks_this_connection += 1;
+        self.stats.record_task(handler, ok);
+    }
+
+    #[cold]
+    fn not_in_flight(&self, id: u64) {
+        tracing::error!(
+            session = self.index,
+            task = id,
+            "internal: completed a task that is not in flight"
+        );
     }
 }
 

@@ -150,6 +150,7 @@ impl FrameError {
 ///
 /// `max_body` is the receiver's announced limit; a larger body is refused
 /// here, from the header alone.
+#[inline]
 pub fn parse_header(bytes: &[u8; HEADER_LEN], max_body: u32) -> Result<FrameHeader, FrameError> {
     let len = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
     if len < LEN_COUNTED_HEADER {
@@ -194,6 +195,7 @@ pub enum Decoded {
 /// Never panics and never allocates; the header is validated (and an
 /// oversized body refused) as soon as its 16 bytes are present, whether or
 /// not the body has arrived.
+#[inline]
 pub fn decode(buf: &[u8], max_body: u32) -> Result<Decoded, FrameError> {
     let Some(header_bytes) = buf.first_chunk::<HEADER_LEN>() else {
         return Ok(Decoded::Incomplete {
@@ -303,6 +305,35 @@ impl FrameBuffer {
     /// Bytes of storage held (for memory accounting).
     pub fn capacity(&self) -> usize {
         self.data.capacity()
+    }
+
+    /// How many more bytes complete the frame under way: 0 when the buffer
+    /// is empty, holds a whole frame at its front, or holds a header that
+    /// will be refused.
+    pub fn needed(&self) -> usize {
+        if self.start == self.end {
+            return 0;
+        }
+        match decode(self.pending(), self.max_body) {
+            Ok(Decoded::Incomplete { needed }) => needed,
+            _ => 0,
+        }
+    }
+
+    /// Copy in as much of `bytes` as completes the frame under way (the rest
+    /// of its header, then the rest of its body), so that what follows can be
+    /// decoded where it lies; returns how many bytes were taken. Takes
+    /// nothing when the buffer is empty or already holds a whole frame.
+    pub fn complete_from(&mut self, bytes: &[u8]) -> usize {
+        let mut taken = 0;
+        loop {
+            let want = self.needed().min(bytes.len() - taken);
+            if want == 0 {
+                return taken;
+            }
+            self.extend(&bytes[taken..taken + want]);
+            taken += want;
+        }
     }
 
     /// Copy `bytes` in. Grows without zero-filling, and reserves a frame

@@ -18,8 +18,8 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
 use super::frame::{
-    decode, encode_frame, Decoded, FrameBuffer, FrameKind, FrameRef, FLAG_ACK_REQUESTED,
-    FLAG_FAILED, MAX_HANDLER_NAME,
+    decode, encode_frame, Decoded, FrameBuffer, FrameHeader, FrameKind, FLAG_ACK_REQUESTED,
+    FLAG_FAILED, HEADER_LEN, MAX_HANDLER_NAME,
 };
 use super::hello::{codes, ErrorBody, GoodbyeBody, Hello, Welcome, PROTOCOL_VERSION};
 
@@ -243,6 +243,63 @@ pub struct WorkerMachine {
     /// are run normally.
     refuse_tasks: bool,
     tasks_refused_draining: u64,
+    /// [`WorkerMachine::poll_input`] handed out a task and the driver's
+    /// input holds more bytes it has not decoded yet.
+    more_input: bool,
+}
+
+/// Where the body of the frame being acted on lies.
+#[derive(Debug, Clone, Copy)]
+enum FrameAt<'b> {
+    /// In the driver's input ([`WorkerMachine::poll_input`]), followed by `rest`.
+    Input { body: &'b [u8], rest: &'b [u8] },
+    /// In the receive buffer, as the frame it returned last.
+    Buffered,
+}
+
+impl<'b> FrameAt<'b> {
+    #[inline]
+    fn body<'s>(&self, recv: &'s FrameBuffer) -> &'s [u8]
+    where
+        'b: 's,
+    {
+        match *self {
+            FrameAt::Input { body, .. } => body,
+            FrameAt::Buffered => recv.last_body(),
+        }
+    }
+}
+
+/// What acting on one frame asks of the poll loop.
+#[derive(Debug)]
+enum Step {
+    /// Nothing for the driver; take the next frame.
+    Continue,
+    /// Hand out the task in the frame's body.
+    Task {
+        ack_requested: bool,
+        name_len: usize,
+    },
+    /// Return this to the driver.
+    Return(Option<Event<'static>>),
+}
+
+/// A whole frame, or a header that will be refused, is at the front of `bytes`.
+fn has_frame(bytes: &[u8], max_body: u32) -> bool {
+    !matches!(decode(bytes, max_body), Ok(Decoded::Incomplete { .. }))
+}
+
+/// The task in a TASK `body` whose name [`task_name_len`] checked.
+#[inline]
+fn task_request(id: u64, body: &[u8], name_len: usize, ack_requested: bool) -> TaskRequest<'_> {
+    let (name, payload) = body.get(1..).unwrap_or_default().split_at(name_len);
+    TaskRequest {
+        id,
+        // Checked to be printable ASCII, so valid UTF-8.
+        handler: std::str::from_utf8(name).unwrap_or(""),
+        payload,
+        ack_requested,
+    }
 }
 
 impl WorkerMachine {
@@ -268,6 +325,7 @@ impl WorkerMachine {
             drain_sent: false,
             refuse_tasks: false,
             tasks_refused_draining: 0,
+            more_input: false,
         };
         let body = serde_json::to_vec(&config.hello).unwrap_or_default();
         encode_frame(&mut machine.out, FrameKind::Hello, 0, 0, &body);
@@ -363,15 +421,11 @@ impl WorkerMachine {
             return self.close_reason.clone().map(Event::Closed);
         }
         loop {
-            match self.phase {
-                Phase::Closed | Phase::GoodbyeDue => return None,
-                _ => {}
-            }
-            if self.in_flight.len() >= self.max_in_flight {
+            if !self.may_take_frame() {
                 return None;
             }
-            let frame = match self.recv.next_frame() {
-                Ok(Some(frame)) => frame,
+            let header = match self.recv.next_frame() {
+                Ok(Some(frame)) => frame.header,
                 Ok(None) => {
                     self.check_drained();
                     return None;
@@ -382,23 +436,146 @@ impl WorkerMachine {
                     return self.take_close_event();
                 }
             };
-            // Copy what we need out of the borrowed frame before mutating self.
-            let header = frame.header;
-            match (self.phase, header.kind) {
-                (_, FrameKind::Error) => {
-                    let body: Option<ErrorBody> = serde_json::from_slice(frame.body).ok();
-                    let (code, message) = body.map(|b| (b.code, b.message)).unwrap_or_else(|| {
-                        ("unknown".to_owned(), "unparseable ERROR body".to_owned())
-                    });
-                    let during_handshake = self.phase == Phase::AwaitingWelcome;
-                    self.close(CloseReason::PeerError {
-                        code,
-                        message,
-                        during_handshake,
-                    });
+            match self.on_frame(header, FrameAt::Buffered, now) {
+                Step::Continue => {}
+                Step::Return(event) => return event,
+                Step::Task {
+                    ack_requested,
+                    name_len,
+                } => {
+                    // The frame's body is still where `next_frame` left it.
+                    let body = self.recv.last_body();
+                    return Some(Event::Task(task_request(
+                        header.id,
+                        body,
+                        name_len,
+                        ack_requested,
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Like [`WorkerMachine::poll_event`], but decodes frames where they lie
+    /// in `input` instead of copying them into the receive buffer first. Each
+    /// frame acted on is cut from the front of `input`; a task borrows from
+    /// `input`, not from the machine.
+    ///
+    /// When this returns `None`, what is left in `input` (the start of a
+    /// frame, or whole frames held back by a full window or a closed
+    /// connection) must be handed to [`WorkerMachine::stash_input`] before
+    /// any more bytes arrive. Only call this while the receive buffer holds
+    /// nothing ([`WorkerMachine::buffered`] is 0): the bytes buffered come
+    /// first. If it does not, nothing is decoded and `None` is returned.
+    ///
+    /// Record the arrival of the bytes with [`WorkerMachine::note_input`].
+    #[inline]
+    pub fn poll_input<'b>(&mut self, input: &mut &'b [u8], now: Instant) -> Option<Event<'b>> {
+        self.more_input = false;
+        if self.close_pending {
+            self.close_pending = false;
+            return self.close_reason.clone().map(Event::Closed);
+        }
+        if self.recv.buffered() != 0 {
+            return None;
+        }
+        loop {
+            if !self.may_take_frame() {
+                return None;
+            }
+            let header = match decode(input, self.recv.max_body()) {
+                Ok(Decoded::Frame(header)) => header,
+                Ok(Decoded::Incomplete { .. }) => {
+                    self.check_drained();
+                    return None;
+                }
+                Err(err) => {
+                    let code = err.code();
+                    self.violation(code, err.to_string());
                     return self.take_close_event();
                 }
-                (Phase::AwaitingWelcome, FrameKind::Welcome) => match parse_welcome(frame) {
+            };
+            let bytes: &'b [u8] = input;
+            let (frame, rest) = bytes.split_at(header.frame_len());
+            *input = rest;
+            let body = frame.get(HEADER_LEN..).unwrap_or_default();
+            match self.on_frame(header, FrameAt::Input { body, rest }, now) {
+                Step::Continue => {}
+                Step::Return(event) => return event,
+                Step::Task {
+                    ack_requested,
+                    name_len,
+                } => {
+                    // Until the driver polls again, frames after this one
+                    // are not in the receive buffer but still unread in
+                    // `input`: no GOODBYE may be declared due meanwhile.
+                    self.more_input = !rest.is_empty();
+                    return Some(Event::Task(task_request(
+                        header.id,
+                        body,
+                        name_len,
+                        ack_requested,
+                    )));
+                }
+            }
+        }
+    }
+
+    /// `len` bytes arrived that the driver decodes in place
+    /// ([`WorkerMachine::poll_input`]).
+    pub fn note_input(&mut self, len: usize, now: Instant) {
+        if len > 0 {
+            self.last_received = now;
+        }
+    }
+
+    /// Bytes received and not yet decoded, held in the receive buffer.
+    pub fn buffered(&self) -> usize {
+        self.recv.buffered()
+    }
+
+    /// Copy into the receive buffer as much of `input` as completes the
+    /// frame it holds the start of; returns how many bytes were taken. What
+    /// follows can then go to [`WorkerMachine::poll_input`] once
+    /// [`WorkerMachine::poll_event`] has taken that frame.
+    pub fn complete_buffered(&mut self, input: &[u8]) -> usize {
+        self.recv.complete_from(input)
+    }
+
+    /// Keep bytes [`WorkerMachine::poll_input`] left undecoded (or that could
+    /// not be decoded in place) in the receive buffer, after what it holds.
+    pub fn stash_input(&mut self, input: &[u8]) {
+        self.more_input = false;
+        if !input.is_empty() {
+            self.recv.extend(input);
+        }
+    }
+
+    /// Whether another frame may be taken now.
+    #[inline]
+    fn may_take_frame(&self) -> bool {
+        !matches!(self.phase, Phase::Closed | Phase::GoodbyeDue)
+            && self.in_flight.len() < self.max_in_flight
+    }
+
+    /// Act on one frame taken from the input; `at` says where its body lies.
+    fn on_frame(&mut self, header: FrameHeader, at: FrameAt<'_>, now: Instant) -> Step {
+        match (self.phase, header.kind) {
+            (_, FrameKind::Error) => {
+                let body: Option<ErrorBody> = serde_json::from_slice(at.body(&self.recv)).ok();
+                let (code, message) = body
+                    .map(|b| (b.code, b.message))
+                    .unwrap_or_else(|| ("unknown".to_owned(), "unparseable ERROR body".to_owned()));
+                let during_handshake = self.phase == Phase::AwaitingWelcome;
+                self.close(CloseReason::PeerError {
+                    code,
+                    message,
+                    during_handshake,
+                });
+                Step::Return(self.take_close_event())
+            }
+            (Phase::AwaitingWelcome, FrameKind::Welcome) => {
+                match parse_welcome(at.body(&self.recv)) {
                     Ok(welcome) => {
                         self.peer_max_body = welcome.max_body;
                         self.heartbeat = (welcome.heartbeat_ms > 0)
@@ -408,96 +585,103 @@ impl WorkerMachine {
                             None => Phase::Active,
                         };
                         self.last_received = now;
-                        return Some(Event::Welcomed(welcome));
+                        Step::Return(Some(Event::Welcomed(welcome)))
                     }
                     Err((code, message)) => {
                         self.violation(code, message);
-                        return self.take_close_event();
+                        Step::Return(self.take_close_event())
                     }
-                },
-                (Phase::AwaitingWelcome, kind) => {
-                    self.violation(codes::UNEXPECTED_FRAME, format!("{kind} before WELCOME"));
-                    return self.take_close_event();
-                }
-                (_, FrameKind::Welcome) => {
-                    self.violation(codes::UNEXPECTED_FRAME, "second WELCOME".to_owned());
-                    return self.take_close_event();
-                }
-                (_, kind @ (FrameKind::Hello | FrameKind::Ack | FrameKind::Result)) => {
-                    self.violation(
-                        codes::UNEXPECTED_FRAME,
-                        format!("a worker never receives {kind}"),
-                    );
-                    return self.take_close_event();
-                }
-                (_, FrameKind::Ping) => {
-                    encode_frame(&mut self.out, FrameKind::Pong, 0, header.id, &[]);
-                    self.last_sent = now;
-                }
-                (_, FrameKind::Pong) => {}
-                (_, FrameKind::Drain) => {
-                    self.refuse_tasks = true;
-                    if self.drain.is_none() {
-                        self.drain = Some(DrainOrigin::Manager);
-                        self.phase = Phase::Draining(DrainOrigin::Manager);
-                        self.check_drained();
-                        return Some(Event::DrainRequested);
-                    }
-                }
-                (_, FrameKind::Goodbye) => {
-                    self.close(CloseReason::PeerGoodbye);
-                    return self.take_close_event();
-                }
-                (_, FrameKind::Task) => {
-                    let (name, payload) = match split_task_body(frame.body) {
-                        Ok(parts) => parts,
-                        Err(message) => {
-                            self.violation(codes::BAD_FRAME, message);
-                            return self.take_close_event();
-                        }
-                    };
-                    // One hash lookup on the hot path: insert, and a
-                    // duplicate shows as a failed insert.
-                    let fresh = if self.refuse_tasks {
-                        !self.in_flight.contains(&header.id)
-                    } else {
-                        self.in_flight.insert(header.id)
-                    };
-                    if !fresh {
-                        self.violation(
-                            codes::DUPLICATE_TASK_ID,
-                            format!("task id {} is already in flight", header.id),
-                        );
-                        return self.take_close_event();
-                    }
-                    if self.refuse_tasks {
-                        self.tasks_refused_draining += 1;
-                        let body = self.failure_body(codes::DRAINING, "worker is draining");
-                        encode_frame(
-                            &mut self.out,
-                            FrameKind::Result,
-                            FLAG_FAILED,
-                            header.id,
-                            &body,
-                        );
-                        self.last_sent = now;
-                        continue;
-                    }
-                    let ack_requested = header.flags & FLAG_ACK_REQUESTED != 0;
-                    if ack_requested {
-                        encode_frame(&mut self.out, FrameKind::Ack, 0, header.id, &[]);
-                        self.last_sent = now;
-                    }
-                    // Re-borrow the body: the frame borrow ended when we mutated self.
-                    let (name, payload) = self.reborrow_task(name, payload);
-                    return Some(Event::Task(TaskRequest {
-                        id: header.id,
-                        handler: name,
-                        payload,
-                        ack_requested,
-                    }));
                 }
             }
+            (Phase::AwaitingWelcome, kind) => {
+                self.violation(codes::UNEXPECTED_FRAME, format!("{kind} before WELCOME"));
+                Step::Return(self.take_close_event())
+            }
+            (_, FrameKind::Welcome) => {
+                self.violation(codes::UNEXPECTED_FRAME, "second WELCOME".to_owned());
+                Step::Return(self.take_close_event())
+            }
+            (_, kind @ (FrameKind::Hello | FrameKind::Ack | FrameKind::Result)) => {
+                self.violation(
+                    codes::UNEXPECTED_FRAME,
+                    format!("a worker never receives {kind}"),
+                );
+                Step::Return(self.take_close_event())
+            }
+            (_, FrameKind::Ping) => {
+                encode_frame(&mut self.out, FrameKind::Pong, 0, header.id, &[]);
+                self.last_sent = now;
+                Step::Continue
+            }
+            (_, FrameKind::Pong) => Step::Continue,
+            (_, FrameKind::Drain) => {
+                self.refuse_tasks = true;
+                if self.drain.is_some() {
+                    return Step::Continue;
+                }
+                self.drain = Some(DrainOrigin::Manager);
+                self.phase = Phase::Draining(DrainOrigin::Manager);
+                let more = match at {
+                    FrameAt::Input { rest, .. } => has_frame(rest, self.recv.max_body()),
+                    FrameAt::Buffered => false,
+                };
+                if !more {
+                    self.check_drained();
+                }
+                Step::Return(Some(Event::DrainRequested))
+            }
+            (_, FrameKind::Goodbye) => {
+                self.close(CloseReason::PeerGoodbye);
+                Step::Return(self.take_close_event())
+            }
+            (_, FrameKind::Task) => self.on_task(header, at, now),
+        }
+    }
+
+    #[inline]
+    fn on_task(&mut self, header: FrameHeader, at: FrameAt<'_>, now: Instant) -> Step {
+        let name_len = match task_name_len(at.body(&self.recv)) {
+            Ok(name_len) => name_len,
+            Err(message) => {
+                self.violation(codes::BAD_FRAME, message);
+                return Step::Return(self.take_close_event());
+            }
+        };
+        // One hash lookup on the hot path: insert, and a duplicate shows as
+        // a failed insert.
+        let fresh = if self.refuse_tasks {
+            !self.in_flight.contains(&header.id)
+        } else {
+            self.in_flight.insert(header.id)
+        };
+        if !fresh {
+            self.violation(
+                codes::DUPLICATE_TASK_ID,
+                format!("task id {} is already in flight", header.id),
+            );
+            return Step::Return(self.take_close_event());
+        }
+        if self.refuse_tasks {
+            self.tasks_refused_draining += 1;
+            let body = self.failure_body(codes::DRAINING, "worker is draining");
+            encode_frame(
+                &mut self.out,
+                FrameKind::Result,
+                FLAG_FAILED,
+                header.id,
+                &body,
+            );
+            self.last_sent = now;
+            return Step::Continue;
+        }
+        let ack_requested = header.flags & FLAG_ACK_REQUESTED != 0;
+        if ack_requested {
+            encode_frame(&mut self.out, FrameKind::Ack, 0, header.id, &[]);
+            self.last_sent = now;
+        }
+        Step::Task {
+            ack_requested,
+            name_len,
         }
     }
 
@@ -521,15 +705,7 @@ impl WorkerMachine {
             TaskOutcome::Ok(output) if output.len() <= self.peer_max_body as usize => {
                 encode_frame(&mut self.out, FrameKind::Result, 0, id, output);
             }
-            TaskOutcome::Ok(output) => {
-                let message = format!(
-                    "result of {} bytes exceeds the manager's max_body {}",
-                    output.len(),
-                    self.peer_max_body
-                );
-                let body = self.failure_body(codes::RESULT_TOO_LARGE, &message);
-                encode_frame(&mut self.out, FrameKind::Result, FLAG_FAILED, id, &body);
-            }
+            TaskOutcome::Ok(output) => self.result_too_large(id, output.len()),
             TaskOutcome::Failed { code, message } => {
                 let body = self.failure_body(code, message);
                 encode_frame(&mut self.out, FrameKind::Result, FLAG_FAILED, id, &body);
@@ -538,6 +714,15 @@ impl WorkerMachine {
         self.last_sent = now;
         self.check_drained();
         Ok(())
+    }
+
+    fn result_too_large(&mut self, id: u64, len: usize) {
+        let message = format!(
+            "result of {len} bytes exceeds the manager's max_body {}",
+            self.peer_max_body
+        );
+        let body = self.failure_body(codes::RESULT_TOO_LARGE, &message);
+        encode_frame(&mut self.out, FrameKind::Result, FLAG_FAILED, id, &body);
     }
 
     /// Begin a worker-initiated drain (SIGTERM, `request_stop`).
@@ -657,18 +842,6 @@ impl WorkerMachine {
         self.out.drain(..n.min(self.out.len()));
     }
 
-    fn reborrow_task(
-        &self,
-        name: std::ops::Range<usize>,
-        payload: std::ops::Range<usize>,
-    ) -> (&str, &[u8]) {
-        // `split_task_body` gave offsets relative to the body of the frame
-        // just consumed, which `last_body` still holds.
-        let body = self.recv.last_body();
-        let name = std::str::from_utf8(&body[name]).unwrap_or("");
-        (name, &body[payload])
-    }
-
     fn violation(&mut self, code: &'static str, message: String) {
         let body = self.failure_body(code, &message);
         encode_frame(&mut self.out, FrameKind::Error, 0, 0, &body);
@@ -684,7 +857,7 @@ impl WorkerMachine {
         self.close_pending = true;
     }
 
-    fn take_close_event(&mut self) -> Option<Event<'_>> {
+    fn take_close_event(&mut self) -> Option<Event<'static>> {
         self.close_pending = false;
         self.close_reason.clone().map(Event::Closed)
     }
@@ -694,7 +867,7 @@ impl WorkerMachine {
     /// by a full window) is still answered first.
     fn check_drained(&mut self) {
         if let Phase::Draining(_) = self.phase {
-            if self.in_flight.is_empty() && !self.has_buffered_frame() {
+            if self.in_flight.is_empty() && !self.more_input && !self.has_buffered_frame() {
                 self.phase = Phase::GoodbyeDue;
             }
         }
@@ -702,10 +875,7 @@ impl WorkerMachine {
 
     /// A whole frame (or a header that will be refused) is buffered.
     fn has_buffered_frame(&self) -> bool {
-        !matches!(
-            decode(self.recv.pending(), self.recv.max_body()),
-            Ok(Decoded::Incomplete { .. })
-        )
+        has_frame(self.recv.pending(), self.recv.max_body())
     }
 
     /// A FAILED / ERROR body that fits the manager's `max_body`: the message
@@ -735,8 +905,8 @@ impl WorkerMachine {
     }
 }
 
-fn parse_welcome(frame: FrameRef<'_>) -> Result<Welcome, (&'static str, String)> {
-    let welcome: Welcome = serde_json::from_slice(frame.body).map_err(|err| {
+fn parse_welcome(body: &[u8]) -> Result<Welcome, (&'static str, String)> {
+    let welcome: Welcome = serde_json::from_slice(body).map_err(|err| {
         (
             codes::BAD_FRAME,
             format!("WELCOME body is not valid: {err}"),
@@ -761,6 +931,14 @@ fn parse_welcome(frame: FrameRef<'_>) -> Result<Welcome, (&'static str, String)>
 pub fn split_task_body(
     body: &[u8],
 ) -> Result<(std::ops::Range<usize>, std::ops::Range<usize>), String> {
+    let name_len = task_name_len(body)?;
+    Ok((1..1 + name_len, 1 + name_len..body.len()))
+}
+
+/// The `name_len` of a TASK body, once the name is checked as
+/// [`split_task_body`] describes.
+#[inline]
+fn task_name_len(body: &[u8]) -> Result<usize, String> {
     let Some((&name_len, rest)) = body.split_first() else {
         return Err("TASK body is empty: no name_len".to_owned());
     };
@@ -768,16 +946,16 @@ pub fn split_task_body(
     if name_len == 0 || name_len > MAX_HANDLER_NAME {
         return Err(format!("TASK name_len {name_len} is outside 1..=64"));
     }
-    if rest.len() < name_len {
+    let Some(name) = rest.get(..name_len) else {
         return Err(format!(
             "TASK body of {} bytes is shorter than 1 + name_len {name_len}",
             body.len()
         ));
-    }
-    if !rest[..name_len].iter().all(u8::is_ascii_graphic) {
+    };
+    if !name.iter().all(u8::is_ascii_graphic) {
         return Err("TASK handler name is not printable ASCII".to_owned());
     }
-    Ok((1..1 + name_len, 1 + name_len..body.len()))
+    Ok(name_len)
 }
 
 /// Encode a TASK body (for managers and tests).

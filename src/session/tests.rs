@@ -566,3 +566,199 @@ fn worker_stop_answers_a_task_read_behind_a_full_window_before_goodbye() {
     assert_eq!(error_body(late).code, "draining");
     assert_eq!(out.last().map(|f| f.kind), Some(FrameKind::Goodbye));
 }
+
+// ---------------------------------------------------------------------------
+// Frames decoded where they lie in the input
+// ---------------------------------------------------------------------------
+
+/// A mixed stream: tasks of several handlers (one with ACK_REQUESTED, one
+/// unknown, one with a 300-byte payload), a PING and a PONG.
+fn mixed_stream() -> Vec<u8> {
+    let mut stream = Vec::new();
+    stream.extend(task(1, "echo", b"first"));
+    stream.extend(task_frame(2, FLAG_ACK_REQUESTED, "crc32c", b"123456789"));
+    stream.extend(frame(FrameKind::Ping, 0, 77, b""));
+    stream.extend(task(3, "sha256", b"abc"));
+    stream.extend(task(4, "nope", b"x"));
+    stream.extend(frame(FrameKind::Pong, 0, 5, b""));
+    stream.extend(task(5, "echo", &[0xa5; 300]));
+    stream.extend(task(6, "sink", b"gone"));
+    stream.extend(task(7, "echo", b""));
+    stream
+}
+
+/// Feed `stream` to a fresh welcomed session in the pieces `cuts` makes of
+/// it, returning every frame written and the in-flight count at the end.
+fn feed_in_pieces(stream: &[u8], cuts: &[usize]) -> (Vec<Out>, usize) {
+    let (mut s, _stats, t0) = welcomed_session(0, 8, 1 << 20);
+    let mut from = 0;
+    let mut out = Vec::new();
+    for &cut in cuts.iter().chain(std::iter::once(&stream.len())) {
+        s.on_input(&stream[from..cut], t0);
+        out.extend(take(&mut s));
+        from = cut;
+    }
+    (out, s.in_flight())
+}
+
+#[test]
+fn a_stream_split_at_every_byte_position_is_answered_the_same() {
+    let stream = mixed_stream();
+    let (whole, in_flight) = feed_in_pieces(&stream, &[]);
+    assert_eq!(in_flight, 0);
+    assert_eq!(
+        kinds(&whole),
+        [
+            FrameKind::Result,
+            FrameKind::Ack,
+            FrameKind::Result,
+            FrameKind::Pong,
+            FrameKind::Result,
+            FrameKind::Result,
+            FrameKind::Result,
+            FrameKind::Result,
+            FrameKind::Result,
+        ]
+    );
+    assert_eq!(whole[0].body, b"first");
+    assert_eq!(whole[2].body, 0xE306_9283u32.to_be_bytes());
+    assert_eq!(whole[3].id, 77);
+    assert_eq!(error_body(&whole[5]).code, "unknown_handler");
+    assert_eq!(whole[6].body, [0xa5; 300]);
+    assert_eq!(whole[7].body, b"");
+    assert_eq!(whole[8].body, b"");
+    for cut in 0..=stream.len() {
+        assert_eq!(
+            feed_in_pieces(&stream, &[cut]),
+            (whole.clone(), 0),
+            "split at {cut}"
+        );
+    }
+}
+
+#[test]
+fn a_stream_fed_one_byte_at_a_time_is_answered_the_same() {
+    let stream = mixed_stream();
+    let (whole, _) = feed_in_pieces(&stream, &[]);
+    let cuts: Vec<usize> = (1..stream.len()).collect();
+    assert_eq!(feed_in_pieces(&stream, &cuts), (whole, 0));
+}
+
+proptest::proptest! {
+    #[test]
+    fn any_split_of_a_stream_is_answered_the_same(
+        cuts in proptest::collection::vec(proptest::sample::select((0..=mixed_stream().len()).collect::<Vec<_>>()), 0..12),
+    ) {
+        let stream = mixed_stream();
+        let mut cuts = cuts;
+        cuts.sort_unstable();
+        let (whole, _) = feed_in_pieces(&stream, &[]);
+        proptest::prop_assert_eq!(feed_in_pieces(&stream, &cuts), (whole, 0));
+    }
+}
+
+/// Tasks behind a full window stay buffered (copied out of the input) and
+/// are answered, in order, once the window opens; later input queues behind
+/// them.
+#[test]
+fn tasks_behind_a_full_window_are_kept_and_answered_in_order() {
+    let (mut s, _stats, t0) = welcomed_session(0, 1, 1 << 20);
+    let ms = Duration::from_millis;
+    let mut input = task(1, "sleep", &sleep_ms(50));
+    input.extend(task(2, "echo", b"two"));
+    input.extend(task(3, "echo", b"three"));
+    // The start of task 4 arrives with them, its end later.
+    let four = task(4, "echo", b"four");
+    input.extend(&four[..9]);
+    s.on_input(&input, t0);
+    assert!(!s.has_output());
+    assert_eq!(s.in_flight(), 1);
+    s.on_input(&four[9..], t0);
+    assert!(!s.has_output());
+    s.handle_timeout(t0 + ms(50));
+    let out = take(&mut s);
+    let answered: Vec<(u64, Vec<u8>)> = out.iter().map(|f| (f.id, f.body.clone())).collect();
+    assert_eq!(
+        answered,
+        [
+            (1, b"".to_vec()),
+            (2, b"two".to_vec()),
+            (3, b"three".to_vec()),
+            (4, b"four".to_vec()),
+        ]
+    );
+    assert_eq!(s.in_flight(), 0);
+    // Decoding in place resumes once the buffer is empty.
+    assert_eq!(
+        run_task(&mut s, t0 + ms(60), 5, "echo", b"five").body,
+        b"five"
+    );
+}
+
+/// A DRAIN followed in the same read by a TASK: the TASK is answered
+/// `draining` before GOODBYE is due.
+#[test]
+fn a_task_in_the_same_read_after_drain_is_answered_draining_before_goodbye() {
+    let (mut s, _stats, t0) = welcomed_session(0, 8, 1 << 20);
+    let mut input = frame(FrameKind::Drain, 0, 0, b"");
+    input.extend(task(9, "echo", b"late"));
+    s.on_input(&input, t0);
+    let out = take(&mut s);
+    assert_eq!(kinds(&out), [FrameKind::Result]);
+    assert_eq!(out[0].id, 9);
+    assert_eq!(error_body(&out[0]).code, "draining");
+    assert_eq!(s.phase(), Phase::GoodbyeDue);
+}
+
+/// The window (max_in_flight 2) fills with a sleep while a drain is under
+/// way: the echo decoded in place right before a partial frame completes,
+/// and GOODBYE waits for the sleep.
+#[test]
+fn worker_drain_with_tasks_decoded_in_place_waits_for_every_result() {
+    let (mut s, _stats, t0) = welcomed_session(0, 2, 1 << 20);
+    let ms = Duration::from_millis;
+    let mut input = task(1, "sleep", &sleep_ms(10));
+    input.extend(task(2, "echo", b"two"));
+    let three = task(3, "echo", b"three");
+    input.extend(&three[..3]);
+    s.on_input(&input, t0);
+    s.start_drain(t0);
+    assert_eq!(
+        s.phase(),
+        Phase::Draining(crate::protocol::DrainOrigin::Worker)
+    );
+    s.on_input(&three[3..], t0);
+    let out = take(&mut s);
+    assert_eq!(
+        out.iter().map(|f| (f.kind, f.id)).collect::<Vec<_>>(),
+        [
+            (FrameKind::Result, 2),
+            (FrameKind::Drain, 0),
+            (FrameKind::Result, 3)
+        ]
+    );
+    assert_eq!(error_body(&out[2]).code, "draining");
+    assert_eq!(
+        s.phase(),
+        Phase::Draining(crate::protocol::DrainOrigin::Worker)
+    );
+    s.handle_timeout(t0 + ms(10));
+    assert_eq!(s.phase(), Phase::GoodbyeDue);
+    assert_eq!(kinds(&take(&mut s)), [FrameKind::Result]);
+}
+
+/// A malformed header in place is a protocol violation, as when buffered.
+#[test]
+fn a_bad_header_decoded_in_place_is_bad_frame() {
+    let (mut s, _stats, t0) = welcomed_session(0, 8, 1 << 20);
+    let mut input = task(1, "echo", b"ok");
+    let mut bad = frame(FrameKind::Ping, 0, 0, b"");
+    bad[6] = 1; // reserved
+    input.extend(bad);
+    input.extend(task(2, "echo", b"never"));
+    s.on_input(&input, t0);
+    let out = take(&mut s);
+    assert_eq!(kinds(&out), [FrameKind::Result, FrameKind::Error]);
+    assert_eq!(error_body(&out[1]).code, "bad_frame");
+    assert!(s.closed().is_some());
+}
