@@ -55,8 +55,21 @@ impl TaskFailure {
 
 /// Work a TASK can name.
 pub trait Handler: Send + Sync + 'static {
-    /// Run on `payload`, appending the output to `out` (empty on entry).
+    /// Run on `payload`, appending the output to `out` (empty on entry,
+    /// unless [`Handler::appends_output`] says otherwise).
     fn call(&self, payload: &[u8], out: &mut Vec<u8>) -> Result<Reply, TaskFailure>;
+
+    /// Whether [`Handler::call`] only ever appends to `out`: it never reads,
+    /// truncates or rewrites what `out` held on entry, and leaves its
+    /// capacity to the caller. A session then passes its output buffer
+    /// itself (already holding other frames) and the output is written once,
+    /// in place, instead of being copied there from a buffer of its own.
+    /// Whatever was appended is discarded if the call fails.
+    ///
+    /// The default is `false`: `out` is an empty buffer of the handler's own.
+    fn appends_output(&self) -> bool {
+        false
+    }
 }
 
 impl<F> Handler for F
@@ -157,6 +170,15 @@ impl HandlerRegistry {
             .map(|at| (at, &self.entries[at].1))
     }
 
+    /// For each position of [`HandlerRegistry::names`], whether that handler
+    /// [appends its output](Handler::appends_output).
+    pub fn appends_output(&self) -> Vec<bool> {
+        self.entries
+            .iter()
+            .map(|(_, handler)| handler.appends_output())
+            .collect()
+    }
+
     /// The handler at position `index` of [`HandlerRegistry::names`].
     pub fn lookup_index(&self, index: usize) -> Option<(usize, &Arc<dyn Handler>)> {
         self.entries.get(index).map(|(_, handler)| (index, handler))
@@ -195,6 +217,34 @@ mod tests {
         let failure = registry.call("nope", b"", &mut out).unwrap_err();
         assert_eq!(failure.code, "unknown_handler");
         assert!(failure.message.contains("nope"));
+    }
+
+    #[test]
+    fn builtins_append_their_output_and_closures_get_a_buffer_of_their_own() {
+        let mut registry = HandlerRegistry::with_builtins();
+        registry
+            .register("closure", |_: &[u8], _: &mut Vec<u8>| Ok(Reply::Ready))
+            .unwrap();
+        assert_eq!(
+            registry
+                .names()
+                .into_iter()
+                .zip(registry.appends_output())
+                .collect::<Vec<_>>(),
+            [
+                ("closure".to_owned(), false),
+                ("crc32c".to_owned(), true),
+                ("echo".to_owned(), true),
+                ("sha256".to_owned(), true),
+                ("sink".to_owned(), true),
+                ("sleep".to_owned(), true),
+            ]
+        );
+        // Appending leaves what the buffer held untouched.
+        let mut out = b"held".to_vec();
+        registry.call("echo", b"+more", &mut out).unwrap();
+        registry.call("crc32c", b"", &mut out).unwrap();
+        assert_eq!(out, b"held+more\0\0\0\0");
     }
 
     #[test]

@@ -18,8 +18,8 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
 use super::frame::{
-    decode, encode_frame, Decoded, FrameBuffer, FrameHeader, FrameKind, FLAG_ACK_REQUESTED,
-    FLAG_FAILED, HEADER_LEN, MAX_HANDLER_NAME,
+    decode, encode_frame, encode_header, Decoded, FrameBuffer, FrameHeader, FrameKind,
+    FLAG_ACK_REQUESTED, FLAG_FAILED, HEADER_LEN, LEN_COUNTED_HEADER, MAX_HANDLER_NAME,
 };
 use super::hello::{codes, ErrorBody, GoodbyeBody, Hello, Welcome, PROTOCOL_VERSION};
 
@@ -246,6 +246,8 @@ pub struct WorkerMachine {
     /// [`WorkerMachine::poll_input`] handed out a task and the driver's
     /// input holds more bytes it has not decoded yet.
     more_input: bool,
+    /// Where the RESULT begun by [`WorkerMachine::begin_result`] starts in `out`.
+    result_start: usize,
 }
 
 /// Where the body of the frame being acted on lies.
@@ -326,6 +328,7 @@ impl WorkerMachine {
             refuse_tasks: false,
             tasks_refused_draining: 0,
             more_input: false,
+            result_start: 0,
         };
         let body = serde_json::to_vec(&config.hello).unwrap_or_default();
         encode_frame(&mut machine.out, FrameKind::Hello, 0, 0, &body);
@@ -714,6 +717,65 @@ impl WorkerMachine {
         self.last_sent = now;
         self.check_drained();
         Ok(())
+    }
+
+    /// Start the RESULT of task `id` in the output buffer, for a handler to
+    /// append the body to directly (no copy through a buffer of its own):
+    /// returns the output buffer, which already holds the frame's header and
+    /// everything queued before it. Follow with exactly one of
+    /// [`WorkerMachine::commit_result`] or [`WorkerMachine::abandon_result`]
+    /// before anything else is queued.
+    #[inline]
+    pub fn begin_result(&mut self, id: u64) -> &mut Vec<u8> {
+        self.result_start = self.out.len();
+        encode_header(&mut self.out, FrameKind::Result, 0, id, 0);
+        &mut self.out
+    }
+
+    /// The body appended since [`WorkerMachine::begin_result`].
+    pub fn result_body(&self) -> &[u8] {
+        self.out
+            .get(self.result_start + HEADER_LEN..)
+            .unwrap_or_default()
+    }
+
+    /// Drop the RESULT begun with [`WorkerMachine::begin_result`]: the task
+    /// failed, or its answer is due later.
+    pub fn abandon_result(&mut self) {
+        self.out.truncate(self.result_start);
+    }
+
+    /// Finish the RESULT begun with [`WorkerMachine::begin_result`] for task
+    /// `id`: what was appended since is its body. As with
+    /// [`WorkerMachine::complete_task`], a body larger than the manager's
+    /// `max_body` becomes a FAILED `result_too_large`. Returns the body's
+    /// length.
+    #[inline]
+    pub fn commit_result(&mut self, id: u64, now: Instant) -> Result<usize, NotInFlight> {
+        let start = self.result_start;
+        let body_len = self.out.len().saturating_sub(start + HEADER_LEN);
+        if !self.in_flight.remove(&id) {
+            self.out.truncate(start);
+            return Err(NotInFlight(id));
+        }
+        if self.phase == Phase::Closed {
+            self.out.truncate(start);
+            return Ok(body_len);
+        }
+        match u32::try_from(body_len) {
+            Ok(len) if len <= self.peer_max_body => {
+                if let Some(field) = self.out.get_mut(start..start + 4) {
+                    field.copy_from_slice(&(len + LEN_COUNTED_HEADER).to_be_bytes());
+                }
+            }
+            _ => {
+                self.out.truncate(start);
+                self.result_too_large(id, body_len);
+            }
+        }
+        self.last_sent = now;
+        self.check_drained();
+        Ok(body_len)
     }
 
     fn result_too_large(&mut self, id: u64, len: usize) {

@@ -762,3 +762,117 @@ fn a_bad_header_decoded_in_place_is_bad_frame() {
     assert_eq!(error_body(&out[1]).code, "bad_frame");
     assert!(s.closed().is_some());
 }
+
+// ---------------------------------------------------------------------------
+// Handlers writing straight into the output buffer
+// ---------------------------------------------------------------------------
+
+#[test]
+fn echo_results_are_written_byte_exact_behind_earlier_frames() {
+    let (mut s, _stats, t0) = welcomed_session(0, 8, 1 << 20);
+    let mut input = task_frame(0x0102_0304_0506_0708, FLAG_ACK_REQUESTED, "echo", b"hello");
+    input.extend(task(9, "echo", b""));
+    s.on_input(&input, t0);
+    let mut want = Vec::new();
+    want.extend([0, 0, 0, 12, 0x11, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
+    want.extend([0, 0, 0, 17, 0x12, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
+    want.extend(b"hello");
+    want.extend([0, 0, 0, 12, 0x12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9]);
+    assert_eq!(s.take_output(Vec::new()), want);
+}
+
+/// Appends its payload, then fails when the payload starts with `!`, or
+/// answers after 5 ms when it starts with `~`.
+struct Appender;
+
+impl crate::handlers::Handler for Appender {
+    fn call(&self, payload: &[u8], out: &mut Vec<u8>) -> Result<Reply, TaskFailure> {
+        out.extend_from_slice(payload);
+        match payload.first() {
+            Some(b'!') => Err(TaskFailure::handler_failed("refused")),
+            Some(b'~') => Ok(Reply::After(Duration::from_millis(5))),
+            _ => Ok(Reply::Ready),
+        }
+    }
+
+    fn appends_output(&self) -> bool {
+        true
+    }
+}
+
+fn session_with(
+    name: &str,
+    handler: impl crate::handlers::Handler,
+) -> (WorkerSession, Arc<SessionStats>, Instant) {
+    let mut handlers = HandlerRegistry::with_builtins();
+    handlers.register(name, handler).unwrap();
+    let stats = Arc::new(SessionStats::new(0));
+    let t0 = Instant::now();
+    let mut s = WorkerSession::new(0, &session_config(8), handlers, stats.clone(), t0);
+    take(&mut s);
+    s.on_input(&welcome(64, 0), t0);
+    assert_eq!(s.phase(), Phase::Active);
+    (s, stats, t0)
+}
+
+#[test]
+fn what_an_appending_handler_wrote_before_failing_is_discarded() {
+    let (mut s, stats, t0) = session_with("append", Appender);
+    let mut input = task(1, "echo", b"before");
+    input.extend(task(2, "append", b"!partial"));
+    input.extend(task(3, "append", b"fine"));
+    s.on_input(&input, t0);
+    let out = take(&mut s);
+    assert_eq!(
+        out.iter().map(|f| (f.id, f.flags)).collect::<Vec<_>>(),
+        [(1, 0), (2, FLAG_FAILED), (3, 0)]
+    );
+    assert_eq!(out[0].body, b"before");
+    assert_eq!(error_body(&out[1]).code, "handler_failed");
+    assert_eq!(out[2].body, b"fine");
+    assert_eq!(stats.tasks_ok(), 2);
+    assert_eq!(stats.tasks_failed(), 1);
+}
+
+#[test]
+fn an_appending_handler_answering_later_keeps_its_output_for_then() {
+    let (mut s, _stats, t0) = session_with("append", Appender);
+    let mut input = task(1, "append", b"~later");
+    input.extend(task(2, "append", b"now"));
+    s.on_input(&input, t0);
+    let out = take(&mut s);
+    assert_eq!(out.iter().map(|f| f.id).collect::<Vec<_>>(), [2]);
+    assert_eq!(out[0].body, b"now");
+    s.handle_timeout(t0 + Duration::from_millis(5));
+    let out = take(&mut s);
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].id, out[0].body.as_slice()), (1, &b"~later"[..]));
+}
+
+#[test]
+fn an_appending_handler_over_the_manager_max_body_is_result_too_large() {
+    let (mut s, stats, t0) = session_with("append", Appender);
+    let mut input = task(1, "append", &[b'x'; 65]);
+    input.extend(task(2, "append", &[b'y'; 64]));
+    s.on_input(&input, t0);
+    let out = take(&mut s);
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[0].flags, FLAG_FAILED);
+    assert_eq!(error_body(&out[0]).code, "result_too_large");
+    assert_eq!((out[1].flags, out[1].body.len()), (0, 64));
+    assert_eq!(stats.tasks_failed(), 1);
+}
+
+#[test]
+fn a_closure_handler_still_gets_an_empty_buffer_of_its_own() {
+    let (mut s, _stats, t0) = session_with("fresh", |payload: &[u8], out: &mut Vec<u8>| {
+        assert!(out.is_empty(), "out holds {} bytes on entry", out.len());
+        out.resize(payload.len(), b'z');
+        Ok(Reply::Ready)
+    });
+    let mut input = task(1, "echo", b"first");
+    input.extend(task(2, "fresh", b"abc"));
+    s.on_input(&input, t0);
+    let out = take(&mut s);
+    assert_eq!(out[1].body, b"zzz");
+}
