@@ -223,7 +223,12 @@ pub struct WorkerMachine {
     phase: Phase,
     recv: FrameBuffer,
     out: Vec<u8>,
+    /// Tasks in flight, but for `current`.
     in_flight: IdSet,
+    /// The task handed out last, while the driver has not answered it nor
+    /// polled again: most tasks are answered at once, so they never touch
+    /// the set. Moved into `in_flight` by the next poll.
+    current: Option<u64>,
     max_in_flight: usize,
     output_high_water: usize,
     /// The manager's `max_body`: no frame larger than this is ever sent.
@@ -313,6 +318,7 @@ impl WorkerMachine {
             recv: FrameBuffer::new(config.hello.max_body),
             out: Vec::new(),
             in_flight: IdSet::with_capacity_and_hasher(max_in_flight, Default::default()),
+            current: None,
             max_in_flight,
             output_high_water: config.output_high_water,
             peer_max_body: 0,
@@ -340,11 +346,11 @@ impl WorkerMachine {
     }
 
     pub fn in_flight(&self) -> usize {
-        self.in_flight.len()
+        self.in_flight.len() + usize::from(self.current.is_some())
     }
 
     pub fn is_in_flight(&self, id: u64) -> bool {
-        self.in_flight.contains(&id)
+        self.current == Some(id) || self.in_flight.contains(&id)
     }
 
     pub fn close_reason(&self) -> Option<&CloseReason> {
@@ -372,7 +378,7 @@ impl WorkerMachine {
             }
             Phase::Draining(_) => {}
         }
-        self.in_flight.len() < self.max_in_flight && self.out.len() < self.output_high_water
+        self.in_flight() < self.max_in_flight && self.out.len() < self.output_high_water
     }
 
     /// Space to read into (at least `min` bytes, more if the frame under way
@@ -554,11 +560,26 @@ impl WorkerMachine {
         }
     }
 
-    /// Whether another frame may be taken now.
+    /// Whether another frame may be taken now. A task handed out before
+    /// and not answered yet is held from here on.
     #[inline]
-    fn may_take_frame(&self) -> bool {
+    fn may_take_frame(&mut self) -> bool {
+        if let Some(id) = self.current.take() {
+            self.in_flight.insert(id);
+        }
         !matches!(self.phase, Phase::Closed | Phase::GoodbyeDue)
             && self.in_flight.len() < self.max_in_flight
+    }
+
+    /// Take `id` out of the tasks in flight; false if it was not in flight.
+    #[inline]
+    fn end_task(&mut self, id: u64) -> bool {
+        if self.current == Some(id) {
+            self.current = None;
+            true
+        } else {
+            self.in_flight.remove(&id)
+        }
     }
 
     /// Act on one frame taken from the input; `at` says where its body lies.
@@ -650,13 +671,10 @@ impl WorkerMachine {
                 return Step::Return(self.take_close_event());
             }
         };
-        // One hash lookup on the hot path: insert, and a duplicate shows as
-        // a failed insert.
-        let fresh = if self.refuse_tasks {
-            !self.in_flight.contains(&header.id)
-        } else {
-            self.in_flight.insert(header.id)
-        };
+        // `current` is empty here (taking the frame moved it into the set),
+        // and the set is empty while every task is answered at once: then no
+        // hashing at all.
+        let fresh = self.in_flight.is_empty() || !self.in_flight.contains(&header.id);
         if !fresh {
             self.violation(
                 codes::DUPLICATE_TASK_ID,
@@ -677,6 +695,7 @@ impl WorkerMachine {
             self.last_sent = now;
             return Step::Continue;
         }
+        self.current = Some(header.id);
         let ack_requested = header.flags & FLAG_ACK_REQUESTED != 0;
         if ack_requested {
             encode_frame(&mut self.out, FrameKind::Ack, 0, header.id, &[]);
@@ -698,7 +717,7 @@ impl WorkerMachine {
         outcome: TaskOutcome<'_>,
         now: Instant,
     ) -> Result<(), NotInFlight> {
-        if !self.in_flight.remove(&id) {
+        if !self.end_task(id) {
             return Err(NotInFlight(id));
         }
         if self.phase == Phase::Closed {
@@ -754,7 +773,7 @@ impl WorkerMachine {
     pub fn commit_result(&mut self, id: u64, now: Instant) -> Result<usize, NotInFlight> {
         let start = self.result_start;
         let body_len = self.out.len().saturating_sub(start + HEADER_LEN);
-        if !self.in_flight.remove(&id) {
+        if !self.end_task(id) {
             self.out.truncate(start);
             return Err(NotInFlight(id));
         }
@@ -929,7 +948,7 @@ impl WorkerMachine {
     /// by a full window) is still answered first.
     fn check_drained(&mut self) {
         if let Phase::Draining(_) = self.phase {
-            if self.in_flight.is_empty() && !self.more_input && !self.has_buffered_frame() {
+            if self.in_flight() == 0 && !self.more_input && !self.has_buffered_frame() {
                 self.phase = Phase::GoodbyeDue;
             }
         }

@@ -1765,3 +1765,102 @@ proptest! {
         prop_assert_eq!(m.close_reason(), None);
     }
 }
+
+// ---------------------------------------------------------------------------
+// The task handed out last (answered at once without touching the id set)
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_duplicate_of_the_task_just_handed_out_is_duplicate_task_id() {
+    let (mut m, t0) = welcomed(4);
+    let mut input = task(42, b"a");
+    input.extend(task(42, b"b"));
+    m.handle_input(&input, t0);
+    expect_task(&mut m, t0, 42);
+    assert_eq!(m.in_flight(), 1);
+    assert_violation(&mut m, t0, codes::DUPLICATE_TASK_ID);
+}
+
+#[test]
+fn tasks_held_and_the_one_just_handed_out_complete_in_any_order() {
+    let (mut m, t0) = welcomed(3);
+    for id in 1..=3 {
+        m.handle_input(&task(id, b"x"), t0);
+    }
+    for id in 1..=3 {
+        expect_task(&mut m, t0, id);
+        assert_eq!(m.in_flight(), id as usize);
+        assert!(m.is_in_flight(id));
+    }
+    // The window is full; the next task waits.
+    m.handle_input(&task(4, b"x"), t0);
+    assert_eq!(poll(&mut m, t0), None);
+    assert!(!m.wants_read());
+    m.complete_task(3, TaskOutcome::Ok(b""), t0).unwrap();
+    assert_eq!(
+        m.complete_task(3, TaskOutcome::Ok(b""), t0),
+        Err(NotInFlight(3))
+    );
+    expect_task(&mut m, t0, 4);
+    for id in [1, 4, 2] {
+        m.complete_task(id, TaskOutcome::Ok(b""), t0).unwrap();
+        assert!(!m.is_in_flight(id));
+    }
+    assert_eq!(m.in_flight(), 0);
+    let ids: Vec<u64> = take(&mut m).iter().map(|f| f.id).collect();
+    assert_eq!(ids, [3, 1, 4, 2]);
+}
+
+/// `poll_input` acts on the same frames as `poll_event` would, whatever the
+/// split of the stream, and leaves the undecoded rest for `stash_input`.
+#[test]
+fn poll_input_matches_poll_event_for_every_split() {
+    let mut stream = task_frame(1, FLAG_ACK_REQUESTED, "echo", b"one");
+    stream.extend(frame(FrameKind::Ping, 0, 5, b""));
+    stream.extend(task(2, b"two"));
+    stream.extend(task(3, b"three"));
+    let run = |cut: Option<usize>| {
+        let (mut m, t0) = welcomed(2);
+        let mut events = Vec::new();
+        let pieces = match cut {
+            Some(cut) => vec![&stream[..cut], &stream[cut..]],
+            None => vec![&stream[..]],
+        };
+        for piece in pieces {
+            if cut.is_none() {
+                m.handle_input(piece, t0);
+                events.extend(poll_all(&mut m, t0));
+                continue;
+            }
+            let mut input = piece;
+            if m.buffered() > 0 {
+                let taken = m.complete_buffered(input);
+                input = &input[taken..];
+                events.extend(poll_all(&mut m, t0));
+            }
+            if m.buffered() == 0 {
+                while let Some(event) = m.poll_input(&mut input, t0) {
+                    if let Event::Task(task) = &event {
+                        events.push(Ev::Task {
+                            id: task.id,
+                            handler: task.handler.to_owned(),
+                            payload: task.payload.to_vec(),
+                            ack: task.ack_requested,
+                        });
+                    }
+                }
+            }
+            m.stash_input(input);
+        }
+        // Window of 2: task 3 waits until one completes.
+        m.complete_task(1, TaskOutcome::Ok(b""), t0).unwrap();
+        events.extend(poll_all(&mut m, t0));
+        (events, take(&mut m), m.in_flight())
+    };
+    let whole = run(None);
+    assert_eq!(whole.0.len(), 3);
+    assert_eq!(whole.2, 2);
+    for cut in 0..=stream.len() {
+        assert_eq!(run(Some(cut)), whole, "split at {cut}");
+    }
+}
