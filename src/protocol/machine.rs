@@ -195,13 +195,23 @@ pub enum Event<'a> {
     Closed(CloseReason),
 }
 
-/// A TASK frame, borrowed from the receive buffer.
+/// A TASK frame, borrowed from the receive buffer (or the driver's input).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TaskRequest<'a> {
     pub id: u64,
-    pub handler: &'a str,
+    /// The handler name: 1..=64 bytes, each printable ASCII (checked). Kept
+    /// as bytes so a driver that matches names byte-wise pays no UTF-8
+    /// validation per task; [`TaskRequest::handler_name`] gives the `str`.
+    pub handler: &'a [u8],
     pub payload: &'a [u8],
     pub ack_requested: bool,
+}
+
+impl<'a> TaskRequest<'a> {
+    /// The handler name as a string (it is ASCII, checked on decoding).
+    pub fn handler_name(&self) -> &'a str {
+        std::str::from_utf8(self.handler).unwrap_or("")
+    }
 }
 
 /// How a task ended, as handed to [`WorkerMachine::complete_task`].
@@ -302,8 +312,7 @@ fn task_request(id: u64, body: &[u8], name_len: usize, ack_requested: bool) -> T
     let (name, payload) = body.get(1..).unwrap_or_default().split_at(name_len);
     TaskRequest {
         id,
-        // Checked to be printable ASCII, so valid UTF-8.
-        handler: std::str::from_utf8(name).unwrap_or(""),
+        handler: name,
         payload,
         ack_requested,
     }

@@ -28,7 +28,7 @@ fn poll(m: &mut WorkerMachine, now: Instant) -> Option<Ev> {
         Event::Welcomed(welcome) => Ev::Welcomed(welcome),
         Event::Task(task) => Ev::Task {
             id: task.id,
-            handler: task.handler.to_owned(),
+            handler: task.handler_name().to_owned(),
             payload: task.payload.to_vec(),
             ack: task.ack_requested,
         },
@@ -1843,7 +1843,7 @@ fn poll_input_matches_poll_event_for_every_split() {
                     if let Event::Task(task) = &event {
                         events.push(Ev::Task {
                             id: task.id,
-                            handler: task.handler.to_owned(),
+                            handler: task.handler_name().to_owned(),
                             payload: task.payload.to_vec(),
                             ack: task.ack_requested,
                         });
