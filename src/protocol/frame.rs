@@ -227,13 +227,19 @@ pub fn encode_header(out: &mut Vec<u8>, kind: FrameKind, flags: u8, id: u64, bod
         .and_then(|body| body.checked_add(LEN_COUNTED_HEADER))
         .expect("frame body over 4 GiB cannot be encoded; callers bound bodies by max_body");
     // One 16-byte store instead of five small appends (this runs per frame).
+    out.reserve(HEADER_LEN + body_len);
+    out.extend_from_slice(&header_bytes(len, kind, flags, id));
+}
+
+/// The 16 bytes of a header whose `len` field (body length + 12) is `len`.
+#[inline]
+pub fn header_bytes(len: u32, kind: FrameKind, flags: u8, id: u64) -> [u8; HEADER_LEN] {
     let mut header = [0u8; HEADER_LEN];
     header[0..4].copy_from_slice(&len.to_be_bytes());
     header[4] = kind as u8;
     header[5] = flags;
     header[8..16].copy_from_slice(&id.to_be_bytes());
-    out.reserve(HEADER_LEN + body_len);
-    out.extend_from_slice(&header);
+    header
 }
 
 /// Append a whole frame to a reusable output buffer; returns the bytes written.

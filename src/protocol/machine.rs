@@ -18,7 +18,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
 use super::frame::{
-    decode, encode_frame, encode_header, Decoded, FrameBuffer, FrameHeader, FrameKind,
+    decode, encode_frame, header_bytes, Decoded, FrameBuffer, FrameHeader, FrameKind,
     FLAG_ACK_REQUESTED, FLAG_FAILED, HEADER_LEN, LEN_COUNTED_HEADER, MAX_HANDLER_NAME,
 };
 use super::hello::{codes, ErrorBody, GoodbyeBody, Hello, Welcome, PROTOCOL_VERSION};
@@ -517,7 +517,13 @@ impl WorkerMachine {
             let (frame, rest) = bytes.split_at(header.frame_len());
             *input = rest;
             let body = frame.get(HEADER_LEN..).unwrap_or_default();
-            match self.on_frame(header, FrameAt::Input { body, rest }, now) {
+            let at = FrameAt::Input { body, rest };
+            let step = if header.kind == FrameKind::Task && self.phase != Phase::AwaitingWelcome {
+                self.on_task(header, at, now)
+            } else {
+                self.on_frame(header, at, now)
+            };
+            match step {
                 Step::Continue => {}
                 Step::Return(event) => return event,
                 Step::Task {
@@ -671,49 +677,66 @@ impl WorkerMachine {
         }
     }
 
-    #[inline]
+    /// A TASK (after WELCOME). The common case is inlined into the poll
+    /// loops; every refusal is out of line.
+    #[inline(always)]
     fn on_task(&mut self, header: FrameHeader, at: FrameAt<'_>, now: Instant) -> Step {
-        let name_len = match task_name_len(at.body(&self.recv)) {
-            Ok(name_len) => name_len,
-            Err(message) => {
-                self.violation(codes::BAD_FRAME, message);
-                return Step::Return(self.take_close_event());
-            }
+        let body = at.body(&self.recv);
+        let Some(name_len) = task_name_len(body) else {
+            let message = task_body_error(body);
+            return self.refuse_frame(codes::BAD_FRAME, message);
         };
         // `current` is empty here (taking the frame moved it into the set),
         // and the set is empty while every task is answered at once: then no
         // hashing at all.
-        let fresh = self.in_flight.is_empty() || !self.in_flight.contains(&header.id);
-        if !fresh {
-            self.violation(
-                codes::DUPLICATE_TASK_ID,
-                format!("task id {} is already in flight", header.id),
-            );
-            return Step::Return(self.take_close_event());
+        if !self.in_flight.is_empty() && self.in_flight.contains(&header.id) {
+            return self.duplicate_task(header.id);
         }
         if self.refuse_tasks {
-            self.tasks_refused_draining += 1;
-            let body = self.failure_body(codes::DRAINING, "worker is draining");
-            encode_frame(
-                &mut self.out,
-                FrameKind::Result,
-                FLAG_FAILED,
-                header.id,
-                &body,
-            );
-            self.last_sent = now;
+            self.refuse_draining(header.id, now);
             return Step::Continue;
         }
         self.current = Some(header.id);
         let ack_requested = header.flags & FLAG_ACK_REQUESTED != 0;
         if ack_requested {
-            encode_frame(&mut self.out, FrameKind::Ack, 0, header.id, &[]);
-            self.last_sent = now;
+            self.ack(header.id, now);
         }
         Step::Task {
             ack_requested,
             name_len,
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn refuse_frame(&mut self, code: &'static str, message: String) -> Step {
+        self.violation(code, message);
+        Step::Return(self.take_close_event())
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn duplicate_task(&mut self, id: u64) -> Step {
+        self.refuse_frame(
+            codes::DUPLICATE_TASK_ID,
+            format!("task id {id} is already in flight"),
+        )
+    }
+
+    /// A TASK that arrived during a drain: RESULT FAILED `draining`.
+    #[cold]
+    #[inline(never)]
+    fn refuse_draining(&mut self, id: u64, now: Instant) {
+        self.tasks_refused_draining += 1;
+        let body = self.failure_body(codes::DRAINING, "worker is draining");
+        encode_frame(&mut self.out, FrameKind::Result, FLAG_FAILED, id, &body);
+        self.last_sent = now;
+    }
+
+    #[inline(never)]
+    fn ack(&mut self, id: u64, now: Instant) {
+        encode_frame(&mut self.out, FrameKind::Ack, 0, id, &[]);
+        self.last_sent = now;
     }
 
     /// Answer a task that [`WorkerMachine::poll_event`] handed out.
@@ -756,7 +779,9 @@ impl WorkerMachine {
     #[inline]
     pub fn begin_result(&mut self, id: u64) -> &mut Vec<u8> {
         self.result_start = self.out.len();
-        encode_header(&mut self.out, FrameKind::Result, 0, id, 0);
+        // `len` is patched by `commit_result`.
+        self.out
+            .extend_from_slice(&header_bytes(LEN_COUNTED_HEADER, FrameKind::Result, 0, id));
         &mut self.out
     }
 
@@ -1021,31 +1046,38 @@ fn parse_welcome(body: &[u8]) -> Result<Welcome, (&'static str, String)> {
 pub fn split_task_body(
     body: &[u8],
 ) -> Result<(std::ops::Range<usize>, std::ops::Range<usize>), String> {
-    let name_len = task_name_len(body)?;
+    let name_len = task_name_len(body).ok_or_else(|| task_body_error(body))?;
     Ok((1..1 + name_len, 1 + name_len..body.len()))
 }
 
-/// The `name_len` of a TASK body, once the name is checked as
-/// [`split_task_body`] describes.
-#[inline]
-fn task_name_len(body: &[u8]) -> Result<usize, String> {
+/// The `name_len` of a TASK body whose name passes the checks of
+/// [`split_task_body`]; `None` if it does not ([`task_body_error`] says why).
+#[inline(always)]
+fn task_name_len(body: &[u8]) -> Option<usize> {
+    let (&name_len, rest) = body.split_first()?;
+    let name_len = name_len as usize;
+    let name = rest.get(..name_len)?;
+    (name_len != 0 && name_len <= MAX_HANDLER_NAME && name.iter().all(u8::is_ascii_graphic))
+        .then_some(name_len)
+}
+
+/// Why [`task_name_len`] refused `body`.
+#[cold]
+fn task_body_error(body: &[u8]) -> String {
     let Some((&name_len, rest)) = body.split_first() else {
-        return Err("TASK body is empty: no name_len".to_owned());
+        return "TASK body is empty: no name_len".to_owned();
     };
     let name_len = name_len as usize;
     if name_len == 0 || name_len > MAX_HANDLER_NAME {
-        return Err(format!("TASK name_len {name_len} is outside 1..=64"));
+        return format!("TASK name_len {name_len} is outside 1..=64");
     }
-    let Some(name) = rest.get(..name_len) else {
-        return Err(format!(
+    if rest.len() < name_len {
+        return format!(
             "TASK body of {} bytes is shorter than 1 + name_len {name_len}",
             body.len()
-        ));
-    };
-    if !name.iter().all(u8::is_ascii_graphic) {
-        return Err("TASK handler name is not printable ASCII".to_owned());
+        );
     }
-    Ok(name_len)
+    "TASK handler name is not printable ASCII".to_owned()
 }
 
 /// Encode a TASK body (for managers and tests).
