@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::format::format_bytes;
 use crate::handlers::{HandlerRegistry, Reply, TaskFailure};
+use crate::protocol::frame::MAX_HANDLER_NAME;
 use crate::protocol::machine::{MachineConfig, NotInFlight};
 use crate::protocol::{
     CloseReason, Event, Hello, Phase, TaskOutcome, TaskRequest, WorkerMachine, PROTOCOL_VERSION,
@@ -86,11 +87,13 @@ struct TaskRunner {
     /// `ringworker_task_duration_seconds{handler}`, by registry position.
     durations: Vec<::metrics::Histogram>,
     timing_tick: u64,
-    handler_names: Vec<String>,
     /// By registry position: the handler appends its output, so it may write
     /// straight into the machine's output buffer.
     appends_output: Vec<bool>,
     last_handler: Option<usize>,
+    /// The name of `last_handler`, the first `last_name_len` bytes.
+    last_name: [u8; MAX_HANDLER_NAME],
+    last_name_len: u8,
 }
 
 impl TaskRunner {
@@ -105,21 +108,25 @@ impl TaskRunner {
     fn find(&mut self, name: &[u8]) -> Option<usize> {
         // Most sessions run one or a few handlers: try the last one looked
         // up before searching the registry.
+        // Its name is kept here, in the session, rather than behind the
+        // registry's pointers.
         if let Some(index) = self.last_handler {
             if self
-                .handler_names
-                .get(index)
-                .is_some_and(|known| same_name(known.as_bytes(), name))
+                .last_name
+                .get(..usize::from(self.last_name_len))
+                .is_some_and(|known| same_name(known, name))
             {
                 return Some(index);
             }
         }
-        let name = std::str::from_utf8(name).ok()?;
-        let found = self.handlers.lookup(name).map(|(index, _)| index);
-        if found.is_some() {
-            self.last_handler = found;
+        let found = self.handlers.lookup(std::str::from_utf8(name).ok()?);
+        let (index, _) = found?;
+        if let Some(slot) = self.last_name.get_mut(..name.len()) {
+            slot.copy_from_slice(name);
+            self.last_name_len = name.len() as u8;
+            self.last_handler = Some(index);
         }
-        found
+        Some(index)
     }
 
     /// Run the handler [`TaskRunner::find`] found for `name` on `payload`,
@@ -180,8 +187,8 @@ impl WorkerSession {
         let mut machine_config = MachineConfig::new(config.hello(index, &handlers));
         machine_config.handshake_timeout = config.handshake_timeout;
         stats.set_state(SessionState::Handshaking);
-        let handler_names = handlers.names();
-        let durations = handler_names
+        let durations = handlers
+            .names()
             .iter()
             .map(|name| ::metrics::histogram!(crate::metrics::TASK_DURATION, "handler" => name.clone()))
             .collect();
@@ -193,8 +200,9 @@ impl WorkerSession {
                 handlers,
                 durations,
                 timing_tick: 0,
-                handler_names,
                 last_handler: None,
+                last_name: [0; MAX_HANDLER_NAME],
+                last_name_len: 0,
             },
             stats,
             scratch: Vec::new(),

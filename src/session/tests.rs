@@ -876,3 +876,42 @@ fn a_closure_handler_still_gets_an_empty_buffer_of_its_own() {
     let out = take(&mut s);
     assert_eq!(out[1].body, b"zzz");
 }
+
+#[test]
+fn names_close_to_the_last_handler_used_are_told_apart() {
+    let (mut s, _stats, t0) = session_with("echo2", |payload: &[u8], out: &mut Vec<u8>| {
+        out.extend(payload.iter().rev());
+        Ok(Reply::Ready)
+    });
+    let mut input = Vec::new();
+    for (id, name) in [
+        (1, "echo"),
+        (2, "ech"),
+        (3, "echo2"),
+        (4, "echo"),
+        (5, "echoo"),
+        (6, "echo2"),
+    ] {
+        input.extend(task(id, name, b"ab"));
+    }
+    s.on_input(&input, t0);
+    let out = take(&mut s);
+    let bodies: Vec<(u64, Vec<u8>)> = out
+        .iter()
+        .map(|f| match f.flags {
+            0 => (f.id, f.body.clone()),
+            _ => (f.id, error_body(f).code.into_bytes()),
+        })
+        .collect();
+    assert_eq!(
+        bodies,
+        [
+            (1, b"ab".to_vec()),
+            (2, b"unknown_handler".to_vec()),
+            (3, b"ba".to_vec()),
+            (4, b"ab".to_vec()),
+            (5, b"unknown_handler".to_vec()),
+            (6, b"ba".to_vec()),
+        ]
+    );
+}
