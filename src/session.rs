@@ -168,11 +168,22 @@ impl TaskRunner {
     }
 }
 
-/// Byte-wise equality of two short names, inlined rather than a call to
-/// `memcmp`.
+/// Equality of two short names, inlined rather than a call to `memcmp`: a
+/// name of 4 to 16 bytes is compared as two overlapping words, its first
+/// and its last 4 (or 8).
 #[inline]
 fn same_name(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+    if a.len() != b.len() {
+        return false;
+    }
+    fn ends<const N: usize>(x: &[u8]) -> Option<(&[u8; N], &[u8; N])> {
+        Some((x.first_chunk::<N>()?, x.last_chunk::<N>()?))
+    }
+    match a.len() {
+        4..=8 => ends::<4>(a) == ends::<4>(b),
+        9..=16 => ends::<8>(a) == ends::<8>(b),
+        _ => a == b,
+    }
 }
 
 impl WorkerSession {

@@ -915,3 +915,18 @@ fn names_close_to_the_last_handler_used_are_told_apart() {
         ]
     );
 }
+
+#[test]
+fn same_name_compares_every_byte_of_names_of_every_length() {
+    let name: Vec<u8> = (0..64u8).map(|i| b'!' + i).collect();
+    for len in 0..=64 {
+        let a = &name[..len];
+        assert!(same_name(a, a), "len {len}");
+        assert!(!same_name(a, &name[..len.saturating_sub(1)]) || len == 0);
+        for at in 0..len {
+            let mut b = a.to_vec();
+            b[at] ^= 0x40;
+            assert!(!same_name(a, &b), "len {len}, byte {at} differs");
+        }
+    }
+}
