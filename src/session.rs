@@ -104,7 +104,7 @@ impl TaskRunner {
     }
 
     /// The registry position of the handler named `name`.
-    #[inline]
+    #[inline(always)]
     fn find(&mut self, name: &[u8]) -> Option<usize> {
         // Most sessions run one or a few handlers: try the last one looked
         // up before searching the registry.
@@ -119,6 +119,11 @@ impl TaskRunner {
                 return Some(index);
             }
         }
+        self.find_in_registry(name)
+    }
+
+    #[inline(never)]
+    fn find_in_registry(&mut self, name: &[u8]) -> Option<usize> {
         let found = self.handlers.lookup(std::str::from_utf8(name).ok()?);
         let (index, _) = found?;
         if let Some(slot) = self.last_name.get_mut(..name.len()) {
@@ -446,7 +451,7 @@ impl WorkerSession {
 
     /// Run a task decoded in place. A handler that appends its output writes
     /// the RESULT body straight into the output buffer.
-    #[inline]
+    #[inline(always)]
     fn run_task(&mut self, task: TaskRequest<'_>, now: Instant) {
         let found = self.runner.find(task.handler);
         if let Some(index) = found.filter(|&index| self.runner.appends_output(index)) {
@@ -460,24 +465,46 @@ impl WorkerSession {
                     }
                     Err(NotInFlight(id)) => self.not_in_flight(id),
                 },
-                Ok(Reply::After(delay)) => {
-                    let body = self.machine.result_body();
-                    let output = if body.is_empty() {
-                        Vec::new()
-                    } else {
-                        body.to_vec()
-                    };
-                    self.machine.abandon_result();
-                    self.runner.record_delay(found, delay);
-                    self.schedule(task.id, found, now + delay, Ok(output));
-                }
-                Err(failure) => {
-                    self.machine.abandon_result();
-                    self.answer_from_scratch(task.id, found, Err(failure), now);
-                }
+                other => self.answer_begun_later(task.id, found, other, now),
             }
             return;
         }
+        self.run_into_scratch(task, found, now);
+    }
+
+    /// The handler that appended its output did not answer at once: keep
+    /// what it wrote for later (a delayed answer), or drop it (a failure).
+    #[cold]
+    #[inline(never)]
+    fn answer_begun_later(
+        &mut self,
+        id: u64,
+        handler: Option<usize>,
+        reply: Result<Reply, TaskFailure>,
+        now: Instant,
+    ) {
+        match reply {
+            Ok(Reply::After(delay)) => {
+                let body = self.machine.result_body();
+                let output = if body.is_empty() {
+                    Vec::new()
+                } else {
+                    body.to_vec()
+                };
+                self.machine.abandon_result();
+                self.runner.record_delay(handler, delay);
+                self.schedule(id, handler, now + delay, Ok(output));
+            }
+            other => {
+                self.machine.abandon_result();
+                self.answer_from_scratch(id, handler, other, now);
+            }
+        }
+    }
+
+    /// A task for a handler with a buffer of its own, or for no handler.
+    #[inline(never)]
+    fn run_into_scratch(&mut self, task: TaskRequest<'_>, found: Option<usize>, now: Instant) {
         self.scratch.clear();
         let reply = self
             .runner
