@@ -432,10 +432,16 @@ impl WorkerSession {
         while let Some(event) = self.machine.poll_event(now) {
             match event {
                 Event::Task(task) => {
-                    // The task borrows the receive buffer, so the output goes
-                    // through the scratch buffer.
-                    let id = task.id;
+                    let (id, payload_len) = (task.id, task.payload.len());
                     let found = self.runner.find(task.handler);
+                    if let Some(index) = found.filter(|&index| self.runner.appends_output(index)) {
+                        // The payload is read from the receive buffer while
+                        // the handler appends to the output.
+                        let (payload, out) = self.machine.begin_buffered_result(id, payload_len);
+                        let reply = self.runner.call(found, b"", payload, out);
+                        self.answer_begun(id, index, reply, now);
+                        continue;
+                    }
                     self.scratch.clear();
                     let reply =
                         self.runner
@@ -457,19 +463,32 @@ impl WorkerSession {
         if let Some(index) = found.filter(|&index| self.runner.appends_output(index)) {
             let out = self.machine.begin_result(task.id);
             let reply = self.runner.call(found, task.handler, task.payload, out);
-            match reply {
-                Ok(Reply::Ready) => match self.machine.commit_result(task.id, now) {
-                    Ok(len) => {
-                        let ok = len <= self.machine.peer_max_body() as usize;
-                        self.count_answer(Some(index), ok);
-                    }
-                    Err(NotInFlight(id)) => self.not_in_flight(id),
-                },
-                other => self.answer_begun_later(task.id, found, other, now),
-            }
+            self.answer_begun(task.id, index, reply, now);
             return;
         }
         self.run_into_scratch(task, found, now);
+    }
+
+    /// Answer a task whose RESULT was begun in the output buffer
+    /// ([`WorkerMachine::begin_result`]) and written by handler `index`.
+    #[inline(always)]
+    fn answer_begun(
+        &mut self,
+        id: u64,
+        index: usize,
+        reply: Result<Reply, TaskFailure>,
+        now: Instant,
+    ) {
+        match reply {
+            Ok(Reply::Ready) => match self.machine.commit_result(id, now) {
+                Ok(len) => {
+                    let ok = len <= self.machine.peer_max_body() as usize;
+                    self.count_answer(Some(index), ok);
+                }
+                Err(NotInFlight(id)) => self.not_in_flight(id),
+            },
+            other => self.answer_begun_later(id, Some(index), other, now),
+        }
     }
 
     /// The handler that appended its output did not answer at once: keep

@@ -778,11 +778,30 @@ impl WorkerMachine {
     /// before anything else is queued.
     #[inline]
     pub fn begin_result(&mut self, id: u64) -> &mut Vec<u8> {
+        self.begin_result_header(id);
+        &mut self.out
+    }
+
+    /// [`WorkerMachine::begin_result`] for the task
+    /// [`WorkerMachine::poll_event`] handed out last, whose frame is still in
+    /// the receive buffer: also returns that task's payload (the last
+    /// `payload_len` bytes of the frame's body), so that its handler can read
+    /// it there while appending to the output.
+    pub fn begin_buffered_result(&mut self, id: u64, payload_len: usize) -> (&[u8], &mut Vec<u8>) {
+        self.begin_result_header(id);
+        let body = self.recv.last_body();
+        let payload = body
+            .get(body.len().saturating_sub(payload_len)..)
+            .unwrap_or_default();
+        (payload, &mut self.out)
+    }
+
+    #[inline]
+    fn begin_result_header(&mut self, id: u64) {
         self.result_start = self.out.len();
         // `len` is patched by `commit_result`.
         self.out
             .extend_from_slice(&header_bytes(LEN_COUNTED_HEADER, FrameKind::Result, 0, id));
-        &mut self.out
     }
 
     /// The body appended since [`WorkerMachine::begin_result`].

@@ -930,3 +930,38 @@ fn same_name_compares_every_byte_of_names_of_every_length() {
         }
     }
 }
+
+/// Every frame fed a byte at a time completes in the frame buffer, where an
+/// appending handler reads its payload while writing the output.
+#[test]
+fn an_appending_handler_on_frames_completed_in_the_buffer() {
+    let (mut s, stats, t0) = session_with("append", Appender);
+    let mut input = task(1, "append", b"whole");
+    input.extend(task(2, "append", b"!partial"));
+    input.extend(task(3, "append", b"~later"));
+    input.extend(task(4, "append", &[b'x'; 65]));
+    input.extend(task(5, "echo", b"last"));
+    for byte in input.chunks(1) {
+        s.on_input(byte, t0);
+    }
+    s.handle_timeout(t0 + Duration::from_millis(5));
+    let out = take(&mut s);
+    let answered: Vec<(u64, u8, Vec<u8>)> = out
+        .iter()
+        .map(|f| match f.flags {
+            0 => (f.id, 0, f.body.clone()),
+            _ => (f.id, f.flags, error_body(f).code.into_bytes()),
+        })
+        .collect();
+    assert_eq!(
+        answered,
+        [
+            (1, 0, b"whole".to_vec()),
+            (2, FLAG_FAILED, b"handler_failed".to_vec()),
+            (4, FLAG_FAILED, b"result_too_large".to_vec()),
+            (5, 0, b"last".to_vec()),
+            (3, 0, b"~later".to_vec()),
+        ]
+    );
+    assert_eq!((stats.tasks_ok(), stats.tasks_failed()), (3, 2));
+}
