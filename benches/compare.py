@@ -30,7 +30,10 @@ WORKERS = {
     "uring": ("uring", os.path.join(BIN, "ringworker")),
     "blocking": ("blocking", os.path.join(BIN, "ringworker")),
     "epoll": ("epoll", os.path.join(BIN, "epoll-reference")),
+    # The uring runtime with one event-loop thread (its default is one per CPU).
+    "uring-1t": ("uring", os.path.join(BIN, "ringworker")),
 }
+WORKER_ARGS = {"uring-1t": ["--threads=1"]}
 MIB = 1024 * 1024
 
 
@@ -45,7 +48,7 @@ def loadgen(worker, sessions, payload, handler, concurrency, seconds, warmup, ex
         "--duration", str(seconds), "--warmup", str(warmup), "--json", report,
         "--connect-timeout", "60",
     ]
-    for arg in extra_agent_args:
+    for arg in list(WORKER_ARGS.get(worker, [])) + list(extra_agent_args):
         cmd.append(f"--agent-arg={arg}")
     subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=seconds + warmup + 120)
     try:
@@ -217,7 +220,10 @@ def main():
     configs = matrix(args.quick)
     for repeat in range(args.repeats):
         for config in configs:
-            for worker in ("uring", "epoll", "blocking") if repeat % 2 == 0 else ("blocking", "epoll", "uring"):
+            workers = ["uring", "epoll", "blocking"]
+            if config[1] == 64 and config[3] == 32 and config[0] > 1:
+                workers.insert(1, "uring-1t")
+            for worker in workers if repeat % 2 == 0 else reversed(workers):
                 sessions, payload, handler, c = config
                 r = loadgen(worker, sessions, payload, handler, c, args.seconds, args.warmup)
                 if r and r["tasks_wrong"] == 0 and r["tasks_lost"] == 0:
@@ -242,6 +248,9 @@ def main():
              f"{os.cpu_count()} cores shared by the loadgen and the worker, loopback TCP, release builds, "
              f"{args.repeats} runs of {args.seconds:g} s (after {args.warmup:g} s of warmup) per row with the workers "
              "alternating; medians. `epoll` is `benches/epoll-reference` (tokio, multi-thread, batched I/O). "
+             "`uring` runs with its default of one event-loop thread per CPU (2 here); `uring-1t` with "
+             "`--threads 1` (64 B echo rows with several sessions): with the loadgen on the same 2 cores, one "
+             "loop thread avoids a preempted loop stalling its sessions. "
              "CPU is the worker's user+system time per task over the measured window.", ""]
     if iperf:
         lines += [f"**Wire limit:** `iperf3 -l 1M` over loopback, single stream: **{iperf:,.0f} MiB/s**.", ""]
@@ -251,7 +260,7 @@ def main():
         sessions, payload, handler, c = config
         base_tps = med("epoll", config, "tasks_per_sec")
         base_cpu = med("epoll", config, "agent_cpu_us_per_task")
-        for worker in ("uring", "epoll", "blocking"):
+        for worker in ("uring", "uring-1t", "epoll", "blocking"):
             tps = med(worker, config, "tasks_per_sec")
             if tps is None:
                 continue
@@ -284,7 +293,7 @@ def main():
 def write_svg(results, path, med):
     """tasks/s against sessions, 64 B echo, 32 in flight, one line per worker."""
     points = {}
-    for worker in ("uring", "epoll", "blocking"):
+    for worker in ("uring", "uring-1t", "epoll", "blocking"):
         for sessions in (1, 16, 256):
             value = med(worker, (sessions, 64, "echo", 32), "tasks_per_sec")
             if value:
@@ -294,7 +303,7 @@ def write_svg(results, path, med):
     xs = {1: pad, 16: (width + pad) // 2 - 20, 256: width - pad}
     def y(v):
         return height - pad - (height - 2 * pad) * v / top
-    colors = {"uring": "#d62728", "epoll": "#1f77b4", "blocking": "#7f7f7f"}
+    colors = {"uring": "#d62728", "uring-1t": "#ff7f0e", "epoll": "#1f77b4", "blocking": "#7f7f7f"}
     svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
            f'<rect width="{width}" height="{height}" fill="white"/>',
            f'<text x="{width / 2}" y="24" text-anchor="middle" font-size="15">tasks/s against sessions (64 B echo, 32 in flight)</text>',
