@@ -41,11 +41,11 @@ pub const RING_ENTRIES: u32 = 1024;
 /// Buffer-ring group id.
 const BUF_GROUP: u16 = 7;
 /// Buffers in each loop's ring, and their size.
-pub const BUF_ENTRIES: u16 = 512;
-pub const BUF_LEN: usize = 16 * 1024;
+pub const BUF_ENTRIES: u16 = 256;
+pub const BUF_LEN: usize = 64 * 1024;
 /// A frame with at least this much left to arrive is received in one
 /// operation straight into its buffer.
-const LARGE_FRAME_REMAINDER: usize = 4 * BUF_LEN;
+const LARGE_FRAME_REMAINDER: usize = 64 * 1024;
 /// How long to keep reading after our last frame before closing.
 const LINGER: Duration = Duration::from_secs(2);
 /// How long shutdown waits for cancelled operations to complete.
