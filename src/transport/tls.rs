@@ -324,6 +324,22 @@ pub struct TlsLayer {
     peer_closed: bool,
 }
 
+/// Encrypt `plain` into the connection's queue (no buffer limit is set, so
+/// the writer takes everything).
+fn write_plain<D>(conn: &mut rustls::ConnectionCommon<D>, plain: &[u8]) {
+    let _ = conn.writer().write_all(plain);
+}
+
+/// Append every queued record to `out`.
+fn write_records<D>(conn: &mut rustls::ConnectionCommon<D>, out: &mut Vec<u8>) {
+    while conn.wants_write() {
+        match conn.write_tls(out) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+}
+
 /// Hand every decrypted byte to `deliver`, in rustls's own buffers (no copy).
 /// Returns whether the peer sent close_notify.
 fn drain(reader: &mut rustls::Reader<'_>, deliver: &mut dyn FnMut(&[u8])) -> bool {
@@ -390,7 +406,7 @@ impl TlsLayer {
     /// Encrypt `plain` (buffered until the handshake completes).
     pub fn write_plain(&mut self, plain: &[u8]) {
         // With no buffer limit the writer takes everything.
-        let _ = self.conn.writer().write_all(plain);
+        write_plain(&mut self.conn, plain);
     }
 
     /// Whether records are waiting to be written to the socket.
@@ -400,12 +416,7 @@ impl TlsLayer {
 
     /// Append the queued records to `out`.
     pub fn write_records(&mut self, out: &mut Vec<u8>) {
-        while self.conn.wants_write() {
-            match self.conn.write_tls(out) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
+        write_records(&mut self.conn, out);
     }
 
     /// Queue close_notify once.
@@ -553,7 +564,7 @@ impl ServerTls {
     }
 
     pub fn write_plain(&mut self, plain: &[u8]) {
-        let _ = self.conn.writer().write_all(plain);
+        write_plain(&mut self.conn, plain);
     }
 
     pub fn wants_write(&self) -> bool {
@@ -561,12 +572,7 @@ impl ServerTls {
     }
 
     pub fn write_records(&mut self, out: &mut Vec<u8>) {
-        while self.conn.wants_write() {
-            match self.conn.write_tls(out) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
+        write_records(&mut self.conn, out);
     }
 
     /// Queue close_notify (once).
