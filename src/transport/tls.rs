@@ -509,14 +509,13 @@ impl ServerTls {
     ) -> Result<(), rustls::Error> {
         let start = self.fed - self.pending.len() as u64;
         self.fed += raw.len() as u64;
-        let mut data: Vec<u8>;
-        let bytes: &[u8] = if self.pending.is_empty() {
-            raw
-        } else {
-            data = std::mem::take(&mut self.pending);
+        // The incomplete record's buffer is kept and reused across reads.
+        let mut data = std::mem::take(&mut self.pending);
+        let joined = !data.is_empty();
+        if joined {
             data.extend_from_slice(raw);
-            &data
-        };
+        }
+        let bytes: &[u8] = if joined { &data } else { raw };
         let mut at = 0;
         while bytes.len() - at >= RECORD_HEADER {
             // Refuse a header that cannot start a TLS record at once, rather
@@ -550,8 +549,12 @@ impl ServerTls {
             self.peer_closed |= drain(&mut self.conn.reader(), &mut |plain| deliver(plain, offset));
             at += len;
         }
-        self.pending.clear();
-        self.pending.extend_from_slice(&bytes[at..]);
+        if joined {
+            data.drain(..at);
+        } else {
+            data.extend_from_slice(&raw[at..]);
+        }
+        self.pending = data;
         Ok(())
     }
 
