@@ -134,6 +134,17 @@ impl Link {
         }
     }
 
+    /// Plaintext bytes the session has queued and not handed out yet (over
+    /// TLS, records already sealed are not included): a hint for engines
+    /// that send early once enough has piled up.
+    pub fn queued_output(&self) -> usize {
+        if self.tls.as_ref().is_some_and(|t| t.failure.is_some()) {
+            0
+        } else {
+            self.session.pending_output().len()
+        }
+    }
+
     /// Take the bytes to write (`spare` is an empty buffer to reuse).
     pub fn take_output(&mut self, spare: Vec<u8>) -> Vec<u8> {
         let Some(t) = self.tls.as_mut() else {

@@ -46,6 +46,12 @@ pub const BUF_LEN: usize = 64 * 1024;
 /// A frame with at least this much left to arrive is received in one
 /// operation straight into its buffer.
 const LARGE_FRAME_REMAINDER: usize = 64 * 1024;
+/// A session with this much output queued by one receive completion sends it
+/// at once, before the rest of the completion batch is handled, so the peer
+/// works on the first results while the later ones are computed (as a
+/// read-then-write loop does), instead of both sides taking turns with the
+/// whole window.
+const EARLY_SEND: usize = 32 * 1024;
 /// How long to keep reading after our last frame before closing.
 const LINGER: Duration = Duration::from_secs(2);
 /// How long shutdown waits for cancelled operations to complete.
@@ -155,6 +161,9 @@ pub struct EventLoop {
     rng: rand::rngs::SmallRng,
     /// A sparse file table with one entry per slot was registered.
     file_table: bool,
+    /// Sends were queued while handling completions: submit them before
+    /// handling the next one.
+    submit_now: bool,
 }
 
 /// Build an operation on a slot's socket: through the registered file table
@@ -255,6 +264,7 @@ impl EventLoop {
             timers: BinaryHeap::new(),
             rng: rand::rngs::SmallRng::from_os_rng(),
             file_table,
+            submit_now: false,
         })
     }
 
@@ -593,6 +603,7 @@ impl EventLoop {
                 if let Some(session) = s.session.as_mut() {
                     session.on_received(n as usize, now);
                 }
+                self.send_early(slot_id);
             }
             0 => {
                 s.eof = true;
@@ -726,6 +737,27 @@ impl EventLoop {
         self.push(entry);
     }
 
+    /// Send what a receive produced right away when it is large (see
+    /// [`EARLY_SEND`]); smaller output waits for the end of the batch, so
+    /// small frames keep coalescing into one send per socket.
+    fn send_early(&mut self, slot_id: u32) {
+        let s = &mut self.slots[slot_id as usize];
+        if s.send_inflight || s.phase != SlotPhase::Open {
+            return;
+        }
+        let Some(session) = s.session.as_mut() else {
+            return;
+        };
+        if session.queued_output() < EARLY_SEND {
+            return;
+        }
+        let spare = std::mem::take(&mut s.spare);
+        s.send_buf = session.take_output(spare);
+        s.send_off = 0;
+        self.submit_send(slot_id);
+        self.submit_now = true;
+    }
+
     /// The engine's one `send_raw`: submit the unsent part of `send_buf`.
     fn submit_send(&mut self, slot_id: u32) {
         let s = &mut self.slots[slot_id as usize];
@@ -818,18 +850,31 @@ impl EventLoop {
 
     fn reap(&mut self) {
         // Copy completions out first: handling them pushes new submissions.
+        // A send submitted early completes inline on a socket with room, so
+        // the queue is read again (a few times at most) to see it.
         let mut completions = std::mem::take(&mut self.completions);
-        completions.extend(
-            self.ring
-                .completion()
-                .map(|c| (c.user_data(), c.result(), c.flags())),
-        );
-        // One clock read per batch: completions reaped together happened together.
-        let now = Instant::now();
-        for &(data, result, flags) in &completions {
-            self.complete(data, result, flags, now);
+        for _ in 0..4 {
+            completions.extend(
+                self.ring
+                    .completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
+            if completions.is_empty() {
+                break;
+            }
+            // One clock read per batch: completions reaped together happened together.
+            let now = Instant::now();
+            for &(data, result, flags) in &completions {
+                self.complete(data, result, flags, now);
+                if self.submit_now {
+                    self.submit_now = false;
+                    if let Err(err) = self.ring.submit() {
+                        tracing::error!("io_uring submit failed: {err}");
+                    }
+                }
+            }
+            completions.clear();
         }
-        completions.clear();
         self.completions = completions;
     }
 
@@ -890,6 +935,7 @@ impl EventLoop {
                     }
                 }
             }
+            self.send_early(slot_id);
         }
         self.recycle(selected);
         let s = &mut self.slots[slot_id as usize];
