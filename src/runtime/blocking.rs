@@ -22,7 +22,8 @@ use crossbeam_channel::{bounded, never, select, Receiver, Sender};
 use rand::SeedableRng;
 
 use super::{
-    AgentPlan, Backoff, ByteCounters, RunReport, RuntimeError, RuntimeKind, RuntimeMode, StopHandle,
+    AgentPlan, Backoff, ByteCounters, RecvChunk, RunReport, RuntimeError, RuntimeKind, RuntimeMode,
+    StopHandle,
 };
 use crate::link::Link;
 use crate::protocol::CloseReason;
@@ -190,7 +191,7 @@ fn supervise(
 
 /// What a reader thread hands the core.
 enum ReadEvent {
-    Data(Vec<u8>, usize),
+    Data(RecvChunk, usize),
     Eof,
     Failed(io::Error),
 }
@@ -228,10 +229,10 @@ fn run_connection(
         }
     };
     let (chunk_tx, chunk_rx) = bounded::<ReadEvent>(1);
-    let (recycle_tx, recycle_rx) = bounded::<Vec<u8>>(2);
+    let (recycle_tx, recycle_rx) = bounded::<RecvChunk>(2);
     let (write_tx, write_rx) = bounded::<Vec<u8>>(1);
     let (written_tx, written_rx) = bounded::<io::Result<Vec<u8>>>(1);
-    let _ = recycle_tx.send(vec![0; READ_CHUNK]);
+    let _ = recycle_tx.send(RecvChunk::new(READ_CHUNK));
     let reader_counters = counters.clone();
     let reader = std::thread::Builder::new()
         .name(format!("session-{index}-rx"))
@@ -351,7 +352,7 @@ fn run_connection(
         select! {
             recv(read_rx) -> event => match event {
                 Ok(ReadEvent::Data(buf, n)) => {
-                    session.on_input(&buf[..n], Instant::now());
+                    session.on_input(buf.data(n), Instant::now());
                     let _ = recycle_tx.try_send(buf);
                 }
                 Ok(ReadEvent::Eof) => {
@@ -425,13 +426,13 @@ fn reader_loop(
     mut stream: BlockingStream,
     counters: &ByteCounters,
     chunks: &Sender<ReadEvent>,
-    recycled: &Receiver<Vec<u8>>,
+    recycled: &Receiver<RecvChunk>,
 ) {
     let Ok(mut buf) = recycled.recv() else {
         return;
     };
     loop {
-        match recv_raw(&mut stream, &mut buf, counters) {
+        match recv_raw(&mut stream, buf.space(), counters) {
             Ok(0) => {
                 let _ = chunks.send(ReadEvent::Eof);
                 return;

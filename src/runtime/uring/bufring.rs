@@ -1,11 +1,9 @@
 //! A provided-buffer ring: buffers the kernel picks from for multishot
 //! receives, so an idle session holds no receive buffer at all.
 //!
-//! Where the buffers lie matters: the kernel copies into them with `rep
-//! movsb`, which on this class of CPU (AMD EPYC here) ran a 4 KiB echo at
-//! 2.14 µs of agent CPU per task into buffers 16 bytes past a page boundary
-//! (where a large `Vec` lands), 1.66 µs page-aligned and 1.50 µs at half a
-//! page. Every buffer therefore starts [`BUF_PAGE_OFFSET`] bytes into a page.
+//! Where the buffers lie matters (see [`RecvChunk`]): every buffer starts
+//! [`crate::runtime::RECV_PAGE_OFFSET`] bytes into a page, since `buf_len` is
+//! a multiple of the page size.
 //!
 //! Memory: `entries * buf_len` bytes of buffers plus 16 bytes per ring entry,
 //! allocated zeroed (the pages are faulted in only when the kernel writes to
@@ -20,18 +18,14 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use io_uring::types::BufRingEntry;
 use io_uring::IoUring;
 
-/// Offset of every buffer within its page (see the module text).
-pub const BUF_PAGE_OFFSET: usize = 2048;
-const PAGE: usize = 4096;
+use crate::runtime::RecvChunk;
 
 /// The buffer ring of one event loop.
 #[derive(Debug)]
 pub struct BufRing {
     entries_ptr: *mut BufRingEntry,
     entries_layout: Layout,
-    buffers: Box<[u8]>,
-    /// Where buffer 0 starts in `buffers`.
-    base: usize,
+    buffers: RecvChunk,
     buf_len: usize,
     mask: u16,
     tail: u16,
@@ -63,13 +57,11 @@ impl BufRing {
                 "cannot allocate the buffer ring",
             ));
         }
-        let buffers = vec![0u8; usize::from(entries) * buf_len + 2 * PAGE].into_boxed_slice();
-        let base = buffers.as_ptr().align_offset(PAGE) + BUF_PAGE_OFFSET;
+        let buffers = RecvChunk::new(usize::from(entries) * buf_len);
         let mut this = BufRing {
             entries_ptr,
             entries_layout,
             buffers,
-            base,
             buf_len,
             mask: entries - 1,
             tail: 0,
@@ -93,15 +85,14 @@ impl BufRing {
 
     /// The first `len` bytes of buffer `bid`, as the kernel filled them.
     pub fn data(&self, bid: u16, len: usize) -> &[u8] {
-        let start = self.base + usize::from(bid & self.mask) * self.buf_len;
-        &self.buffers[start..start + len.min(self.buf_len)]
+        let start = usize::from(bid & self.mask) * self.buf_len;
+        &self.buffers.data(start + len.min(self.buf_len))[start..]
     }
 
     /// Give buffer `bid` back to the kernel (visible after [`BufRing::publish`]).
     pub fn push(&mut self, bid: u16) {
         let bid = bid & self.mask;
-        let offset = self.base + usize::from(bid) * self.buf_len;
-        let addr = self.buffers.as_mut_ptr() as u64 + offset as u64;
+        let addr = self.buffers.addr(usize::from(bid) * self.buf_len) as u64;
         // SAFETY: the index is masked into the ring's `mask + 1` entries; we
         // write through the setters only, which leave entry 0's `resv` (the
         // kernel-shared tail) alone.
