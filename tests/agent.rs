@@ -25,6 +25,7 @@ for_each_runtime!(
     request_stop_finishes_tasks_then_goodbye_with_exact_bytes,
     manager_drain_finishes_tasks_and_says_goodbye,
     hello_carries_the_worker_identity,
+    large_and_small_frames_interleave_exactly,
 );
 
 fn result(conn: &mut ManagerConn) -> (u64, bool, Vec<u8>) {
@@ -390,4 +391,58 @@ fn manager_drain_finishes_tasks_and_says_goodbye(kind: RuntimeKind) {
     assert!(agent.stats().reconnects_total() >= 1);
     agent.request_stop();
     assert!(agent.wait().is_clean());
+}
+
+/// Runs of large frames (received straight into the frame buffer on the uring
+/// runtime) alternate with runs of small ones (shared buffers), pipelined: every
+/// result exact, in any order, and the byte accounting exact at the end.
+fn large_and_small_frames_interleave_exactly(kind: RuntimeKind) {
+    let listener = tcp_listener();
+    let mut agent = start(kind, plan(listener.local_endpoint().unwrap(), 1, 64));
+    let (mut conn, _) = accept(&listener);
+    let mut sizes = Vec::new();
+    for (count, size) in [
+        (6, 300_000),
+        (100, 0),
+        (3, 200_000),
+        (100, 0),
+        (5, 70_000),
+        (50, 0),
+    ] {
+        sizes.extend(std::iter::repeat_n(size, count));
+    }
+    let mut outstanding: HashMap<u64, Vec<u8>> = HashMap::new();
+    let total = sizes.len() as u64;
+    let mut next = 1u64;
+    let mut done = 0;
+    while done < total {
+        // A few large frames at a time, so neither side's socket buffers
+        // fill while the other is not reading.
+        while next <= total && outstanding.len() < 3 {
+            let size = match sizes[next as usize - 1] {
+                0 => (next % 300) as usize,
+                n => n,
+            };
+            let payload: Vec<u8> = (0..size).map(|i| ((i as u64 * 7) ^ next) as u8).collect();
+            conn.queue_task(next, "echo", &payload, false).unwrap();
+            outstanding.insert(next, payload);
+            next += 1;
+        }
+        conn.flush().unwrap();
+        let (id, failed, body) = result(&mut conn);
+        let payload = outstanding
+            .remove(&id)
+            .expect("RESULT for a task in flight");
+        assert!(!failed, "task {id} failed");
+        assert!(
+            body == payload,
+            "task {id}: echo of {} bytes wrong",
+            payload.len()
+        );
+        done += 1;
+    }
+    agent.request_stop();
+    read_drain_and_check_bytes(&mut conn, &mut HashSet::new(), true);
+    assert!(agent.wait().is_clean());
+    assert_eq!(agent.stats().tasks_done(), total);
 }

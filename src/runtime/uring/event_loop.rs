@@ -46,6 +46,9 @@ pub const BUF_LEN: usize = 64 * 1024;
 /// A frame with at least this much left to arrive is received in one
 /// operation straight into its buffer.
 const LARGE_FRAME_REMAINDER: usize = 64 * 1024;
+/// A direct receive (see [`EventLoop::drive_open`]) asks for at least this
+/// much, and one that brings less ends the session's direct mode.
+const DIRECT_CHUNK: usize = 64 * 1024;
 /// A session with this much output queued by one receive completion sends it
 /// at once, before the rest of the completion batch is handled, so the peer
 /// works on the first results while the later ones are computed (as a
@@ -115,6 +118,9 @@ struct Slot {
     recv_cancelled: bool,
     /// A one-shot receive into the frame buffer is in flight.
     body_recv: bool,
+    /// Receive into the frame buffer, not the shared buffers: large frames
+    /// are arriving.
+    direct: bool,
     teardown_cancelled: bool,
     send_inflight: bool,
     send_buf: Vec<u8>,
@@ -225,6 +231,7 @@ impl EventLoop {
                     recv_armed: false,
                     recv_cancelled: false,
                     body_recv: false,
+                    direct: false,
                     teardown_cancelled: false,
                     send_inflight: false,
                     send_buf: Vec::new(),
@@ -550,17 +557,21 @@ impl EventLoop {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        // A large frame under way is received straight into the session's
-        // frame buffer with one MSG_WAITALL receive (one copy, like a plain
-        // read into a big buffer) instead of 16 KiB provided buffers copied
-        // again; the multishot receive is stopped first, so only one receive
-        // is ever active on the socket and the byte order holds.
+        // Large frames are received straight into the session's frame
+        // buffer (one copy, like a plain read into a big buffer) instead of
+        // into provided buffers and copied again. The rest of a large frame
+        // under way is one MSG_WAITALL receive; after one, the session stays
+        // "direct" (plain receives of at least DIRECT_CHUNK into its buffer,
+        // so the next frame's header and start land there too) until a
+        // receive brings little. The multishot receive is stopped first, so
+        // only one receive is ever active on the socket and the byte order
+        // holds.
         let needed = session.recv_hint(0);
-        if wants_read && needed >= LARGE_FRAME_REMAINDER {
+        if wants_read && (needed >= LARGE_FRAME_REMAINDER || s.direct) {
             if s.recv_armed && !s.recv_cancelled {
                 self.cancel_recv(slot_id);
             } else if !s.recv_armed && !s.body_recv {
-                self.submit_body_recv(slot_id, needed);
+                self.submit_direct_recv(slot_id, needed);
             }
         } else if wants_read && !s.recv_armed && !s.body_recv {
             self.arm_recv(slot_id);
@@ -570,19 +581,25 @@ impl EventLoop {
         self.schedule(slot_id, timeout);
     }
 
-    /// Receive the `needed` bytes that complete the frame under way directly
-    /// into the session's frame buffer.
-    fn submit_body_recv(&mut self, slot_id: u32, needed: usize) {
+    /// Receive straight into the session's frame buffer: the `needed` bytes
+    /// that complete a large frame under way (all of them, MSG_WAITALL), or
+    /// else whatever has arrived, up to [`DIRECT_CHUNK`] or the rest of the
+    /// frame under way.
+    fn submit_direct_recv(&mut self, slot_id: u32, needed: usize) {
         let s = &mut self.slots[slot_id as usize];
         let (Some(socket), Some(session)) = (&s.socket, s.session.as_mut()) else {
             return;
         };
         let fd = socket.as_raw_fd();
-        let len = needed.min(u32::MAX as usize);
+        let (len, flags) = if needed >= LARGE_FRAME_REMAINDER {
+            (needed.min(u32::MAX as usize), libc::MSG_WAITALL)
+        } else {
+            (needed.max(DIRECT_CHUNK), 0)
+        };
         let space = session.recv_space(len);
         let entry = on_socket!(s.registered, slot_id, fd, |t| {
             opcode::Recv::new(t, space.as_mut_ptr(), len as u32)
-                .flags(libc::MSG_WAITALL)
+                .flags(flags)
                 .build()
         })
         .user_data(user_data(Op::RecvBody, s.generation, slot_id));
@@ -591,7 +608,7 @@ impl EventLoop {
         self.push(entry);
     }
 
-    /// Completion of [`EventLoop::submit_body_recv`]: the other place bytes
+    /// Completion of [`EventLoop::submit_direct_recv`]: the other place bytes
     /// are received, counted the same way.
     fn on_body_recv(&mut self, slot_id: u32, result: i32, now: Instant) {
         let s = &mut self.slots[slot_id as usize];
@@ -600,6 +617,9 @@ impl EventLoop {
         match result {
             n if n > 0 => {
                 s.counters.received(n as usize);
+                // Stay direct while receives come large: a stream of large
+                // frames. Smaller ones go back to the shared buffers.
+                s.direct = n as usize >= DIRECT_CHUNK;
                 if let Some(session) = s.session.as_mut() {
                     session.on_received(n as usize, now);
                 }
@@ -658,6 +678,7 @@ impl EventLoop {
         s.recv_armed = false;
         s.recv_cancelled = false;
         s.body_recv = false;
+        s.direct = false;
         s.teardown_cancelled = false;
         s.send_inflight = false;
         s.inflight = 1;
