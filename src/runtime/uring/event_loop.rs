@@ -4,11 +4,14 @@
 //! Every socket read and write is a submission and a completion; the only
 //! syscall in steady state is `io_uring_enter`, once per loop iteration, which
 //! submits everything queued and waits for the next completion or timer.
-//! Reads are multishot receives into the shared buffer ring, copied into the
-//! session's frame buffer and the buffer handed straight back. Writes are
-//! coalesced: whatever a session produced while its previous send was in
-//! flight goes out as one send. At most one receive and one send are in
-//! flight per socket, so the stream order is the order of the frames.
+//! Reads are multishot receives into the shared buffer ring, decoded where
+//! they lie and the buffer handed straight back; large frames are received
+//! directly into the session's frame buffer instead (see `drive_open`).
+//! Writes are coalesced: whatever a session produced while its previous send
+//! was in flight goes out as one send, except that a receive producing
+//! [`EARLY_SEND`] bytes or more sends them at once. At most one receive and
+//! one send are in flight per socket, so the stream order is the order of
+//! the frames.
 //!
 //! Operation lifetimes: each operation's `user_data` names its slot, the
 //! connection generation and its kind. A completion for an older generation
