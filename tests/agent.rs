@@ -401,6 +401,8 @@ fn large_and_small_frames_interleave_exactly(kind: RuntimeKind) {
     let mut agent = start(kind, plan(listener.local_endpoint().unwrap(), 1, 64));
     let (mut conn, _) = accept(&listener);
     let mut sizes = Vec::new();
+    // It ends on large frames, so the stop comes while frames are received
+    // directly.
     for (count, size) in [
         (6, 300_000),
         (100, 0),
@@ -408,6 +410,7 @@ fn large_and_small_frames_interleave_exactly(kind: RuntimeKind) {
         (100, 0),
         (5, 70_000),
         (50, 0),
+        (4, 300_000),
     ] {
         sizes.extend(std::iter::repeat_n(size, count));
     }

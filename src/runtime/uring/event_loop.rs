@@ -766,7 +766,14 @@ impl EventLoop {
     /// small frames keep coalescing into one send per socket.
     fn send_early(&mut self, slot_id: u32) {
         let s = &mut self.slots[slot_id as usize];
-        if s.send_inflight || s.phase != SlotPhase::Open {
+        // Not while a send is in flight or a failed one left bytes unsent
+        // (the connection is broken; teardown decides), so the stream keeps
+        // its order.
+        if s.send_inflight
+            || s.phase != SlotPhase::Open
+            || s.broken.is_some()
+            || s.send_off < s.send_buf.len()
+        {
             return;
         }
         let Some(session) = s.session.as_mut() else {
@@ -893,7 +900,12 @@ impl EventLoop {
                 if self.submit_now {
                     self.submit_now = false;
                     if let Err(err) = self.ring.submit() {
-                        tracing::error!("io_uring submit failed: {err}");
+                        if !matches!(
+                            err.raw_os_error(),
+                            Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
+                        ) {
+                            tracing::error!("io_uring submit failed: {err}");
+                        }
                     }
                 }
             }
