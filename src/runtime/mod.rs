@@ -360,23 +360,20 @@ pub trait RuntimeMode: Send {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
     #[test]
     fn recv_chunk_starts_half_a_page_in() {
         for len in [1, 4096, 64 * 1024, 1 << 20] {
-            let mut chunk = super::RecvChunk::new(len);
+            let mut chunk = RecvChunk::new(len);
             assert_eq!(chunk.space().len(), len);
-            assert_eq!(
-                chunk.space().as_ptr() as usize % 4096,
-                super::RECV_PAGE_OFFSET
-            );
+            assert_eq!(chunk.space().as_ptr() as usize % 4096, RECV_PAGE_OFFSET);
             chunk.space()[len - 1] = 7;
             assert_eq!(chunk.data(len)[len - 1], 7);
             assert_eq!(chunk.data(len + 10).len(), len);
         }
     }
-
-    use super::*;
-    use rand::SeedableRng;
 
     #[test]
     fn backoff_caps_before_jitter_and_grows_to_the_max() {

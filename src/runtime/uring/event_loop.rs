@@ -491,10 +491,7 @@ impl EventLoop {
         if let Some(why) = session.failure() {
             // Write the alert rustls queued (one last send), then close.
             if !s.send_inflight && session.has_output() {
-                let spare = std::mem::take(&mut s.spare);
-                s.send_buf = session.take_output(spare);
-                s.send_off = 0;
-                self.submit_send(slot_id);
+                self.send_output(slot_id);
             } else if !s.send_inflight {
                 s.broken = Some(why.to_owned());
                 self.begin_teardown(slot_id);
@@ -529,10 +526,7 @@ impl EventLoop {
                 session.on_flushed(now);
             }
             if session.has_output() {
-                let spare = std::mem::take(&mut s.spare);
-                s.send_buf = session.take_output(spare);
-                s.send_off = 0;
-                self.submit_send(slot_id);
+                self.send_output(slot_id);
             }
         }
         let s = &mut self.slots[slot_id as usize];
@@ -782,11 +776,20 @@ impl EventLoop {
         if session.queued_output() < EARLY_SEND {
             return;
         }
+        self.send_output(slot_id);
+        self.submit_now = true;
+    }
+
+    /// Take the session's queued output into `send_buf` and send it.
+    fn send_output(&mut self, slot_id: u32) {
+        let s = &mut self.slots[slot_id as usize];
+        let Some(session) = s.session.as_mut() else {
+            return;
+        };
         let spare = std::mem::take(&mut s.spare);
         s.send_buf = session.take_output(spare);
         s.send_off = 0;
         self.submit_send(slot_id);
-        self.submit_now = true;
     }
 
     /// The engine's one `send_raw`: submit the unsent part of `send_buf`.
