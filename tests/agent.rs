@@ -26,6 +26,7 @@ for_each_runtime!(
     manager_drain_finishes_tasks_and_says_goodbye,
     hello_carries_the_worker_identity,
     large_and_small_frames_interleave_exactly,
+    tasks_sent_as_the_drain_ends_are_answered_or_reported_unread,
 );
 
 fn result(conn: &mut ManagerConn) -> (u64, bool, Vec<u8>) {
@@ -448,4 +449,82 @@ fn large_and_small_frames_interleave_exactly(kind: RuntimeKind) {
     read_drain_and_check_bytes(&mut conn, &mut HashSet::new(), true);
     assert!(agent.wait().is_clean());
     assert_eq!(agent.stats().tasks_done(), total);
+}
+
+/// A manager that answers every RESULT of a draining worker with new TASKs
+/// races the worker's GOODBYE. Whatever the timing, every TASK the worker
+/// read (the GOODBYE's `bytes_received` covers it) has its RESULT before
+/// GOODBYE, and no TASK beyond that count gets one. Several rounds, since the
+/// outcome of the race varies from one to the next.
+fn tasks_sent_as_the_drain_ends_are_answered_or_reported_unread(kind: RuntimeKind) {
+    for round in 0..8 {
+        let listener = tcp_listener();
+        let mut agent = start(kind, plan(listener.local_endpoint().unwrap(), 1, 64));
+        let (mut conn, _) = accept(&listener);
+        // Where each TASK ends in the manager's byte stream.
+        let mut task_end: Vec<(u64, u64)> = Vec::new();
+        for id in 1..=4u64 {
+            conn.send_task(id, "sleep", &(20 + 10 * id as u32).to_be_bytes(), true)
+                .unwrap();
+            task_end.push((id, conn.bytes_sent()));
+        }
+        let mut acks = 0;
+        while acks < 4 {
+            if let ManagerEvent::Ack { .. } = conn.next_event(TIMEOUT).unwrap() {
+                acks += 1;
+            }
+        }
+        agent.request_stop();
+        let mut next = 100u64;
+        let mut answered = HashSet::new();
+        let goodbye = loop {
+            match conn.next_event(TIMEOUT).expect("drain completes") {
+                ManagerEvent::Result { id, .. } => {
+                    assert!(answered.insert(id), "round {round}: two RESULTs for {id}");
+                    // Reply at once, as a busy manager does: two new TASKs
+                    // for each accepted one (those answered `draining` get
+                    // none). A write that fails because the worker has
+                    // closed is fine.
+                    let replies = if id <= 4 { 2 } else { 0 };
+                    for _ in 0..replies {
+                        if conn.send_task(next, "echo", b"late", false).is_ok() {
+                            task_end.push((next, conn.bytes_sent()));
+                        }
+                        next += 1;
+                    }
+                }
+                ManagerEvent::Goodbye { counts, .. } => break counts.expect("GOODBYE has counts"),
+                ManagerEvent::Drain | ManagerEvent::Ack { .. } | ManagerEvent::Ping { .. } => {}
+                other => panic!("round {round}: unexpected {other:?}"),
+            }
+        };
+        eprintln!(
+            "round {round}: goodbye {} task_end {task_end:?} answered {answered:?}",
+            goodbye.bytes_received
+        );
+        for &(id, end) in &task_end {
+            if end <= goodbye.bytes_received {
+                assert!(
+                    answered.contains(&id),
+                    "round {round}: TASK {id} was read (it ends at byte {end}, GOODBYE says {} \
+                     received) but has no RESULT",
+                    goodbye.bytes_received
+                );
+            } else {
+                assert!(
+                    !answered.contains(&id),
+                    "round {round}: TASK {id} answered but not counted as received"
+                );
+            }
+        }
+        for id in 1..=4u64 {
+            assert!(
+                answered.contains(&id),
+                "round {round}: accepted task {id} lost"
+            );
+        }
+        drop(conn);
+        let report = agent.wait();
+        assert!(report.is_clean(), "round {round}: {report:?}");
+    }
 }

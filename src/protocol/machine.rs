@@ -407,6 +407,18 @@ impl WorkerMachine {
         self.recv.commit(n);
         if n > 0 {
             self.last_received = now;
+            self.reopen_drain();
+        }
+    }
+
+    /// Bytes arrived while GOODBYE was due but before it was written (a
+    /// driver that reads on another thread may hand over a chunk it read just
+    /// before): GOODBYE's `bytes_received` will count them, so every TASK in
+    /// them is answered first. The drain goes on; GOODBYE is due again once
+    /// they are.
+    fn reopen_drain(&mut self) {
+        if self.phase == Phase::GoodbyeDue {
+            self.phase = Phase::Draining(self.drain.unwrap_or(DrainOrigin::Worker));
         }
     }
 
@@ -415,6 +427,7 @@ impl WorkerMachine {
         self.recv.extend(bytes);
         if !bytes.is_empty() {
             self.last_received = now;
+            self.reopen_drain();
         }
     }
 
@@ -550,6 +563,7 @@ impl WorkerMachine {
     pub fn note_input(&mut self, len: usize, now: Instant) {
         if len > 0 {
             self.last_received = now;
+            self.reopen_drain();
         }
     }
 

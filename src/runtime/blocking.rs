@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, never, select, Receiver, Sender};
+use crossbeam_channel::{bounded, never, select, Receiver, RecvError, Sender};
 use rand::SeedableRng;
 
 use super::{
@@ -26,7 +26,7 @@ use super::{
     StopHandle,
 };
 use crate::link::Link;
-use crate::protocol::CloseReason;
+use crate::protocol::{CloseReason, Phase};
 use crate::session::WorkerSession;
 use crate::stats::{AgentStats, SessionState, SessionStats};
 use crate::transport::BlockingStream;
@@ -285,6 +285,8 @@ fn run_connection(
     let mut spare = Vec::new();
     let mut writer_busy = false;
     let mut reader_done = false;
+    // Bytes handed to the session; the reader has counted them first.
+    let mut fed = 0u64;
     let mut stop_seen = false;
     let mut drain_deadline: Option<Instant> = None;
 
@@ -308,6 +310,23 @@ fn run_connection(
                 }
                 writer_busy = true;
             } else {
+                if session.phase() == Phase::GoodbyeDue
+                    && !reader_done
+                    && stats.bytes_received() > fed
+                {
+                    // The reader has counted a chunk the session has not
+                    // seen. GOODBYE reports every byte read, so the TASKs in
+                    // it are answered first: the chunk is already on its way.
+                    let event = chunk_rx.recv_timeout(LINGER).map_err(|_| RecvError);
+                    match take_read_event(&mut session, event, &recycle_tx, &mut fed) {
+                        Ok(eof) => reader_done |= eof,
+                        Err(why) => {
+                            broken = Some(why);
+                            break;
+                        }
+                    }
+                    continue;
+                }
                 session.on_flushed(now);
                 if session.has_output() {
                     continue;
@@ -350,21 +369,10 @@ fn run_connection(
             d.saturating_duration_since(now)
         });
         select! {
-            recv(read_rx) -> event => match event {
-                Ok(ReadEvent::Data(buf, n)) => {
-                    session.on_input(buf.data(n), Instant::now());
-                    let _ = recycle_tx.try_send(buf);
-                }
-                Ok(ReadEvent::Eof) => {
-                    reader_done = true;
-                    session.on_eof(Instant::now());
-                }
-                Ok(ReadEvent::Failed(err)) => {
-                    broken = Some(format!("connection lost: read failed: {err}"));
-                    break;
-                }
-                Err(_) => {
-                    broken = Some("connection lost: the reader thread ended".to_owned());
+            recv(read_rx) -> event => match take_read_event(&mut session, event, &recycle_tx, &mut fed) {
+                Ok(eof) => reader_done |= eof,
+                Err(why) => {
+                    broken = Some(why);
                     break;
                 }
             },
@@ -419,6 +427,30 @@ fn run_connection(
     stats.set_in_flight(0);
     outcome.reason = reason;
     outcome
+}
+
+/// Hand one event from the reader to the session. Returns whether it was
+/// EOF, or why the connection is over. `fed` adds up the bytes handed over.
+fn take_read_event(
+    session: &mut Link,
+    event: Result<ReadEvent, RecvError>,
+    recycle: &Sender<RecvChunk>,
+    fed: &mut u64,
+) -> Result<bool, String> {
+    match event {
+        Ok(ReadEvent::Data(buf, n)) => {
+            *fed += n as u64;
+            session.on_input(buf.data(n), Instant::now());
+            let _ = recycle.try_send(buf);
+            Ok(false)
+        }
+        Ok(ReadEvent::Eof) => {
+            session.on_eof(Instant::now());
+            Ok(true)
+        }
+        Ok(ReadEvent::Failed(err)) => Err(format!("connection lost: read failed: {err}")),
+        Err(RecvError) => Err("connection lost: the reader thread ended".to_owned()),
+    }
 }
 
 /// The reader thread: the runtime's one `recv_raw` call site.

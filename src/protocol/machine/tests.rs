@@ -964,6 +964,24 @@ fn worker_drain_with_nothing_in_flight_is_goodbye_due_at_once() {
 }
 
 #[test]
+fn input_while_goodbye_is_due_is_answered_before_goodbye() {
+    let (mut m, t0) = welcomed(4);
+    m.start_drain(t0);
+    assert_eq!(m.phase(), Phase::GoodbyeDue);
+    let _ = take(&mut m);
+    // A chunk read just before GOODBYE was written (another thread read it).
+    m.handle_input(&task(7, b"late"), t0);
+    assert_eq!(m.phase(), Phase::Draining(DrainOrigin::Worker));
+    assert_eq!(poll(&mut m, t0), None, "refused tasks are not handed out");
+    let out = take(&mut m);
+    assert_eq!(kinds(&out), [FrameKind::Result]);
+    assert_eq!(out[0].id, 7);
+    assert_eq!(error_body(&out[0]).code, "draining");
+    assert_eq!(m.phase(), Phase::GoodbyeDue, "due again once answered");
+    assert!(m.write_goodbye(10, 20));
+}
+
+#[test]
 fn write_goodbye_reports_the_given_counters_then_closes_with_goodbye() {
     let (mut m, t0) = welcomed(4);
     assert!(!m.write_goodbye(1, 2), "only valid in GoodbyeDue");
