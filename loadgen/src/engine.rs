@@ -191,6 +191,10 @@ pub struct ConnReport {
     pub tasks_failed: u64,
     pub tasks_wrong: u64,
     pub tasks_lost: u64,
+    /// TASKs sent before this connection saw the agent's DRAIN that reached
+    /// the agent only after its GOODBYE: its `bytes_received` ends exactly
+    /// where they begin, so it never read them. Not lost, not answered.
+    pub tasks_unread: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub agent_bytes_sent: Option<u64>,
@@ -613,6 +617,7 @@ impl Engine {
                     .send_task(id, handler, &prepared.payload, self.spec.ack)
             };
             if queued.is_err() {
+                conn.slots[slot as usize].sent_ns = u64::MAX;
                 conn.free.push(slot);
                 conn.sending = false;
                 conn.report
@@ -781,10 +786,16 @@ impl Engine {
                     ManagerEventRef::Refused { code, message } => {
                         conn.report.error = Some(format!("refused the agent: {code}: {message}"));
                     }
+                    ManagerEventRef::Drain => {
+                        // The agent is stopping: what it reads from here on
+                        // is refused with `draining`, and bytes still in
+                        // flight when it says GOODBYE would break the byte
+                        // check. Send nothing more; wait for the results.
+                        conn.sending = false;
+                    }
                     ManagerEventRef::Ack { .. }
                     | ManagerEventRef::Ping { .. }
-                    | ManagerEventRef::Pong { .. }
-                    | ManagerEventRef::Drain => {}
+                    | ManagerEventRef::Pong { .. } => {}
                 }
             }
         }
@@ -838,9 +849,29 @@ impl Engine {
                     match conn.tls.as_deref() {
                         None => {
                             conn.report.agent_bytes_sent = Some(counts.bytes_sent + len as u64);
-                            conn.report.accounting_exact = counts.bytes_sent + len as u64
-                                == conn.report.bytes_received
-                                && counts.bytes_received == conn.report.bytes_sent;
+                            let sent_exact =
+                                counts.bytes_sent + len as u64 == conn.report.bytes_received;
+                            // TASKs already on their way when the agent's
+                            // DRAIN arrived can reach it after its GOODBYE.
+                            // Then it read exactly everything before them,
+                            // and its total falls short by exactly their
+                            // frames: unread, not lost.
+                            let unread_bytes: u64 = conn
+                                .slots
+                                .iter()
+                                .filter(|slot| slot.sent_ns != u64::MAX)
+                                .map(|slot| self.pool.task_frame_len(slot.task))
+                                .sum();
+                            let received_exact = counts.bytes_received == conn.report.bytes_sent;
+                            let unread = !received_exact
+                                && unread_bytes > 0
+                                && conn.report.bytes_sent.checked_sub(counts.bytes_received)
+                                    == Some(unread_bytes);
+                            if sent_exact && unread {
+                                conn.report.tasks_unread = conn.report.tasks_lost;
+                                conn.report.tasks_lost = 0;
+                            }
+                            conn.report.accounting_exact = sent_exact && (received_exact || unread);
                         }
                         Some(tls) => {
                             // PROTOCOL.md, "Byte accounting" over TLS: GOODBYE

@@ -33,6 +33,9 @@ pub struct Report {
     pub tasks_failed: u64,
     pub tasks_wrong: u64,
     pub tasks_lost: u64,
+    /// Sent before the agent's DRAIN was seen, and never read by the agent
+    /// (they arrived after its GOODBYE); neither lost nor answered.
+    pub tasks_unread: u64,
     pub tasks_per_sec: f64,
     pub payload_mib_per_sec: f64,
     pub wire_mib_per_sec: f64,
@@ -105,6 +108,7 @@ impl Report {
             tasks_failed: sum(|c| c.tasks_failed),
             tasks_wrong: sum(|c| c.tasks_wrong),
             tasks_lost: sum(|c| c.tasks_lost),
+            tasks_unread: sum(|c| c.tasks_unread),
             tasks_per_sec: tasks as f64 / secs,
             payload_mib_per_sec: result.measured_payload_bytes as f64 / secs / (1024.0 * 1024.0),
             wire_mib_per_sec: result.measured_wire_bytes as f64 / secs / (1024.0 * 1024.0),
@@ -156,6 +160,13 @@ impl Report {
             "  tasks           ok {}  failed {}  wrong {}  lost {}",
             self.tasks_ok, self.tasks_failed, self.tasks_wrong, self.tasks_lost
         )?;
+        if self.tasks_unread > 0 {
+            writeln!(
+                out,
+                "    unread {}: sent before the agent's DRAIN arrived, reached it after its GOODBYE",
+                self.tasks_unread
+            )?;
+        }
         for (code, count) in &self.failure_codes {
             writeln!(out, "    failed {code}: {count}")?;
         }

@@ -151,6 +151,17 @@ impl Pool {
         }
     }
 
+    /// Bytes of task `task`'s TASK frame on the wire: header, the handler
+    /// name's length byte and name, the payload.
+    pub fn task_frame_len(&self, task: u32) -> u64 {
+        self.tasks.get(task as usize).map_or(0, |t| {
+            (ringworker::protocol::HEADER_LEN
+                + 1
+                + self.handlers[t.handler].len()
+                + t.payload.len()) as u64
+        })
+    }
+
     /// The task for sequence number `n`.
     pub fn pick(&self, n: u64) -> u32 {
         self.order[(n % self.order.len() as u64) as usize]
