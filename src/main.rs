@@ -28,12 +28,9 @@ enum Command {
     Run(Box<RunArgs>),
     /// Zero-setup tour: an embedded manager on loopback drives an agent with a verified workload
     Demo(DemoArgs),
-    /// Validate a config file and print the effective configuration (secrets redacted)
-    CheckConfig {
-        /// The TOML file to check
-        #[arg(long, value_name = "PATH")]
-        config: std::path::PathBuf,
-    },
+    /// Validate a config file and print the effective configuration (secrets redacted): the
+    /// file under the RINGWORKER_* environment and any `run` flags given, as `run` would see it
+    CheckConfig(Box<RunArgs>),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions {
         /// The shell
@@ -73,7 +70,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::CheckConfig { config } => check_config(&config),
+        Command::CheckConfig(args) => check_config(&args),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "ringworker", &mut std::io::stdout());
@@ -158,7 +155,11 @@ fn run(args: &RunArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn check_config(path: &std::path::Path) -> ExitCode {
+fn check_config(args: &RunArgs) -> ExitCode {
+    let Some(path) = args.config.as_deref() else {
+        eprintln!("ringworker: check-config needs --config PATH (or RINGWORKER_CONFIG)");
+        return ExitCode::from(2);
+    };
     let file = match config::load_file(path) {
         Ok(file) => file,
         Err(err) => {
@@ -166,8 +167,7 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let args = RunArgs::default();
-    match Config::merge(&args, file) {
+    match Config::merge(args, file) {
         Ok(config) => {
             println!("# effective configuration of {}", path.display());
             print!("{}", config.effective_toml());

@@ -266,6 +266,56 @@ fn check_config_redacts_the_token_and_names_unknown_keys() {
 }
 
 #[test]
+fn check_config_applies_the_environment_and_flags_as_run_does() {
+    let dir = std::env::temp_dir().join(format!("rw-cli-env-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        "manager = \"tcp://127.0.0.1:7000\"\nsessions = 4\n",
+    )
+    .unwrap();
+    let check = |env: &[(&str, &str)], flags: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ringworker"));
+        command
+            .args(["check-config", "--config"])
+            .arg(&config)
+            .args(flags);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        command.output().unwrap()
+    };
+    let output = check(&[("RINGWORKER_SESSIONS", "8")], &[]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        stdout.contains("sessions = 8"),
+        "environment beats file: {stdout}"
+    );
+    let output = check(&[("RINGWORKER_SESSIONS", "8")], &["--sessions", "2"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("sessions = 2"),
+        "flag beats environment: {stdout}"
+    );
+    // What `run` would refuse, check-config refuses too.
+    let output = check(&[("RINGWORKER_SESSIONS", "abc")], &[]);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let output = check(
+        &[
+            ("RINGWORKER_MANAGER", "tls://127.0.0.1:7000"),
+            ("RINGWORKER_TLS_CA", "/nonexistent/ca.pem"),
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("/nonexistent/ca.pem"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn help_explains_every_option() {
     let output = Command::new(env!("CARGO_BIN_EXE_ringworker"))
         .args(["run", "--help"])
