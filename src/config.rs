@@ -123,7 +123,11 @@ pub struct RunArgs {
     #[arg(long, env = "RINGWORKER_TOKEN_FILE", value_name = "PATH")]
     pub token_file: Option<PathBuf>,
     /// Accept a token file that group or others can read
-    #[arg(long, env = "RINGWORKER_ALLOW_INSECURE_TOKEN_FILE")]
+    #[arg(
+        long,
+        env = "RINGWORKER_ALLOW_INSECURE_TOKEN_FILE",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub allow_insecure_token_file: bool,
     /// HTTP listener for /metrics /healthz /readyz /status, or `off` [default: 127.0.0.1:9464]
     #[arg(long, env = "RINGWORKER_METRICS_ADDR", value_name = "ADDR")]
@@ -265,6 +269,9 @@ impl fmt::Debug for Config {
 }
 
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
+/// Most sessions one agent keeps: each is a socket and a few hundred bytes of
+/// state and metrics; beyond this, run more agents.
+pub const MAX_SESSIONS: u32 = 100_000;
 pub const DEFAULT_MAX_BODY: u32 = 16 * 1024 * 1024;
 
 impl Config {
@@ -286,8 +293,10 @@ impl Config {
             .ok_or(ConfigError::MissingManager)?;
         let manager: Endpoint = manager_text.parse()?;
         let sessions = args.sessions.or(file.sessions).unwrap_or(1);
-        if sessions == 0 {
-            return Err(ConfigError::Invalid("sessions must be at least 1".into()));
+        if !(1..=MAX_SESSIONS).contains(&sessions) {
+            return Err(ConfigError::Invalid(format!(
+                "sessions {sessions} must be between 1 and {MAX_SESSIONS}"
+            )));
         }
         let threads = args
             .threads
@@ -319,6 +328,12 @@ impl Config {
             .clone()
             .or(file.worker_id)
             .unwrap_or_else(hostname);
+        if worker_id.trim().is_empty() || worker_id.chars().any(char::is_control) {
+            return Err(ConfigError::Invalid(format!(
+                "worker_id {worker_id:?} must be a non-empty name without control characters \
+                 (leave it unset for the hostname)"
+            )));
+        }
         let token_file = args.token_file.clone().or(file.token_file);
         let allow_insecure =
             args.allow_insecure_token_file || file.allow_insecure_token_file.unwrap_or(false);
@@ -334,9 +349,16 @@ impl Config {
         let metrics_addr = if metrics_text == "off" {
             MetricsAddr::Off
         } else {
-            MetricsAddr::Listen(metrics_text.parse().map_err(|_| {
+            // An address, or a host name that resolves (`localhost:9464`).
+            let resolved = metrics_text.parse().ok().or_else(|| {
+                std::net::ToSocketAddrs::to_socket_addrs(metrics_text.as_str())
+                    .ok()
+                    .and_then(|mut addrs| addrs.next())
+            });
+            MetricsAddr::Listen(resolved.ok_or_else(|| {
                 ConfigError::Invalid(format!(
-                    "metrics_addr {metrics_text:?} is not HOST:PORT (e.g. 127.0.0.1:9464) or `off`"
+                    "metrics_addr (--metrics-addr) {metrics_text:?} is not ADDRESS:PORT \
+                     (e.g. 127.0.0.1:9464, [::1]:9464, localhost:9464) or `off`"
                 ))
             })?)
         };
@@ -573,6 +595,36 @@ mod tests {
         assert_eq!(config.manager, Endpoint::Unix("/tmp/m.sock".into()));
         assert_eq!(config.sessions, 8);
         assert_eq!(config.max_body, 1 << 20);
+    }
+
+    #[test]
+    fn sessions_and_worker_id_out_of_range_are_refused() {
+        let file = parse_file("manager = \"tcp://10.0.0.1:1\"\n").unwrap();
+        let mut flags = args(None);
+        for (sessions, ok) in [
+            (0, false),
+            (1, true),
+            (MAX_SESSIONS, true),
+            (MAX_SESSIONS + 1, false),
+        ] {
+            flags.sessions = Some(sessions);
+            assert_eq!(
+                Config::merge(&flags, file.clone()).is_ok(),
+                ok,
+                "sessions {sessions}"
+            );
+        }
+        flags.sessions = None;
+        for (id, ok) in [
+            ("", false),
+            ("  ", false),
+            ("a\nb", false),
+            ("node-7", true),
+        ] {
+            flags.worker_id = Some(id.to_owned());
+            let result = Config::merge(&flags, file.clone());
+            assert_eq!(result.is_ok(), ok, "worker_id {id:?}");
+        }
     }
 
     #[derive(clap::Parser)]

@@ -104,6 +104,15 @@ fn run(args: &RunArgs) -> ExitCode {
     // Each session is a socket: allow as many as the hard limit permits.
     if let Ok(limit) = rlimit::increase_nofile_limit(u64::MAX) {
         tracing::debug!(limit, "open-file limit raised to the hard limit");
+        // A socket per session, plus the listener, the rings and the logs.
+        let needed = u64::from(config.sessions) + 64;
+        if needed > limit {
+            tracing::warn!(
+                "{} sessions need about {needed} open files but the limit is {limit}: the sessions \
+                 beyond it will fail to dial (raise LimitNOFILE or `ulimit -n`)",
+                config.sessions
+            );
+        }
     }
     let mut agent = match Agent::new(&config, HandlerRegistry::with_builtins()) {
         Ok(agent) => agent,
