@@ -63,7 +63,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<bool> {
         port: 0,
     })?;
     let endpoint = listener.local_endpoint()?;
-    println!("ringworker demo: embedded manager on {endpoint}, {} sessions, {} s of echo / crc32c / sha256 / sink", args.sessions, args.duration);
+    crate::say!("ringworker demo: embedded manager on {endpoint}, {} sessions, {} s of echo / crc32c / sha256 / sink", args.sessions, args.duration);
     let config = Config {
         manager: endpoint,
         runtime: args.runtime,
@@ -93,7 +93,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<bool> {
     let http = HttpServer::start(default_addr, telemetry.clone())
         .or_else(|_| HttpServer::start(([127, 0, 0, 1], 0).into(), telemetry))?;
     agent.run(&config)?;
-    println!(
+    crate::say!(
         "agent runtime: {}; while it runs: curl http://{addr}/metrics  (also /status /healthz /readyz)",
         agent.runtime().kind().as_str(),
         addr = http.addr()
@@ -121,7 +121,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<bool> {
     while start.elapsed() < duration {
         thread::sleep(Duration::from_secs(1).min(duration.saturating_sub(start.elapsed())));
         let now_done = done.load(Relaxed);
-        println!(
+        crate::say!(
             "  {:>4.1} s  {:>9} tasks  {:>9} tasks/s  agent sent {}  received {}",
             start.elapsed().as_secs_f64(),
             now_done,
@@ -146,7 +146,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<bool> {
 
     let mut all_ok = run_report.is_clean();
     let mut total = DriverReport::default();
-    println!("\nsession  tasks ok  failed  wrong  lost  agent sent            agent received        accounting");
+    crate::say!("\nsession  tasks ok  failed  wrong  lost  agent sent            agent received        accounting");
     drivers.sort_by_key(|(index, _)| *index);
     for (session, driver) in drivers {
         let report = driver
@@ -163,7 +163,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<bool> {
         let Some(s) = stats.sessions.get(session as usize) else {
             anyhow::bail!("the agent reported session {session}, which it does not have");
         };
-        println!(
+        crate::say!(
             "{:>7}  {:>8}  {:>6}  {:>5}  {:>4}  {:<20}  {:<20}  {}",
             session,
             report.ok,
@@ -183,7 +183,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<bool> {
         total.wrong += report.wrong;
         total.lost += report.lost;
     }
-    println!(
+    crate::say!(
         "\n{} tasks verified in {:.1} s ({:.0} tasks/s); failed {}, wrong {}, lost {}; agent moved {} out, {} in",
         total.ok,
         elapsed.as_secs_f64(),
@@ -194,7 +194,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<bool> {
         format_bytes(stats.bytes_sent_total()),
         format_bytes(stats.bytes_received_total()),
     );
-    println!(
+    crate::say!(
         "{}",
         if all_ok {
             "demo passed: every result verified, byte totals equal to the byte"

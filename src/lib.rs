@@ -29,6 +29,16 @@
 
 #![deny(unsafe_code)]
 
+/// `println!` for reports on stdout, minus its panic when stdout is closed
+/// (`ringworker demo | head -1`): what cannot be written is dropped.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use ::std::io::Write as _;
+        let _ = ::std::writeln!(::std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 pub mod agent;
 pub mod config;
 pub mod demo;

@@ -73,18 +73,34 @@ fn main() -> ExitCode {
         Command::CheckConfig(args) => check_config(&args),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut command, "ringworker", &mut std::io::stdout());
-            ExitCode::SUCCESS
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "ringworker", &mut script);
+            write_stdout(&script)
         }
         Command::Manpage => {
             let command = <Cli as clap::CommandFactory>::command();
-            match clap_mangen::Man::new(command).render(&mut std::io::stdout()) {
-                Ok(()) => ExitCode::SUCCESS,
+            let mut page = Vec::new();
+            match clap_mangen::Man::new(command).render(&mut page) {
+                Ok(()) => write_stdout(&page),
                 Err(err) => {
                     eprintln!("ringworker: cannot write the man page: {err}");
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Write generated text to stdout; a reader that closed it early
+/// (`| head`) is not an error.
+fn write_stdout(bytes: &[u8]) -> ExitCode {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(bytes) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("ringworker: cannot write to stdout: {err}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -178,8 +194,8 @@ fn check_config(args: &RunArgs) -> ExitCode {
     };
     match Config::merge(args, file) {
         Ok(config) => {
-            println!("# effective configuration of {}", path.display());
-            print!("{}", config.effective_toml());
+            ringworker::say!("# effective configuration of {}", path.display());
+            ringworker::say!("{}", config.effective_toml().trim_end());
             ExitCode::SUCCESS
         }
         Err(err) => {

@@ -369,3 +369,35 @@ fn demo_runs_a_verified_workload_with_no_setup() {
         .collect();
     assert_eq!(rows.len(), 2, "one exact row per session:\n{stdout}");
 }
+
+#[test]
+fn a_closed_stdout_ends_no_command_with_a_panic() {
+    let dir = std::env::temp_dir().join(format!("rw-cli-pipe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("agent.toml");
+    std::fs::write(&config, "manager = \"tcp://127.0.0.1:7000\"\n").unwrap();
+    let config = config.display().to_string();
+    for args in [
+        vec!["completions", "bash"],
+        vec!["manpage"],
+        vec!["check-config", "--config", &config],
+        vec!["demo", "--duration", "1", "--sessions", "1"],
+    ] {
+        // Every write to this stdout fails with EPIPE: its reader is gone.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let output = Command::new(env!("CARGO_BIN_EXE_ringworker"))
+            .args(&args)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(
+            output.status.success(),
+            "{args:?}: {:?} {stderr}",
+            output.status
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
