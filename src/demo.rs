@@ -23,13 +23,13 @@ use crate::transport::{BlockingListener, Endpoint};
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
     /// How long to run the workload, seconds
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub duration: u64,
     /// Sessions the agent opens
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub sessions: u32,
     /// Tasks in flight per session
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub concurrency: u32,
     /// I/O engine of the agent
     #[arg(long, value_enum, default_value_t = RuntimeChoice::Auto)]

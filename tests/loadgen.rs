@@ -232,3 +232,41 @@ fn an_agent_stopped_mid_run_passes_the_check(kind: RuntimeKind) {
         let _ = std::fs::remove_file(report);
     }
 }
+
+#[test]
+fn a_run_where_no_task_succeeds_fails_and_says_why() {
+    let output = Command::new(loadgen_bin())
+        .args(["--listen", "tcp://127.0.0.1:0", "--spawn", "blocking"])
+        .arg(format!("--agent-bin={}", env!("CARGO_BIN_EXE_ringworker")))
+        .args(["--handler", "nosuch", "--duration", "0.3"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("FAIL: no task succeeded (failed: unknown_handler"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_spawned_agent_that_exits_at_start_ends_the_wait_at_once() {
+    let started = std::time::Instant::now();
+    let output = Command::new(loadgen_bin())
+        .args(["--listen", "tcp://127.0.0.1:0", "--spawn", "blocking"])
+        .arg(format!("--agent-bin={}", env!("CARGO_BIN_EXE_ringworker")))
+        .args(["--agent-arg=--max-body=1", "--connect-timeout", "60"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("max_body 1 must be between"), "{stderr}");
+    assert!(
+        stderr.contains("the spawned agent exited"),
+        "the loadgen says why it stopped waiting: {stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "it did not wait out --connect-timeout"
+    );
+}

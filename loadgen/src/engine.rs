@@ -367,8 +367,14 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Accept `sessions` workers and complete their handshakes.
-    pub fn accept_all(&mut self, timeout: Duration) -> io::Result<()> {
+    /// Accept `sessions` workers and complete their handshakes. `gone` is
+    /// asked every 100 ms at most whether waiting is pointless (a spawned
+    /// agent that exited); its answer is the error.
+    pub fn accept_all(
+        &mut self,
+        timeout: Duration,
+        gone: &mut dyn FnMut() -> Option<String>,
+    ) -> io::Result<()> {
         let deadline = Instant::now() + timeout;
         let mut events = Events::with_capacity(1024);
         while self
@@ -399,7 +405,13 @@ impl Engine {
                     ),
                 ));
             }
-            self.poll.poll(&mut events, Some(deadline - now))?;
+            if let Some(why) = gone() {
+                return Err(io::Error::other(why));
+            }
+            self.poll.poll(
+                &mut events,
+                Some((deadline - now).min(Duration::from_millis(100))),
+            )?;
             for event in events.iter() {
                 if event.token() == LISTENER {
                     self.accept_ready()?;

@@ -19,7 +19,9 @@ use ringworker_loadgen::workload::{Mix, PayloadSpec, Pool};
 /// result (echo, crc32c, sha256 exactly; sink and sleep empty), drains the
 /// agents and reports tasks/s, bandwidth, latency percentiles, CPU per task
 /// and the byte accounting of every connection. Exit status 0 only when no
-/// task was wrong or lost and every connection's byte totals match.
+/// task was wrong or lost, at least one succeeded, and every connection's
+/// byte totals match; 1 otherwise; 2 for a usage error or a run that could
+/// not start.
 ///
 /// TLS: `--listen tls://HOST:PORT` serves TLS 1.3 with `--tls-cert` and
 /// `--tls-key` (and `--tls-client-ca` to require client certificates). With
@@ -53,7 +55,7 @@ struct Args {
     #[arg(long = "agent-arg", value_name = "ARG", allow_hyphen_values = true)]
     agent_args: Vec<String>,
     /// Worker sessions to wait for
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     sessions: u32,
     /// Handler, or a weighted mix such as echo:8,crc32c:1,sha256:1
     #[arg(long, default_value = "echo")]
@@ -68,24 +70,30 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Closed loop: tasks in flight per session
-    #[arg(long, default_value_t = 32, conflicts_with = "rate")]
+    #[arg(
+        long,
+        default_value_t = 32,
+        conflicts_with = "rate",
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
     concurrency: u32,
     /// Open loop: tasks per second in all; latency counts from each task's intended send time
     #[arg(long)]
     rate: Option<f64>,
     /// Seconds of measured load (after the warmup)
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
     duration: f64,
     /// Stop after sending this many tasks (instead of --duration)
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     tasks: Option<u64>,
     /// Seconds of load before measuring starts
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = seconds)]
     warmup: f64,
     /// Request an ACK for every task
     #[arg(long)]
     ack: bool,
-    /// The agent's max_body for TASKs is its own; this is the manager's (WELCOME)
+    /// Largest frame body the agent may send back (the manager's max_body, announced in
+    /// WELCOME); the agent's own limit on TASKs is its --max-body
     #[arg(long, default_value = "16MiB")]
     max_body: ringworker::config::ByteSize,
     /// Heartbeat interval announced in WELCOME, milliseconds (0: none)
@@ -101,8 +109,24 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     hgrm: Option<PathBuf>,
     /// Seconds to wait for the sessions to connect
-    #[arg(long, default_value_t = 30.0)]
+    #[arg(long, default_value_t = 30.0, value_parser = positive_seconds)]
     connect_timeout: f64,
+}
+
+/// A number of seconds, 0 or more.
+fn seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => Ok(secs),
+        _ => Err(format!("{text:?} is not a number of seconds (0 or more)")),
+    }
+}
+
+/// A number of seconds, more than 0.
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match seconds(text) {
+        Ok(secs) if secs > 0.0 => Ok(secs),
+        _ => Err(format!("{text:?} is not a number of seconds above 0")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -401,7 +425,17 @@ fn run() -> anyhow::Result<bool> {
         }
     );
     let connect_started = Instant::now();
-    if let Err(err) = engine.accept_all(Duration::from_secs_f64(args.connect_timeout)) {
+    let mut agent_gone = || {
+        let spawned = spawned.as_mut()?;
+        let status = spawned.child.try_wait().ok()??;
+        Some(format!(
+            "the spawned agent exited ({status}) before its sessions connected; its message is above"
+        ))
+    };
+    if let Err(err) = engine.accept_all(
+        Duration::from_secs_f64(args.connect_timeout),
+        &mut agent_gone,
+    ) {
         // Close what did connect (over TLS with close_notify). The JSON
         // report still says what connected and which TLS handshakes failed;
         // the run itself is a usage-level failure.

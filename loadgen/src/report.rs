@@ -136,9 +136,41 @@ impl Report {
         }
     }
 
-    /// Exit status rule: clean only with nothing wrong, lost or mismatched.
+    /// Exit status rule: clean only with nothing wrong, lost or mismatched,
+    /// and at least one task verified (a run whose every task failed, say
+    /// with `unknown_handler`, has checked nothing).
     pub fn passed(&self) -> bool {
-        self.tasks_wrong == 0 && self.tasks_lost == 0 && self.accounting_mismatches == 0
+        self.failures().is_empty()
+    }
+
+    /// Why the run did not pass; empty when it did.
+    pub fn failures(&self) -> Vec<String> {
+        let mut why = Vec::new();
+        if self.tasks_wrong > 0 {
+            why.push(format!("{} wrong results", self.tasks_wrong));
+        }
+        if self.tasks_lost > 0 {
+            why.push(format!("{} tasks lost", self.tasks_lost));
+        }
+        if self.accounting_mismatches > 0 {
+            why.push(format!(
+                "byte totals differ on {} connections",
+                self.accounting_mismatches
+            ));
+        }
+        if self.tasks_ok == 0 {
+            why.push(if self.tasks_failed > 0 {
+                let codes: Vec<String> = self
+                    .failure_codes
+                    .iter()
+                    .map(|(code, n)| format!("{code} {n}"))
+                    .collect();
+                format!("no task succeeded (failed: {})", codes.join(", "))
+            } else {
+                "no task completed".to_owned()
+            });
+        }
+        why
     }
 
     /// The human table.
@@ -246,9 +278,9 @@ impl Report {
             out,
             "  result          {}",
             if self.passed() {
-                "PASS: every result verified, byte totals exact"
+                "PASS: every result verified, byte totals exact".to_owned()
             } else {
-                "FAIL"
+                format!("FAIL: {}", self.failures().join("; "))
             }
         )?;
         Ok(())
