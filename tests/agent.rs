@@ -27,6 +27,7 @@ for_each_runtime!(
     hello_carries_the_worker_identity,
     large_and_small_frames_interleave_exactly,
     tasks_sent_as_the_drain_ends_are_answered_or_reported_unread,
+    a_zero_drain_timeout_with_nothing_in_flight_still_says_goodbye,
 );
 
 fn result(conn: &mut ManagerConn) -> (u64, bool, Vec<u8>) {
@@ -527,4 +528,21 @@ fn tasks_sent_as_the_drain_ends_are_answered_or_reported_unread(kind: RuntimeKin
         let report = agent.wait();
         assert!(report.is_clean(), "round {round}: {report:?}");
     }
+}
+
+/// `--drain-timeout 0`: nothing in flight is abandoned, so DRAIN and GOODBYE
+/// still go out, with exact byte counts, and the stop is clean.
+fn a_zero_drain_timeout_with_nothing_in_flight_still_says_goodbye(kind: RuntimeKind) {
+    let listener = tcp_listener();
+    let mut plan = plan(listener.local_endpoint().unwrap(), 1, 64);
+    plan.drain_timeout = std::time::Duration::ZERO;
+    let mut agent = start(kind, plan);
+    let (mut conn, _) = accept(&listener);
+    conn.send_task(1, "echo", b"one", false).unwrap();
+    assert_eq!(result(&mut conn), (1, false, b"one".to_vec()));
+    agent.request_stop();
+    read_drain_and_check_bytes(&mut conn, &mut HashSet::new(), true);
+    let report = agent.wait();
+    assert!(report.is_clean(), "{report:?}");
+    assert!(agent.stats().sessions[0].last_error().is_none());
 }

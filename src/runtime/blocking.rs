@@ -22,8 +22,8 @@ use crossbeam_channel::{bounded, never, select, Receiver, RecvError, Sender};
 use rand::SeedableRng;
 
 use super::{
-    AgentPlan, Backoff, ByteCounters, RecvChunk, RunReport, RuntimeError, RuntimeKind, RuntimeMode,
-    StopHandle,
+    drain_timeout_message, AgentPlan, Backoff, ByteCounters, RecvChunk, RunReport, RuntimeError,
+    RuntimeKind, RuntimeMode, StopHandle, DRAIN_FLUSH_GRACE,
 };
 use crate::link::Link;
 use crate::protocol::{CloseReason, Phase};
@@ -289,6 +289,7 @@ fn run_connection(
     let mut fed = 0u64;
     let mut stop_seen = false;
     let mut drain_deadline: Option<Instant> = None;
+    let mut drain_grace = false;
 
     while broken.is_none() {
         let now = Instant::now();
@@ -344,14 +345,20 @@ fn run_connection(
         }
         if let Some(deadline) = drain_deadline {
             if now >= deadline {
+                if session.in_flight() == 0 && !drain_grace {
+                    // Nothing to abandon: let DRAIN and GOODBYE go out.
+                    drain_grace = true;
+                    drain_deadline = Some(now + DRAIN_FLUSH_GRACE);
+                    continue;
+                }
                 outcome.abandoned = session.in_flight() as u64;
+                let why = drain_timeout_message(plan.drain_timeout, outcome.abandoned);
                 tracing::error!(
                     session = index,
                     abandoned = outcome.abandoned,
-                    "session {index}: drain timed out after {:?}: {} tasks abandoned",
-                    plan.drain_timeout,
-                    outcome.abandoned
+                    "session {index}: {why}"
                 );
+                stats.set_last_error(Some(why));
                 break;
             }
         }

@@ -245,6 +245,23 @@ impl StopHandle {
 /// into buffers 16 bytes past a page boundary (where a large `Vec` lands),
 /// 1.66 µs page-aligned and 1.50 µs half a page in (BENCHMARKS.md).
 pub const RECV_PAGE_OFFSET: usize = 2048;
+
+/// When the drain timeout passes with every task answered, only DRAIN and
+/// GOODBYE are left to write (`--drain-timeout 0` with nothing in flight):
+/// they get this long before the connection is closed without them.
+pub const DRAIN_FLUSH_GRACE: Duration = Duration::from_secs(2);
+
+/// The one line logged when a drain runs out of time.
+pub fn drain_timeout_message(timeout: Duration, abandoned: u64) -> String {
+    if abandoned > 0 {
+        format!("drain timed out after {timeout:?}: {abandoned} tasks abandoned")
+    } else {
+        format!(
+            "drain timed out after {timeout:?}: every task was answered, but GOODBYE could not \
+             be written within {DRAIN_FLUSH_GRACE:?} more"
+        )
+    }
+}
 const PAGE: usize = 4096;
 
 /// Heap memory for receives whose usable part starts [`RECV_PAGE_OFFSET`]

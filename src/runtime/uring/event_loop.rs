@@ -33,7 +33,9 @@ use rand::SeedableRng;
 
 use super::bufring::BufRing;
 use crate::link::Link;
-use crate::runtime::{AgentPlan, Backoff, ByteCounters, StopHandle};
+use crate::runtime::{
+    drain_timeout_message, AgentPlan, Backoff, ByteCounters, StopHandle, DRAIN_FLUSH_GRACE,
+};
 use crate::session::WorkerSession;
 use crate::stats::{AgentStats, SessionState};
 use crate::transport::Endpoint;
@@ -134,6 +136,9 @@ struct Slot {
     retry_at: Instant,
     deadline: Option<Instant>,
     drain_deadline: Option<Instant>,
+    /// The drain deadline was moved once, by [`DRAIN_FLUSH_GRACE`], because
+    /// nothing was in flight any more.
+    drain_grace: bool,
     linger_until: Option<Instant>,
     eof: bool,
     broken: Option<String>,
@@ -245,6 +250,7 @@ impl EventLoop {
                     retry_at: now,
                     deadline: None,
                     drain_deadline: None,
+                    drain_grace: false,
                     linger_until: None,
                     eof: false,
                     broken: None,
@@ -504,18 +510,23 @@ impl EventLoop {
         }
         if let Some(deadline) = s.drain_deadline {
             if now >= deadline && session.closed().is_none() {
-                s.abandoned = session.in_flight() as u64;
-                tracing::error!(
-                    session = s.index,
-                    abandoned = s.abandoned,
-                    "session {}: drain timed out after {:?}: {} tasks abandoned",
-                    s.index,
-                    drain_timeout,
-                    s.abandoned
-                );
-                s.broken = Some("drain timed out".to_owned());
-                self.begin_teardown(slot_id);
-                return;
+                if session.in_flight() == 0 && !s.drain_grace {
+                    // Nothing to abandon: let DRAIN and GOODBYE go out.
+                    s.drain_grace = true;
+                    s.drain_deadline = Some(now + DRAIN_FLUSH_GRACE);
+                } else {
+                    s.abandoned = session.in_flight() as u64;
+                    let why = drain_timeout_message(drain_timeout, s.abandoned);
+                    tracing::error!(
+                        session = s.index,
+                        abandoned = s.abandoned,
+                        "session {}: {why}",
+                        s.index
+                    );
+                    s.stats.set_last_error(Some(why));
+                    self.begin_teardown(slot_id);
+                    return;
+                }
             }
         }
         if session.poll_timeout().is_some_and(|t| now >= t) {
@@ -864,6 +875,7 @@ impl EventLoop {
         }
         s.backoff.connection_ended(uptime);
         s.drain_deadline = None;
+        s.drain_grace = false;
         s.linger_until = None;
         if let Some(reason) = refusal {
             let message = format!(
