@@ -197,11 +197,14 @@ fn progress(conn: &mut Conn, telemetry: &Telemetry) -> bool {
                 Ok(0) => return false,
                 Ok(n) => {
                     conn.request.extend_from_slice(&chunk[..n]);
-                    if let Some(end) = find_head_end(&conn.request) {
+                    // The head and its blank line must fit in MAX_REQUEST,
+                    // however the bytes were split into reads.
+                    let end = find_head_end(&conn.request).filter(|&end| end + 4 <= MAX_REQUEST);
+                    if let Some(end) = end {
                         conn.response = respond(&conn.request[..end], telemetry);
                         break;
                     }
-                    if conn.request.len() > MAX_REQUEST {
+                    if conn.request.len() >= MAX_REQUEST {
                         conn.response = response(431, "text/plain", b"request header too large\n");
                         break;
                     }

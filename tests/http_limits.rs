@@ -65,3 +65,56 @@ fn a_flood_of_idle_connections_and_a_huge_header_cannot_lock_out_scrapes() {
     agent.request_stop();
     assert!(agent.wait().is_clean());
 }
+
+/// The limit is on the request head, blank line included, whether it comes in
+/// one write or many: 8 KiB is answered, one byte more is 431.
+#[test]
+fn the_head_limit_is_eight_kib_however_it_arrives() {
+    let listener = tcp_listener();
+    let mut agent = start(
+        RuntimeKind::Blocking,
+        plan(listener.local_endpoint().unwrap(), 1, 8),
+    );
+    let server = HttpServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(Telemetry::new(agent.stats())),
+    )
+    .unwrap();
+    let addr = server.addr().to_string();
+    let head = |total: usize| {
+        let start = b"GET /healthz HTTP/1.1\r\nX-Fill: ".to_vec();
+        let fill = total - start.len() - 4;
+        let mut head = start;
+        head.extend(std::iter::repeat_n(b'a', fill));
+        head.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(head.len(), total);
+        head
+    };
+    for (total, piece, status) in [
+        (8192, 8192, "200"),
+        (8192, 1000, "200"),
+        (8193, 8193, "431"),
+        (9039, 9039, "431"),
+        (9039, 1000, "431"),
+    ] {
+        let mut stream = TcpStream::connect(&addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        for part in head(total).chunks(piece) {
+            if stream.write_all(part).is_err() {
+                break; // answered and closed before the rest
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{total} bytes in writes of {piece}: {answer}"
+        );
+    }
+    agent.request_stop();
+    assert!(agent.wait().is_clean());
+}
