@@ -63,7 +63,12 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<bool> {
         port: 0,
     })?;
     let endpoint = listener.local_endpoint()?;
-    crate::say!("ringworker demo: embedded manager on {endpoint}, {} sessions, {} s of echo / crc32c / sha256 / sink", args.sessions, args.duration);
+    crate::say!(
+        "ringworker demo: embedded manager on {endpoint}, {} session{}, {} s of echo / crc32c / sha256 / sink",
+        args.sessions,
+        if args.sessions == 1 { "" } else { "s" },
+        args.duration
+    );
     let config = Config {
         manager: endpoint,
         runtime: args.runtime,
@@ -146,7 +151,16 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<bool> {
 
     let mut all_ok = run_report.is_clean();
     let mut total = DriverReport::default();
-    crate::say!("\nsession  tasks ok  failed  wrong  lost  agent sent            agent received        accounting");
+    crate::say!(
+        "\n{:>7}  {:>8}  {:>6}  {:>5}  {:>4}  {:<26}  {:<26}  accounting",
+        "session",
+        "tasks ok",
+        "failed",
+        "wrong",
+        "lost",
+        "agent sent",
+        "agent received"
+    );
     drivers.sort_by_key(|(index, _)| *index);
     for (session, driver) in drivers {
         let report = driver
@@ -164,7 +178,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<bool> {
             anyhow::bail!("the agent reported session {session}, which it does not have");
         };
         crate::say!(
-            "{:>7}  {:>8}  {:>6}  {:>5}  {:>4}  {:<20}  {:<20}  {}",
+            "{:>7}  {:>8}  {:>6}  {:>5}  {:>4}  {:<26}  {:<26}  {}",
             session,
             report.ok,
             report.failed,

@@ -133,7 +133,7 @@ fn run(args: &RunArgs) -> ExitCode {
     let mut agent = match Agent::new(&config, HandlerRegistry::with_builtins()) {
         Ok(agent) => agent,
         Err(err) => {
-            eprintln!("ringworker: {err}");
+            fatal(&config, format_args!("{err}"));
             return ExitCode::from(1);
         }
     };
@@ -147,8 +147,11 @@ fn run(args: &RunArgs) -> ExitCode {
                     Some(server)
                 }
                 Err(err) => {
-                    eprintln!(
-                        "ringworker: cannot listen on {addr} for metrics: {err} (choose another --metrics-addr, or `off`)"
+                    fatal(
+                        &config,
+                        format_args!(
+                            "cannot listen on {addr} for metrics: {err} (choose another --metrics-addr, or `off`)"
+                        ),
                     );
                     return ExitCode::from(1);
                 }
@@ -158,26 +161,41 @@ fn run(args: &RunArgs) -> ExitCode {
     // Signals first: a SIGTERM that arrives while the sessions start must
     // drain them, not kill the process with the default action.
     if let Err(err) = install_signal_handlers(agent.stop_handle()) {
-        eprintln!("ringworker: cannot install signal handlers: {err}");
+        fatal(
+            &config,
+            format_args!("cannot install signal handlers: {err}"),
+        );
         return ExitCode::from(1);
     }
     if let Err(err) = agent.run(&config) {
-        eprintln!("ringworker: {err}");
+        fatal(&config, format_args!("{err}"));
         return ExitCode::from(1);
     }
     let report = agent.wait();
     if let Some(reason) = &report.fatal {
-        eprintln!("ringworker: {reason}");
+        fatal(&config, format_args!("{reason}"));
         return ExitCode::from(1);
     }
     if report.abandoned_tasks > 0 {
-        eprintln!(
-            "ringworker: drain timed out: {} task(s) abandoned",
-            report.abandoned_tasks
+        fatal(
+            &config,
+            format_args!(
+                "drain timed out: {} task(s) abandoned",
+                report.abandoned_tasks
+            ),
         );
         return ExitCode::from(1);
     }
     ExitCode::SUCCESS
+}
+
+/// The last line of a run that ends in failure, on stderr: `ringworker: why`,
+/// or with `--log-format json` a JSON log line like every other.
+fn fatal(config: &Config, why: std::fmt::Arguments<'_>) {
+    match config.log_format {
+        LogFormat::Text => eprintln!("ringworker: {why}"),
+        LogFormat::Json => tracing::error!(fatal = true, "{why}"),
+    }
 }
 
 fn check_config(args: &RunArgs) -> ExitCode {

@@ -396,11 +396,15 @@ impl WorkerSession {
             (_, Some(why)) => {
                 let lost = self.in_flight();
                 self.stats.set_last_error(Some(why.to_owned()));
-                tracing::warn!(
-                    session = index,
-                    lost,
-                    "session {index}: {why}; {lost} tasks in flight lost to it"
-                );
+                if lost > 0 {
+                    tracing::warn!(
+                        session = index,
+                        lost,
+                        "session {index}: {why}; {lost} tasks in flight lost to it"
+                    );
+                } else {
+                    tracing::warn!(session = index, lost, "session {index}: {why}");
+                }
             }
             (None, None) => {}
         }

@@ -401,3 +401,31 @@ fn a_closed_stdout_ends_no_command_with_a_panic() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn with_json_logs_the_fatal_line_is_json_too() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_ringworker"))
+        .args([
+            "run",
+            "--manager",
+            "tcp://127.0.0.1:1",
+            "--log-format",
+            "json",
+        ])
+        .arg(format!("--metrics-addr={}", taken.local_addr().unwrap()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().expect("a reason on stderr");
+    let line: serde_json::Value = serde_json::from_str(last).expect("a JSON line");
+    assert_eq!(line["level"], "ERROR", "{line}");
+    assert!(
+        line["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot listen on"),
+        "{line}"
+    );
+}
