@@ -283,7 +283,9 @@ def main():
         lines += ["", f"**Idle sessions:** 10,000 connected uring sessions in one agent: RSS {idle[0] / 1024:.1f} MiB; "
                   f"all handshakes completed in {idle[1]:.2f} s."]
     lines += tls_lines
-    lines += ["", "![tasks/s against sessions](benches/scaling.svg)", ""]
+    lines += ["", "![tasks/s against sessions](benches/scaling.svg)", "",
+              "Profiles, side-by-side measurements of single changes and what limits each ratio: "
+              "[benches/INVESTIGATIONS.md](benches/INVESTIGATIONS.md).", ""]
     with open(os.path.join(ROOT, "BENCHMARKS.md"), "w") as f:
         f.write("\n".join(lines))
     write_svg(results, os.path.join(ROOT, "benches", "scaling.svg"), med)
