@@ -496,9 +496,24 @@ pub fn parse_file(text: &str) -> Result<FileConfig, String> {
             .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
         let mut message = err.message().trim().to_owned();
         if let Some(field) = message.strip_prefix("unknown field ") {
-            // Name the key; the list of every accepted spelling is noise.
-            let key = field.split(", expected").next().unwrap_or(field).to_owned();
-            message = format!("unknown key {key} (see `ringworker run --help` for the keys)");
+            // Name the key and the nearest accepted one; the list of every
+            // accepted key is noise.
+            let (key, expected) = field.split_once(", expected").unwrap_or((field, ""));
+            let unquoted = key.trim_matches('`');
+            let nearest = expected
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .map(|known| (strsim::damerau_levenshtein(unquoted, known), known))
+                .filter(|&(distance, _)| distance <= 3)
+                .min();
+            message = match nearest {
+                Some((_, known)) => format!("unknown key {key}; did you mean `{known}`?"),
+                None => format!(
+                    "unknown key {key} (keys are the `run` flags in snake_case: max_in_flight, \
+                     tls_ca, ...)"
+                ),
+            };
         }
         match line {
             Some(line) => format!("line {line}: {message}"),

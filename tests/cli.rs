@@ -259,7 +259,9 @@ fn check_config_redacts_the_token_and_names_unknown_keys() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2));
     assert!(
-        stderr.contains("max_bodyy") && stderr.contains("line 2"),
+        stderr.contains("max_bodyy")
+            && stderr.contains("line 2")
+            && stderr.contains("did you mean `max_body`?"),
         "{stderr}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
