@@ -25,6 +25,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the agent: dial the manager and serve tasks until SIGTERM / SIGINT
+    #[command(after_long_help = RUN_AFTER_HELP)]
     Run(Box<RunArgs>),
     /// Zero-setup tour: an embedded manager on loopback drives an agent with a verified workload
     Demo(DemoArgs),
@@ -37,9 +38,28 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff) of ringworker(1)
-    Manpage,
+    /// Print the man page (roff) of ringworker(1), or of one subcommand: ringworker-run(1), ...
+    Manpage {
+        /// The subcommand whose page to print (run, demo, check-config, completions)
+        #[arg(value_name = "SUBCOMMAND")]
+        subcommand: Option<String>,
+    },
 }
+
+/// The end of `run --help` and of ringworker-run(1).
+const RUN_AFTER_HELP: &str = "\
+Environment: every option can also be set with RINGWORKER_<OPTION> (RINGWORKER_MANAGER, \
+RINGWORKER_SESSIONS, ...); precedence is flags, environment, config file, defaults. \
+RINGWORKER_LOG=debug (an EnvFilter) raises the log level.
+
+Signals: SIGTERM or SIGINT drains every session (DRAIN, the tasks in flight finished, \
+GOODBYE) and exits; a second signal exits at once.
+
+Exit status: 0 after a clean drain; 1 when the manager refused the agent (unauthorized, \
+unsupported_version), when the drain timed out with tasks abandoned, or when the metrics \
+address cannot be bound; 2 for bad options or configuration; 130 on a second signal.
+
+Endpoints (--metrics-addr): /metrics (Prometheus), /healthz, /readyz, /status (JSON).";
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RINGWORKER_LOG")
@@ -77,10 +97,31 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut command, "ringworker", &mut script);
             write_stdout(&script)
         }
-        Command::Manpage => {
+        Command::Manpage { subcommand } => {
             let command = <Cli as clap::CommandFactory>::command();
+            let man = match subcommand {
+                None => clap_mangen::Man::new(command),
+                Some(name) => match command.find_subcommand(&name) {
+                    Some(sub) => {
+                        // clap names are 'static; this process prints one page and exits.
+                        let page_name: &'static str =
+                            Box::leak(format!("ringworker-{name}").into_boxed_str());
+                        clap_mangen::Man::new(
+                            sub.clone()
+                                .name(page_name)
+                                .bin_name(format!("ringworker {name}")),
+                        )
+                    }
+                    None => {
+                        eprintln!(
+                            "ringworker: no subcommand {name:?} (run, demo, check-config, completions, manpage)"
+                        );
+                        return ExitCode::from(2);
+                    }
+                },
+            };
             let mut page = Vec::new();
-            match clap_mangen::Man::new(command).render(&mut page) {
+            match man.render(&mut page) {
                 Ok(()) => write_stdout(&page),
                 Err(err) => {
                     eprintln!("ringworker: cannot write the man page: {err}");

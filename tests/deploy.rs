@@ -296,4 +296,30 @@ fn completions_and_man_page_come_from_the_cli_definition() {
         output.status.success() && text.starts_with(".ie") && text.contains(".TH ringworker 1"),
         "{text}"
     );
+    // The pages the top one refers to exist, with every option of `run`, its
+    // environment variables, signals and exit status.
+    for sub in ["run", "demo", "check-config", "completions", "manpage"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_ringworker"))
+            .args(["manpage", sub])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && text.contains(&format!(".TH ringworker-{sub} 1")),
+            "{sub}: {text}"
+        );
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_ringworker"))
+        .args(["manpage", "run"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    for needle in [
+        "max\\-in\\-flight",
+        "RINGWORKER_DRAIN_TIMEOUT",
+        "Exit status: 0 after a clean drain",
+        "SIGTERM",
+    ] {
+        assert!(text.contains(needle), "ringworker-run(1) lacks {needle}");
+    }
 }
