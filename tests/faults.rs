@@ -33,6 +33,7 @@ for_each_runtime!(
     unanswered_hello_times_out_and_the_worker_redials,
     absent_unix_socket_is_retried_and_stop_is_prompt,
     half_closed_connection_finishes_every_task_then_goodbye,
+    a_manager_that_closes_its_socket_is_redialled_before_the_tasks_end,
     heartbeats_flow_and_a_silent_manager_is_dropped,
     a_manager_that_never_reads_is_slowed_not_buffered,
     two_hundred_sessions_redial_spread_out,
@@ -543,6 +544,32 @@ fn half_closed_connection_finishes_every_task_then_goodbye(kind: RuntimeKind) {
         "worker received == manager sent"
     );
     drop(conn);
+    redial_serves_a_task(&listener);
+    stop_clean(agent, TIMEOUT);
+}
+
+/// A manager that closes its socket (a crash does the same) looks like one
+/// that only closed its write side until the worker writes: the worker probes
+/// it at once, the reset ends the connection, and it redials long before its
+/// 20 s task would have finished. The task is lost to that connection.
+fn a_manager_that_closes_its_socket_is_redialled_before_the_tasks_end(kind: RuntimeKind) {
+    let _guard = shared();
+    let listener = tcp_listener();
+    let agent = start(kind, plan(listener.local_endpoint().unwrap(), 1, 64));
+    let (mut conn, _) = accept(&listener);
+    conn.send_task(1, "sleep", &20_000u32.to_be_bytes(), true)
+        .unwrap();
+    match conn.next_event(TIMEOUT).unwrap() {
+        ManagerEvent::Ack { id } => assert_eq!(id, 1),
+        other => panic!("expected the ACK, got {other:?}"),
+    }
+    drop(conn);
+    let redialled = accept_within(&listener, Duration::from_secs(10));
+    assert!(
+        redialled.is_some(),
+        "no redial within 10 s of the manager closing its socket"
+    );
+    drop(redialled);
     redial_serves_a_task(&listener);
     stop_clean(agent, TIMEOUT);
 }

@@ -23,6 +23,10 @@ use super::frame::{
 };
 use super::hello::{codes, ErrorBody, GoodbyeBody, Hello, Welcome, PROTOCOL_VERSION};
 
+/// How often a manager that sent EOF while tasks run is probed with a PING
+/// ([`WorkerMachine::probe_peer`]).
+pub const EOF_PROBE_EVERY: Duration = Duration::from_millis(250);
+
 /// Task ids in flight. The hash is splitmix64's finaliser rather than
 /// SipHash: ids come from the manager, but the set never holds more than
 /// `max_in_flight` of them, so even chosen colliding ids cost at most a scan
@@ -248,6 +252,8 @@ pub struct WorkerMachine {
     last_received: Instant,
     last_sent: Instant,
     next_ping_nonce: u64,
+    /// When to PING a manager that sent EOF while tasks run ([`WorkerMachine::probe_peer`]).
+    eof_probe_at: Option<Instant>,
     close_reason: Option<CloseReason>,
     /// A `Closed` event is owed to the driver.
     close_pending: bool,
@@ -336,6 +342,7 @@ impl WorkerMachine {
             last_received: now,
             last_sent: now,
             next_ping_nonce: 1,
+            eof_probe_at: None,
             close_reason: None,
             close_pending: false,
             drain: None,
@@ -432,16 +439,33 @@ impl WorkerMachine {
     }
 
     /// The manager closed its write side (read returned 0).
-    pub fn handle_eof(&mut self, _now: Instant) {
+    pub fn handle_eof(&mut self, now: Instant) {
         match self.phase {
             Phase::AwaitingWelcome => self.close(CloseReason::PeerClosed),
             Phase::Active | Phase::Draining(_) => {
                 self.drain = Some(DrainOrigin::PeerEof);
                 self.phase = Phase::Draining(DrainOrigin::PeerEof);
                 self.check_drained();
+                if self.phase == Phase::Draining(DrainOrigin::PeerEof) {
+                    self.probe_peer(now);
+                }
             }
             Phase::GoodbyeDue | Phase::Closed => {}
         }
+    }
+
+    /// EOF from the manager with tasks still running: either it closed only
+    /// its write side and waits for the results, or it closed the socket (a
+    /// crash looks the same). A PING tells them apart: a closed socket
+    /// answers it with a reset, and the next write fails, so the driver sees
+    /// a broken connection and redials at once instead of after the longest
+    /// task. Repeated every [`EOF_PROBE_EVERY`] while tasks run.
+    fn probe_peer(&mut self, now: Instant) {
+        let nonce = self.next_ping_nonce;
+        self.next_ping_nonce = self.next_ping_nonce.wrapping_add(1);
+        encode_frame(&mut self.out, FrameKind::Ping, 0, nonce, &[]);
+        self.last_sent = now;
+        self.eof_probe_at = Some(now + EOF_PROBE_EVERY);
     }
 
     /// The next thing for the driver to act on, or `None` when it must read
@@ -928,8 +952,16 @@ impl WorkerMachine {
             Phase::AwaitingWelcome => Some(self.handshake_deadline),
             Phase::Closed | Phase::GoodbyeDue => None,
             Phase::Active | Phase::Draining(_) => {
-                let heartbeat = self.heartbeat?;
-                Some((self.last_sent + heartbeat).min(self.last_received + heartbeat * 3))
+                let probe = self
+                    .eof_probe_at
+                    .filter(|_| self.phase == Phase::Draining(DrainOrigin::PeerEof));
+                let heartbeat = self.heartbeat.map(|heartbeat| {
+                    (self.last_sent + heartbeat).min(self.last_received + heartbeat * 3)
+                });
+                match (probe, heartbeat) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
             }
         }
     }
@@ -946,6 +978,11 @@ impl WorkerMachine {
             }
             Phase::Closed | Phase::GoodbyeDue => {}
             Phase::Active | Phase::Draining(_) => {
+                if self.phase == Phase::Draining(DrainOrigin::PeerEof)
+                    && self.eof_probe_at.is_some_and(|at| now >= at)
+                {
+                    self.probe_peer(now);
+                }
                 let Some(heartbeat) = self.heartbeat else {
                     return;
                 };

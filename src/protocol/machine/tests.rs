@@ -1064,6 +1064,11 @@ fn eof_with_tasks_in_flight_finishes_them_then_goodbye_due() {
     assert_eq!(m.phase(), Phase::Draining(DrainOrigin::PeerEof));
     assert!(!m.wants_read(), "nothing more can be read after EOF");
     assert_eq!(poll(&mut m, t0), None);
+    assert_eq!(
+        kinds(&take(&mut m)),
+        [FrameKind::Ping],
+        "a probe: a closed socket answers it with a reset"
+    );
     m.complete_task(1, TaskOutcome::Ok(b"a"), t0).unwrap();
     assert_eq!(m.phase(), Phase::Draining(DrainOrigin::PeerEof));
     m.complete_task(2, TaskOutcome::Ok(b"b"), t0).unwrap();
@@ -1076,6 +1081,39 @@ fn eof_with_tasks_in_flight_finishes_them_then_goodbye_due() {
             origin: DrainOrigin::PeerEof
         }))
     );
+}
+
+#[test]
+fn eof_with_a_task_running_probes_the_manager_until_the_task_ends() {
+    let (mut m, t0) = welcomed(4);
+    m.handle_input(&task(1, b"a"), t0);
+    expect_task(&mut m, t0, 1);
+    m.handle_eof(t0);
+    let first = take(&mut m);
+    assert_eq!(kinds(&first), [FrameKind::Ping]);
+    assert_eq!(
+        m.poll_timeout(),
+        Some(t0 + EOF_PROBE_EVERY),
+        "no heartbeat here"
+    );
+    m.handle_timeout(t0 + EOF_PROBE_EVERY / 2);
+    assert!(!m.has_output(), "not before the probe is due");
+    m.handle_timeout(t0 + EOF_PROBE_EVERY);
+    let second = take(&mut m);
+    assert_eq!(kinds(&second), [FrameKind::Ping]);
+    assert_ne!(first[0].id, second[0].id, "each probe has its own nonce");
+    m.complete_task(1, TaskOutcome::Ok(b"a"), t0 + EOF_PROBE_EVERY)
+        .unwrap();
+    assert_eq!(m.phase(), Phase::GoodbyeDue);
+    assert_eq!(m.poll_timeout(), None, "no probe once nothing runs");
+}
+
+#[test]
+fn eof_with_nothing_running_sends_no_probe() {
+    let (mut m, t0) = welcomed(4);
+    m.handle_eof(t0);
+    assert_eq!(m.phase(), Phase::GoodbyeDue);
+    assert!(!m.has_output());
 }
 
 #[test]
