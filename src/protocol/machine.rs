@@ -247,6 +247,8 @@ pub struct WorkerMachine {
     output_high_water: usize,
     /// The manager's `max_body`: no frame larger than this is ever sent.
     peer_max_body: u32,
+    /// WELCOME has announced `peer_max_body` (0 then is a limit like any other).
+    peer_max_body_known: bool,
     heartbeat: Option<Duration>,
     handshake_deadline: Instant,
     last_received: Instant,
@@ -337,6 +339,7 @@ impl WorkerMachine {
             max_in_flight,
             output_high_water: config.output_high_water,
             peer_max_body: 0,
+            peer_max_body_known: false,
             heartbeat: None,
             handshake_deadline: now + config.handshake_timeout,
             last_received: now,
@@ -655,6 +658,7 @@ impl WorkerMachine {
                 match parse_welcome(at.body(&self.recv)) {
                     Ok(welcome) => {
                         self.peer_max_body = welcome.max_body;
+                        self.peer_max_body_known = true;
                         self.heartbeat = (welcome.heartbeat_ms > 0)
                             .then(|| Duration::from_millis(welcome.heartbeat_ms.into()));
                         self.phase = match self.drain {
@@ -935,11 +939,16 @@ impl WorkerMachine {
         if self.phase != Phase::GoodbyeDue {
             return false;
         }
-        let body = serde_json::to_vec(&GoodbyeBody {
+        let mut body = serde_json::to_vec(&GoodbyeBody {
             bytes_sent,
             bytes_received,
         })
         .unwrap_or_default();
+        if self.peer_max_body_known && body.len() > self.peer_max_body as usize {
+            // The manager refuses bodies this long; an empty GOODBYE still
+            // ends the session, without the counts.
+            body.clear();
+        }
         encode_frame(&mut self.out, FrameKind::Goodbye, 0, 0, &body);
         let origin = self.drain.unwrap_or(DrainOrigin::Worker);
         self.close(CloseReason::Goodbye { origin });
@@ -1069,7 +1078,7 @@ impl WorkerMachine {
     fn failure_body(&self, code: &str, message: &str) -> Vec<u8> {
         let body = ErrorBody::new(code, message).to_json();
         let limit = self.peer_max_body as usize;
-        if limit == 0 || body.len() <= limit {
+        if !self.peer_max_body_known || body.len() <= limit {
             return body;
         }
         let overflow = body.len() - limit;
@@ -1091,12 +1100,22 @@ impl WorkerMachine {
 }
 
 fn parse_welcome(body: &[u8]) -> Result<Welcome, (&'static str, String)> {
-    let welcome: Welcome = serde_json::from_slice(body).map_err(|err| {
+    let invalid = |err: serde_json::Error| {
         (
             codes::BAD_FRAME,
             format!("WELCOME body is not valid: {err}"),
         )
-    })?;
+    };
+    // JSON bodies are objects (PROTOCOL.md); serde would also fill the
+    // struct from an array, by position.
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(invalid)?;
+    if !value.is_object() {
+        return Err((
+            codes::BAD_FRAME,
+            "WELCOME body is not a JSON object".to_owned(),
+        ));
+    }
+    let welcome: Welcome = serde_json::from_value(value).map_err(invalid)?;
     if welcome.protocol != PROTOCOL_VERSION {
         return Err((
             codes::UNSUPPORTED_VERSION,

@@ -429,6 +429,7 @@ fn welcome_with_invalid_json_is_bad_frame() {
         &b"not json"[..],
         b"",
         b"[1,2,3]",
+        br#"[1,"m",16777216,0]"#,
         br#"{"protocol":1,"manager":"m"}"#,
         br#"{"protocol":"1","manager":"m","max_body":1,"heartbeat_ms":0}"#,
     ] {
@@ -438,6 +439,42 @@ fn welcome_with_invalid_json_is_bad_frame() {
         m.handle_input(&frame(FrameKind::Welcome, 0, 0, body), t0);
         assert_violation(&mut m, t0, codes::BAD_FRAME);
     }
+}
+
+#[test]
+fn a_manager_max_body_of_zero_or_below_the_json_is_respected() {
+    // Bodies the manager announced it would refuse are never sent: FAILED
+    // and ERROR bodies shrink (to nothing at 0), GOODBYE goes out empty.
+    for max_body in [0u32, 20] {
+        let (mut m, t0) = welcomed_with(config(4), max_body, 0);
+        let payload = b"abcdefghijklmnopqrstuvwxyz";
+        m.handle_input(&task(1, payload), t0);
+        expect_task(&mut m, t0, 1);
+        m.complete_task(1, TaskOutcome::Ok(payload), t0).unwrap();
+        let out = take(&mut m);
+        assert_eq!(kinds(&out), [FrameKind::Result]);
+        assert_eq!(out[0].flags, FLAG_FAILED, "result_too_large");
+        assert!(
+            out[0].body.len() <= max_body as usize,
+            "max_body {max_body}: {out:?}"
+        );
+        m.start_drain(t0);
+        let _ = take(&mut m);
+        assert!(m.write_goodbye(123_456, 654_321));
+        let out = take(&mut m);
+        assert_eq!(kinds(&out), [FrameKind::Goodbye]);
+        assert!(out[0].body.is_empty(), "max_body {max_body}: {out:?}");
+    }
+    let t0 = Instant::now();
+    let mut m = WorkerMachine::new(config(4), t0);
+    let _ = take(&mut m);
+    m.handle_input(&welcome(0, 0), t0);
+    let _ = poll(&mut m, t0);
+    m.handle_input(&task_frame(1, 0, "a\x01", b""), t0);
+    let _ = poll(&mut m, t0);
+    let out = take(&mut m);
+    assert_eq!(kinds(&out), [FrameKind::Error]);
+    assert!(out[0].body.is_empty(), "max_body 0: no ERROR body either");
 }
 
 #[test]
