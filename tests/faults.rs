@@ -36,6 +36,7 @@ for_each_runtime!(
     a_manager_that_closes_its_socket_is_redialled_before_the_tasks_end,
     heartbeats_flow_and_a_silent_manager_is_dropped,
     a_manager_that_never_reads_is_slowed_not_buffered,
+    the_header_of_a_huge_frame_commits_no_memory_before_its_bytes,
     two_hundred_sessions_redial_spread_out,
 );
 
@@ -643,6 +644,40 @@ fn back_pressure_task(id: u64, sleepers: u64) -> Vec<u8> {
     } else {
         task_frame(id, "echo", &echo_payload(id), 0)
     }
+}
+
+/// With `max_body` at its 4 GiB maximum, a manager that sends the header of
+/// a 4 GiB TASK and a little of its body does not make the agent commit the
+/// frame's memory up front: it grows as bytes arrive.
+fn the_header_of_a_huge_frame_commits_no_memory_before_its_bytes(kind: RuntimeKind) {
+    let _guard = exclusive();
+    let listener = tcp_listener();
+    let mut plan = plan(listener.local_endpoint().unwrap(), 1, 8);
+    plan.session.max_body = u32::MAX;
+    let agent = start(kind, plan);
+    let (conn, _) = accept(&listener);
+    let rss_before = rss_kib();
+    let body_len: u32 = u32::MAX - 12;
+    let mut head = Vec::new();
+    head.extend_from_slice(&(body_len + 12).to_be_bytes());
+    head.extend_from_slice(&[0x10, 0, 0, 0]);
+    head.extend_from_slice(&1u64.to_be_bytes());
+    head.push(4);
+    head.extend_from_slice(b"sink");
+    head.extend(std::iter::repeat_n(7u8, 1000));
+    let mut writer = conn.stream().try_clone().unwrap();
+    writer.write_all(&head).unwrap();
+    writer.flush().unwrap();
+    // Time for the agent to act on it (it has nothing else to do).
+    std::thread::sleep(Duration::from_millis(1500));
+    let grown_mib = rss_kib().saturating_sub(rss_before) / 1024;
+    assert!(
+        grown_mib < 64,
+        "the agent committed {grown_mib} MiB for 1 KiB of a 4 GiB frame"
+    );
+    drop(writer);
+    drop(conn);
+    stop_clean(agent, TIMEOUT);
 }
 
 fn a_manager_that_never_reads_is_slowed_not_buffered(kind: RuntimeKind) {

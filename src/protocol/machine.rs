@@ -400,11 +400,11 @@ impl WorkerMachine {
         self.in_flight() < self.max_in_flight && self.out.len() < self.output_high_water
     }
 
-    /// Space to read into (at least `min` bytes, more if the frame under way
-    /// needs it); follow with [`WorkerMachine::handle_received`].
+    /// Space to read into, at least `min` bytes (zero-filled: ask only for what
+    /// the next read takes; [`WorkerMachine::recv_hint`] says what the frame
+    /// under way still needs); follow with [`WorkerMachine::handle_received`].
     pub fn recv_space(&mut self, min: usize) -> &mut [u8] {
-        let want = self.recv.read_hint(min);
-        self.recv.spare(want)
+        self.recv.spare(min)
     }
 
     /// How many bytes the next read should ask for, given a preferred chunk.

@@ -54,6 +54,9 @@ const LARGE_FRAME_REMAINDER: usize = 64 * 1024;
 /// A direct receive (see [`EventLoop::drive_open`]) asks for at least this
 /// much, and one that brings less ends the session's direct mode.
 const DIRECT_CHUNK: usize = 64 * 1024;
+/// The most one direct receive asks for: the rest of a larger frame takes
+/// several, so memory is committed as the bytes arrive.
+const DIRECT_MAX: usize = 4 * 1024 * 1024;
 /// A session with this much output queued by one receive completion sends it
 /// at once, before the rest of the completion batch is handled, so the peer
 /// works on the first results while the later ones are computed (as a
@@ -600,7 +603,10 @@ impl EventLoop {
         };
         let fd = socket.as_raw_fd();
         let (len, flags) = if needed >= LARGE_FRAME_REMAINDER {
-            (needed.min(u32::MAX as usize), libc::MSG_WAITALL)
+            // At most DIRECT_MAX at a time: the buffer is filled with zeros
+            // up to `len` first, and a peer that sends only the header of a
+            // huge frame must not make the agent commit max_body at once.
+            (needed.min(DIRECT_MAX), libc::MSG_WAITALL)
         } else {
             (needed.max(DIRECT_CHUNK), 0)
         };
