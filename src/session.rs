@@ -78,6 +78,9 @@ pub struct WorkerSession {
     tasks_this_connection: u64,
     closed: Option<CloseReason>,
     welcomed_at: Option<Instant>,
+    /// Bytes the driver has handed over, when it reads on another thread
+    /// ([`WorkerSession::set_bytes_fed`]): GOODBYE reports these.
+    bytes_fed: Option<u64>,
 }
 
 /// The handlers of a session, found by name and timed.
@@ -227,6 +230,7 @@ impl WorkerSession {
             tasks_this_connection: 0,
             closed: None,
             welcomed_at: None,
+            bytes_fed: None,
         }
     }
 
@@ -277,6 +281,8 @@ impl WorkerSession {
         if self.machine.buffered() > 0 {
             let taken = self.machine.complete_buffered(input);
             input = input.get(taken..).unwrap_or_default();
+            // Frames after the completed one are still in `input`.
+            self.machine.set_more_input(!input.is_empty());
             self.process_buffered(now);
             if self.machine.buffered() > 0 {
                 // Held back (a full window) or still incomplete.
@@ -359,10 +365,21 @@ impl WorkerSession {
     /// written, so its counters are exact.
     pub fn on_flushed(&mut self, now: Instant) {
         if self.machine.phase() == Phase::GoodbyeDue && !self.machine.has_output() {
+            let received = self
+                .bytes_fed
+                .unwrap_or_else(|| self.stats.bytes_received());
             self.machine
-                .write_goodbye(self.stats.bytes_sent(), self.stats.bytes_received());
+                .write_goodbye(self.stats.bytes_sent(), received);
             self.process(now);
         }
+    }
+
+    /// For a driver whose reads are counted on another thread before they
+    /// reach the session: the bytes handed over so far on this connection.
+    /// GOODBYE's `bytes_received` is then this count, so it never includes
+    /// bytes read after the session decided to say GOODBYE.
+    pub fn set_bytes_fed(&mut self, fed: u64) {
+        self.bytes_fed = Some(fed);
     }
 
     /// Why the connection ended, once it has; flush the output, then close.

@@ -544,6 +544,9 @@ impl WorkerMachine {
             let header = match decode(input, self.recv.max_body()) {
                 Ok(Decoded::Frame(header)) => header,
                 Ok(Decoded::Incomplete { .. }) => {
+                    // The start of a frame left in `input` is stashed next;
+                    // its TASK still counts as arriving.
+                    self.more_input = !input.is_empty();
                     self.check_drained();
                     return None;
                 }
@@ -1056,15 +1059,26 @@ impl WorkerMachine {
         self.close_reason.clone().map(Event::Closed)
     }
 
-    /// GOODBYE is due once nothing is in flight and no whole frame waits in
-    /// the receive buffer: a TASK read before the drain finished (held back
-    /// by a full window) is still answered first.
+    /// GOODBYE is due once nothing is in flight and no frame, whole or in
+    /// part, waits in the receive buffer: a TASK read before the drain
+    /// finished (held back by a full window, or not all in yet) is still
+    /// answered first.
     fn check_drained(&mut self) {
-        if let Phase::Draining(_) = self.phase {
-            if self.in_flight() == 0 && !self.more_input && !self.has_buffered_frame() {
+        if let Phase::Draining(origin) = self.phase {
+            // Part of a frame is in: the rest still arrives, and its TASK is
+            // answered before GOODBYE counts its bytes (unless the manager
+            // can send nothing more).
+            let partial = self.recv.buffered() > 0 && origin != DrainOrigin::PeerEof;
+            if self.in_flight() == 0 && !self.more_input && !self.has_buffered_frame() && !partial {
                 self.phase = Phase::GoodbyeDue;
             }
         }
+    }
+
+    /// The driver still holds input it will hand over right after what it
+    /// handed over last: GOODBYE may not be declared due before that.
+    pub fn set_more_input(&mut self, more: bool) {
+        self.more_input = more;
     }
 
     /// A whole frame (or a header that will be refused) is buffered.

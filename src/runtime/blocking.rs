@@ -319,6 +319,7 @@ fn run_connection(
                     // seen. GOODBYE reports every byte read, so the TASKs in
                     // it are answered first: the chunk is already on its way.
                     let event = chunk_rx.recv_timeout(LINGER).map_err(|_| RecvError);
+                    // (A timeout here means the reader is gone as well.)
                     match take_read_event(&mut session, event, &recycle_tx, &mut fed) {
                         Ok(eof) => reader_done |= eof,
                         Err(why) => {
@@ -447,6 +448,7 @@ fn take_read_event(
     match event {
         Ok(ReadEvent::Data(buf, n)) => {
             *fed += n as u64;
+            session.set_bytes_fed(*fed);
             session.on_input(buf.data(n), Instant::now());
             let _ = recycle.try_send(buf);
             Ok(false)

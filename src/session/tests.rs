@@ -431,6 +431,60 @@ fn on_flushed_in_goodbye_due_writes_goodbye_with_the_stats_counters() {
     assert!(!s.has_output(), "GOODBYE is written once");
 }
 
+/// While draining with nothing in flight, TASKs split across reads are each
+/// answered before GOODBYE is due: the first read holds the start of one,
+/// the second its rest and two more whole ones.
+#[test]
+fn tasks_split_across_reads_while_draining_are_all_answered_before_goodbye() {
+    let (mut s, _stats, t0) = welcomed_session(0, 8, 1 << 20);
+    s.start_drain(t0);
+    assert_eq!(kinds(&take(&mut s)), [FrameKind::Drain]);
+    let mut bytes = task(1, "echo", b"first");
+    bytes.extend(task(2, "echo", b"second"));
+    bytes.extend(task(3, "echo", b"third"));
+    let split = 10;
+    s.on_input(&bytes[..split], t0);
+    assert_ne!(
+        s.phase(),
+        Phase::GoodbyeDue,
+        "the rest of TASK 1 still arrives"
+    );
+    s.on_input(&bytes[split..], t0);
+    let out = take(&mut s);
+    assert_eq!(
+        out.iter().map(|f| (f.kind, f.id)).collect::<Vec<_>>(),
+        [
+            (FrameKind::Result, 1),
+            (FrameKind::Result, 2),
+            (FrameKind::Result, 3)
+        ]
+    );
+    assert!(out.iter().all(|f| error_body(f).code == "draining"));
+    assert_eq!(s.phase(), Phase::GoodbyeDue);
+}
+
+/// A driver that counts reads on another thread may have counted bytes the
+/// session has not seen when GOODBYE is written: GOODBYE reports what was
+/// handed over.
+#[test]
+fn goodbye_reports_the_bytes_handed_over_when_the_driver_says_so() {
+    let (mut s, _stats, t0, counters, _agent) = counted_session(0);
+    let _ = s.take_output(Vec::new());
+    let w = welcome(1 << 20, 0);
+    counters.received(w.len());
+    s.set_bytes_fed(w.len() as u64);
+    s.on_input(&w, t0);
+    s.start_drain(t0);
+    let _ = s.take_output(Vec::new());
+    // A chunk counted by the reader, not handed over yet.
+    counters.received(1000);
+    s.on_flushed(t0);
+    let out = take(&mut s);
+    assert_eq!(kinds(&out), [FrameKind::Goodbye]);
+    let body: GoodbyeBody = serde_json::from_slice(&out[0].body).unwrap();
+    assert_eq!(body.bytes_received, w.len() as u64);
+}
+
 #[test]
 fn manager_drain_ends_with_goodbye_after_the_delayed_task() {
     let (mut s, stats, t0) = welcomed_session(0, 8, 1 << 20);

@@ -1746,14 +1746,15 @@ fn run_machine(run: &Run) -> Result<(), TestCaseError> {
     }
 
     // Completing every held task keeps the invariants and empties the window;
-    // a draining machine with nothing in flight owes GOODBYE.
+    // a draining machine with nothing in flight owes GOODBYE, unless part of
+    // a frame is in (its rest still arrives, and its TASK is answered first).
     while !h.held.is_empty() {
         h.complete(0, 0)?;
     }
     prop_assert_eq!(h.m.in_flight(), 0);
     prop_assert!(
-        !matches!(h.m.phase(), Phase::Draining(_)),
-        "still {:?} with nothing in flight",
+        !matches!(h.m.phase(), Phase::Draining(_)) || h.m.buffered() > 0,
+        "still {:?} with nothing in flight and nothing buffered",
         h.m.phase()
     );
     h.flush();
