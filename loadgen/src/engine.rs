@@ -874,11 +874,14 @@ impl Engine {
                                 .filter(|slot| slot.sent_ns != u64::MAX)
                                 .map(|slot| self.pool.task_frame_len(slot.task))
                                 .sum();
+                            // Of those frames, what never reached the socket
+                            // (queued when the connection closed).
+                            let unwritten = conn.unwritten(&self.pool);
                             let received_exact = counts.bytes_received == conn.report.bytes_sent;
                             let unread = !received_exact
                                 && unread_bytes > 0
                                 && conn.report.bytes_sent.checked_sub(counts.bytes_received)
-                                    == Some(unread_bytes);
+                                    == unread_bytes.checked_sub(unwritten);
                             if sent_exact && unread {
                                 conn.report.tasks_unread = conn.report.tasks_lost;
                                 conn.report.tasks_lost = 0;
@@ -941,6 +944,23 @@ impl Engine {
 }
 
 impl Conn {
+    /// Bytes queued for this connection's socket and never written: the
+    /// machine's output and what is left of each segment.
+    fn unwritten(&self, pool: &Pool) -> u64 {
+        let segments: usize = self
+            .segments
+            .iter()
+            .map(|segment| match segment {
+                Segment::Bytes(bytes, written) => bytes.len() - written,
+                Segment::Payload(task, written) => pool
+                    .tasks
+                    .get(*task as usize)
+                    .map_or(0, |t| t.payload.len() - written),
+            })
+            .sum();
+        (segments + self.machine.pending_output().len()) as u64
+    }
+
     /// Drop `n` written bytes from the front of the segment queue.
     fn advance_segments(&mut self, mut n: usize, pool: &Pool) {
         while n > 0 {
