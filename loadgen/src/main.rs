@@ -113,11 +113,13 @@ struct Args {
     connect_timeout: f64,
 }
 
-/// A number of seconds, 0 or more.
+/// A number of seconds, 0 to a year.
 fn seconds(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
-        Ok(secs) if secs.is_finite() && secs >= 0.0 => Ok(secs),
-        _ => Err(format!("{text:?} is not a number of seconds (0 or more)")),
+        Ok(secs) if (0.0..=365.0 * 86_400.0).contains(&secs) => Ok(secs),
+        _ => Err(format!(
+            "{text:?} is not a number of seconds (0 to 31536000)"
+        )),
     }
 }
 
@@ -125,7 +127,9 @@ fn seconds(text: &str) -> Result<f64, String> {
 fn positive_seconds(text: &str) -> Result<f64, String> {
     match seconds(text) {
         Ok(secs) if secs > 0.0 => Ok(secs),
-        _ => Err(format!("{text:?} is not a number of seconds above 0")),
+        _ => Err(format!(
+            "{text:?} is not a number of seconds above 0 (at most 31536000)"
+        )),
     }
 }
 

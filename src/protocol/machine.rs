@@ -23,9 +23,11 @@ use super::frame::{
 };
 use super::hello::{codes, ErrorBody, GoodbyeBody, Hello, Welcome, PROTOCOL_VERSION};
 
-/// How often a manager that sent EOF while tasks run is probed with a PING
-/// ([`WorkerMachine::probe_peer`]).
+/// How soon a manager that sent EOF while tasks run is probed again with a
+/// PING ([`WorkerMachine::probe_peer`]); the interval doubles up to
+/// [`EOF_PROBE_MAX`].
 pub const EOF_PROBE_EVERY: Duration = Duration::from_millis(250);
+pub const EOF_PROBE_MAX: Duration = Duration::from_secs(8);
 
 /// Task ids in flight. The hash is splitmix64's finaliser rather than
 /// SipHash: ids come from the manager, but the set never holds more than
@@ -256,6 +258,7 @@ pub struct WorkerMachine {
     next_ping_nonce: u64,
     /// When to PING a manager that sent EOF while tasks run ([`WorkerMachine::probe_peer`]).
     eof_probe_at: Option<Instant>,
+    eof_probe_every: Option<Duration>,
     close_reason: Option<CloseReason>,
     /// A `Closed` event is owed to the driver.
     close_pending: bool,
@@ -346,6 +349,7 @@ impl WorkerMachine {
             last_sent: now,
             next_ping_nonce: 1,
             eof_probe_at: None,
+            eof_probe_every: None,
             close_reason: None,
             close_pending: false,
             drain: None,
@@ -468,7 +472,11 @@ impl WorkerMachine {
         self.next_ping_nonce = self.next_ping_nonce.wrapping_add(1);
         encode_frame(&mut self.out, FrameKind::Ping, 0, nonce, &[]);
         self.last_sent = now;
-        self.eof_probe_at = Some(now + EOF_PROBE_EVERY);
+        // 250 ms, then doubling up to 8 s: a reset comes back within a round
+        // trip, and a manager that only half-closed is not kept busy.
+        let every = self.eof_probe_every.unwrap_or(EOF_PROBE_EVERY);
+        self.eof_probe_at = Some(now + every);
+        self.eof_probe_every = Some((every * 2).min(EOF_PROBE_MAX));
     }
 
     /// The next thing for the driver to act on, or `None` when it must read

@@ -1139,6 +1139,11 @@ fn eof_with_a_task_running_probes_the_manager_until_the_task_ends() {
     let second = take(&mut m);
     assert_eq!(kinds(&second), [FrameKind::Ping]);
     assert_ne!(first[0].id, second[0].id, "each probe has its own nonce");
+    assert_eq!(
+        m.poll_timeout(),
+        Some(t0 + EOF_PROBE_EVERY * 3),
+        "the interval doubles"
+    );
     m.complete_task(1, TaskOutcome::Ok(b"a"), t0 + EOF_PROBE_EVERY)
         .unwrap();
     assert_eq!(m.phase(), Phase::GoodbyeDue);

@@ -142,6 +142,8 @@ struct Slot {
     /// The drain deadline was moved once, by [`DRAIN_FLUSH_GRACE`], because
     /// nothing was in flight any more.
     drain_grace: bool,
+    /// When a closed session's last send must have completed by.
+    flush_deadline: Option<Instant>,
     linger_until: Option<Instant>,
     eof: bool,
     broken: Option<String>,
@@ -254,6 +256,7 @@ impl EventLoop {
                     deadline: None,
                     drain_deadline: None,
                     drain_grace: false,
+                    flush_deadline: None,
                     linger_until: None,
                     eof: false,
                     broken: None,
@@ -548,7 +551,19 @@ impl EventLoop {
             return;
         };
         if session.closed().is_some() {
-            if !s.send_inflight && !session.has_output() {
+            if s.send_inflight {
+                // The last frames (GOODBYE, ERROR) are being written; a
+                // manager that stopped reading gets LINGER to take them.
+                let at = *s.flush_deadline.get_or_insert(now + LINGER);
+                if now >= at {
+                    s.broken = Some("the manager did not read the last frames".to_owned());
+                    self.begin_teardown(slot_id);
+                } else {
+                    self.schedule(slot_id, Some(at));
+                }
+                return;
+            }
+            if !session.has_output() {
                 if session.closed().is_some_and(|r| r.wants_linger()) {
                     // Everything is written: half-close, then read to EOF.
                     if let Some(socket) = &s.socket {
@@ -882,6 +897,7 @@ impl EventLoop {
         s.backoff.connection_ended(uptime);
         s.drain_deadline = None;
         s.drain_grace = false;
+        s.flush_deadline = None;
         s.linger_until = None;
         if let Some(reason) = refusal {
             let message = format!(
