@@ -351,9 +351,11 @@ impl Config {
         } else {
             // An address, or a host name that resolves (`localhost:9464`).
             let resolved = metrics_text.parse().ok().or_else(|| {
+                // IPv4 first: `localhost` may list ::1 first on a host
+                // whose IPv6 is disabled.
                 std::net::ToSocketAddrs::to_socket_addrs(metrics_text.as_str())
                     .ok()
-                    .and_then(|mut addrs| addrs.next())
+                    .and_then(|addrs| addrs.min_by_key(std::net::SocketAddr::is_ipv6))
             });
             MetricsAddr::Listen(resolved.ok_or_else(|| {
                 ConfigError::Invalid(format!(
