@@ -126,9 +126,13 @@ pub struct RunArgs {
     #[arg(
         long,
         env = "RINGWORKER_ALLOW_INSECURE_TOKEN_FILE",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_name = "BOOL",
         value_parser = clap::builder::BoolishValueParser::new()
     )]
-    pub allow_insecure_token_file: bool,
+    pub allow_insecure_token_file: Option<bool>,
     /// HTTP listener for /metrics /healthz /readyz /status, or `off` [default: 127.0.0.1:9464]
     #[arg(long, env = "RINGWORKER_METRICS_ADDR", value_name = "ADDR")]
     pub metrics_addr: Option<String>,
@@ -335,8 +339,10 @@ impl Config {
             )));
         }
         let token_file = args.token_file.clone().or(file.token_file);
-        let allow_insecure =
-            args.allow_insecure_token_file || file.allow_insecure_token_file.unwrap_or(false);
+        let allow_insecure = args
+            .allow_insecure_token_file
+            .or(file.allow_insecure_token_file)
+            .unwrap_or(false);
         let token = match &token_file {
             Some(path) => Some(read_token(path, allow_insecure)?),
             None => None,
@@ -708,14 +714,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("readable by group or others"), "{err}");
-        flags.allow_insecure_token_file = true;
+        flags.allow_insecure_token_file = Some(true);
         let config = Config::merge(&flags, FileConfig::default()).unwrap();
         assert_eq!(config.token.as_deref(), Some("hunter2-secret"));
         assert!(!config.effective_toml().contains("hunter2"));
         assert!(!format!("{config:?}").contains("hunter2"));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        flags.allow_insecure_token_file = false;
+        flags.allow_insecure_token_file = Some(false);
         assert!(Config::merge(&flags, FileConfig::default()).is_ok());
+        // A flag or variable saying false beats the file saying true.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let file = FileConfig {
+            allow_insecure_token_file: Some(true),
+            ..FileConfig::default()
+        };
+        assert!(Config::merge(&flags, file.clone()).is_err());
+        flags.allow_insecure_token_file = None;
+        assert!(Config::merge(&flags, file).is_ok());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
