@@ -15,12 +15,14 @@ use std::time::Duration;
 use common::{http_get, plan, start, tcp_listener};
 use ringworker::http::HttpServer;
 use ringworker::metrics::Telemetry;
-use ringworker::runtime::RuntimeKind;
+use ringworker::runtime::{RuntimeKind, RuntimeMode};
+use ringworker::transport::BlockingListener;
 
-#[test]
-fn a_flood_of_idle_connections_and_a_huge_header_cannot_lock_out_scrapes() {
+/// A blocking agent (its manager's listener kept open) and an HTTP listener
+/// serving its telemetry; the last item is the listener's address.
+fn agent_with_http() -> (BlockingListener, Box<dyn RuntimeMode>, HttpServer, String) {
     let listener = tcp_listener();
-    let mut agent = start(
+    let agent = start(
         RuntimeKind::Blocking,
         plan(listener.local_endpoint().unwrap(), 1, 8),
     );
@@ -30,6 +32,12 @@ fn a_flood_of_idle_connections_and_a_huge_header_cannot_lock_out_scrapes() {
     )
     .unwrap();
     let addr = server.addr().to_string();
+    (listener, agent, server, addr)
+}
+
+#[test]
+fn a_flood_of_idle_connections_and_a_huge_header_cannot_lock_out_scrapes() {
+    let (_listener, mut agent, _server, addr) = agent_with_http();
     // 1,000 connections that never send a byte.
     let idle: Vec<TcpStream> = (0..1000)
         .filter_map(|_| TcpStream::connect(&addr).ok())
@@ -70,17 +78,7 @@ fn a_flood_of_idle_connections_and_a_huge_header_cannot_lock_out_scrapes() {
 /// one write or many: 8 KiB is answered, one byte more is 431.
 #[test]
 fn the_head_limit_is_eight_kib_however_it_arrives() {
-    let listener = tcp_listener();
-    let mut agent = start(
-        RuntimeKind::Blocking,
-        plan(listener.local_endpoint().unwrap(), 1, 8),
-    );
-    let server = HttpServer::start(
-        "127.0.0.1:0".parse().unwrap(),
-        Arc::new(Telemetry::new(agent.stats())),
-    )
-    .unwrap();
-    let addr = server.addr().to_string();
+    let (_listener, mut agent, _server, addr) = agent_with_http();
     let head = |total: usize| {
         let start = b"GET /healthz HTTP/1.1\r\nX-Fill: ".to_vec();
         let fill = total - start.len() - 4;

@@ -461,6 +461,14 @@ impl WorkerMachine {
         }
     }
 
+    /// Queue a PING with the next nonce.
+    fn queue_ping(&mut self, now: Instant) {
+        let nonce = self.next_ping_nonce;
+        self.next_ping_nonce = self.next_ping_nonce.wrapping_add(1);
+        encode_frame(&mut self.out, FrameKind::Ping, 0, nonce, &[]);
+        self.last_sent = now;
+    }
+
     /// EOF from the manager with tasks still running: either it closed only
     /// its write side and waits for the results, or it closed the socket (a
     /// crash looks the same). A PING tells them apart: a closed socket
@@ -468,10 +476,7 @@ impl WorkerMachine {
     /// a broken connection and redials at once instead of after the longest
     /// task. Repeated every [`EOF_PROBE_EVERY`] while tasks run.
     fn probe_peer(&mut self, now: Instant) {
-        let nonce = self.next_ping_nonce;
-        self.next_ping_nonce = self.next_ping_nonce.wrapping_add(1);
-        encode_frame(&mut self.out, FrameKind::Ping, 0, nonce, &[]);
-        self.last_sent = now;
+        self.queue_ping(now);
         // 250 ms, then doubling up to 8 s: a reset comes back within a round
         // trip, and a manager that only half-closed is not kept busy.
         let every = self.eof_probe_every.unwrap_or(EOF_PROBE_EVERY);
@@ -1017,10 +1022,7 @@ impl WorkerMachine {
                     return;
                 }
                 if now >= self.last_sent + heartbeat {
-                    let nonce = self.next_ping_nonce;
-                    self.next_ping_nonce = self.next_ping_nonce.wrapping_add(1);
-                    encode_frame(&mut self.out, FrameKind::Ping, 0, nonce, &[]);
-                    self.last_sent = now;
+                    self.queue_ping(now);
                 }
             }
         }
