@@ -198,6 +198,7 @@ pub enum Decoded {
 #[inline]
 pub fn decode(buf: &[u8], max_body: u32) -> Result<Decoded, FrameError> {
     let Some(header_bytes) = buf.first_chunk::<HEADER_LEN>() else {
+        check_partial_header(buf, max_body)?;
         return Ok(Decoded::Incomplete {
             needed: HEADER_LEN - buf.len(),
         });
@@ -211,6 +212,28 @@ pub fn decode(buf: &[u8], max_body: u32) -> Result<Decoded, FrameError> {
     } else {
         Ok(Decoded::Frame(header))
     }
+}
+
+/// Refuse a header from its first bytes, before all 16 are in, with the
+/// error [`parse_header`] would give once they were: every check but the id
+/// needs only the first 8 bytes, and `len < 12` only the first 4. A peer that
+/// sends a broken prefix and stalls is answered at once.
+#[cold]
+fn check_partial_header(buf: &[u8], max_body: u32) -> Result<(), FrameError> {
+    if buf.len() >= 8 {
+        let mut header = [0u8; HEADER_LEN];
+        header[..8].copy_from_slice(&buf[..8]);
+        return parse_header(&header, max_body).map(|_| ());
+    }
+    if let Some(len) = buf.first_chunk::<4>().map(|b| u32::from_be_bytes(*b)) {
+        if len < LEN_COUNTED_HEADER {
+            return Err(FrameError::LenTooSmall { len });
+        }
+    }
+    if let Some(&kind) = buf.get(4) {
+        FrameKind::from_u8(kind).ok_or(FrameError::UnknownKind { kind })?;
+    }
+    Ok(())
 }
 
 /// Append the 16-byte header of a frame whose body is `body_len` bytes.
@@ -500,6 +523,32 @@ mod tests {
     }
 
     #[test]
+    fn a_broken_header_is_refused_from_its_first_bytes() {
+        // Each violation is reported as soon as the bytes that show it are in,
+        // with the error the whole header gets.
+        let cases: [([u8; 16], usize); 5] = [
+            (header_bytes(11, 0x20, 0, 0, 0), 4),
+            (header_bytes(12, 0x7e, 0, 0, 0), 5),
+            (header_bytes(12, 0x20, 0, 0x0001, 0), 8),
+            (header_bytes(12, 0x20, 0x80, 0, 0), 8),
+            (header_bytes(12 + 2048, 0x10, 0, 0, 0), 8),
+        ];
+        for (header, from) in cases {
+            let whole = parse_header(&header, 1024).unwrap_err();
+            for n in 0..from {
+                assert_eq!(
+                    decode(&header[..n], 1024),
+                    Ok(Decoded::Incomplete { needed: 16 - n }),
+                    "{n} bytes of {header:?}"
+                );
+            }
+            for n in from..=16 {
+                assert_eq!(decode(&header[..n], 1024), Err(whole.clone()), "{n} bytes");
+            }
+        }
+    }
+
+    #[test]
     fn decoder_refuses_unknown_kind() {
         for kind in 0..=255u8 {
             let h = header_bytes(12, kind, 0, 0, 0);
@@ -671,6 +720,14 @@ mod tests {
         }
 
         #[test]
+        fn every_prefix_of_a_valid_header_is_incomplete(kind in prop::sample::select(FrameKind::ALL.to_vec()), id in any::<u64>(), body in 0u32..1024) {
+            let header = header_bytes(12 + body, kind as u8, 0, 0, id);
+            for n in 0..HEADER_LEN {
+                prop_assert_eq!(decode(&header[..n], 1024), Ok(Decoded::Incomplete { needed: HEADER_LEN - n }));
+            }
+        }
+
+        #[test]
         fn decode_never_panics_on_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..512), max_body in any::<u32>()) {
             let mut buffer = FrameBuffer::new(max_body);
             buffer.extend(&bytes);
@@ -680,8 +737,9 @@ mod tests {
                     Ok(Some(frame)) => prop_assert!(frame.body.len() <= max_body as usize),
                     Ok(None) => break,
                     Err(_) => {
-                        // An error leaves the rejected bytes in place.
-                        prop_assert!(buffer.buffered() >= HEADER_LEN);
+                        // An error leaves the rejected bytes in place; a
+                        // header is judged from its first 4 bytes on.
+                        prop_assert!(buffer.buffered() >= 4);
                         break;
                     }
                 }

@@ -1378,6 +1378,26 @@ fn oversized_len_header_is_frame_too_large_with_exact_message() {
 }
 
 #[test]
+fn a_len_below_twelve_is_refused_from_the_first_four_bytes() {
+    // In one read.
+    let (mut m, t0) = welcomed(4);
+    m.handle_input(&[0, 0, 0, 5], t0);
+    let body = assert_violation(&mut m, t0, codes::BAD_FRAME);
+    assert_eq!(body.message, "bad_frame: len 5 < 12");
+    // Byte by byte: the prefix waits in the receive buffer until it shows
+    // the violation.
+    let (mut m, t0) = welcomed(4);
+    for byte in [0u8, 0, 0] {
+        m.handle_input(&[byte], t0);
+        assert!(poll(&mut m, t0).is_none());
+        assert!(m.close_reason().is_none());
+    }
+    m.handle_input(&[11], t0);
+    let body = assert_violation(&mut m, t0, codes::BAD_FRAME);
+    assert_eq!(body.message, "bad_frame: len 11 < 12");
+}
+
+#[test]
 fn oversized_len_header_is_refused_before_welcome_too() {
     let t0 = Instant::now();
     let mut m = WorkerMachine::new(config(4), t0);
