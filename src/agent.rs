@@ -150,7 +150,7 @@ pub fn install_signal_handlers(stop: StopHandle) -> std::io::Result<()> {
                     );
                     stop.request_stop();
                 } else {
-                    eprintln!("ringworker: second signal {signal}: exiting without draining");
+                    crate::tell!("ringworker: second signal {signal}: exiting without draining");
                     std::process::exit(130);
                 }
             }

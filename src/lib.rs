@@ -39,6 +39,16 @@ macro_rules! say {
     }};
 }
 
+/// `eprintln!` for messages on stderr, minus its panic when stderr is closed
+/// (`... 2>&1 | head -1`): what cannot be written is dropped.
+#[macro_export]
+macro_rules! tell {
+    ($($arg:tt)*) => {{
+        use ::std::io::Write as _;
+        let _ = ::std::writeln!(::std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 pub mod agent;
 pub mod config;
 pub mod demo;

@@ -85,7 +85,7 @@ fn main() -> ExitCode {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,
                 Err(err) => {
-                    eprintln!("ringworker demo: {err:#}");
+                    ringworker::tell!("ringworker demo: {err:#}");
                     ExitCode::FAILURE
                 }
             }
@@ -113,7 +113,7 @@ fn main() -> ExitCode {
                         )
                     }
                     None => {
-                        eprintln!(
+                        ringworker::tell!(
                             "ringworker: no subcommand {name:?} (run, demo, check-config, completions, manpage)"
                         );
                         return ExitCode::from(2);
@@ -124,7 +124,7 @@ fn main() -> ExitCode {
             match man.render(&mut page) {
                 Ok(()) => write_stdout(&page),
                 Err(err) => {
-                    eprintln!("ringworker: cannot write the man page: {err}");
+                    ringworker::tell!("ringworker: cannot write the man page: {err}");
                     ExitCode::FAILURE
                 }
             }
@@ -140,7 +140,7 @@ fn write_stdout(bytes: &[u8]) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("ringworker: cannot write to stdout: {err}");
+            ringworker::tell!("ringworker: cannot write to stdout: {err}");
             ExitCode::FAILURE
         }
     }
@@ -150,7 +150,7 @@ fn run(args: &RunArgs) -> ExitCode {
     let config = match Config::resolve(args) {
         Ok(config) => config,
         Err(err) => {
-            eprintln!("ringworker: {err}");
+            ringworker::tell!("ringworker: {err}");
             return ExitCode::from(2);
         }
     };
@@ -234,20 +234,20 @@ fn run(args: &RunArgs) -> ExitCode {
 /// or with `--log-format json` a JSON log line like every other.
 fn fatal(config: &Config, why: std::fmt::Arguments<'_>) {
     match config.log_format {
-        LogFormat::Text => eprintln!("ringworker: {why}"),
+        LogFormat::Text => ringworker::tell!("ringworker: {why}"),
         LogFormat::Json => tracing::error!(fatal = true, "{why}"),
     }
 }
 
 fn check_config(args: &RunArgs) -> ExitCode {
     let Some(path) = args.config.as_deref() else {
-        eprintln!("ringworker: check-config needs --config PATH (or RINGWORKER_CONFIG)");
+        ringworker::tell!("ringworker: check-config needs --config PATH (or RINGWORKER_CONFIG)");
         return ExitCode::from(2);
     };
     let file = match config::load_file(path) {
         Ok(file) => file,
         Err(err) => {
-            eprintln!("ringworker: {err}");
+            ringworker::tell!("ringworker: {err}");
             return ExitCode::from(2);
         }
     };
@@ -258,7 +258,7 @@ fn check_config(args: &RunArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => {
-            eprintln!("ringworker: {}: {err}", path.display());
+            ringworker::tell!("ringworker: {}: {err}", path.display());
             ExitCode::from(2)
         }
     }

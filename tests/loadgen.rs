@@ -266,3 +266,25 @@ fn a_spawned_agent_that_exits_at_start_ends_the_wait_at_once() {
         "it did not wait out --connect-timeout"
     );
 }
+
+#[test]
+fn a_closed_stdout_and_stderr_cost_neither_the_json_report_nor_the_verdict() {
+    // `ringworker-loadgen ... 2>&1 | head -1`: the reader is gone before the
+    // report is printed.
+    let report = temp_path("closed-pipes.json");
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let status = Command::new(loadgen_bin())
+        .args(["--listen", "tcp://127.0.0.1:0", "--spawn", "blocking"])
+        .arg(format!("--agent-bin={}", env!("CARGO_BIN_EXE_ringworker")))
+        .args(["--duration", "0.3", "--warmup", "0"])
+        .arg(format!("--json={}", report.display()))
+        .stdout(writer.try_clone().unwrap())
+        .stderr(writer)
+        .status()
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let r = json(&report);
+    assert!(r["tasks_ok"].as_u64().unwrap() > 0, "{r}");
+    let _ = std::fs::remove_file(report);
+}

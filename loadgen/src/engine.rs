@@ -520,7 +520,8 @@ impl Engine {
             }
             if self.spec.progress && now.duration_since(last_progress) >= Duration::from_secs(1) {
                 let done: u64 = self.conns.iter().map(|c| c.report.tasks_ok).sum();
-                eprint!(
+                let _ = write!(
+                    std::io::stderr(),
                     "\r  {:>5.1} s  {:>10} ok  {:>9.0} tasks/s  in flight {:>6}   ",
                     now.duration_since(start).as_secs_f64(),
                     done,
@@ -546,7 +547,7 @@ impl Engine {
             }
         }
         if self.spec.progress {
-            eprintln!();
+            ringworker::tell!("");
         }
         Ok(())
     }

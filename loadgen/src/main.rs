@@ -138,7 +138,7 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(err) => {
-            eprintln!("ringworker-loadgen: {err:#}");
+            ringworker::tell!("ringworker-loadgen: {err:#}");
             ExitCode::from(2)
         }
     }
@@ -419,7 +419,7 @@ fn run() -> anyhow::Result<bool> {
         args.seed,
     );
     let mut engine = Engine::new(listener, pool, spec)?;
-    eprintln!(
+    ringworker::tell!(
         "ringworker-loadgen: listening on {endpoint}, waiting for {} session(s){}",
         args.sessions,
         if spawned.is_some() {
@@ -455,7 +455,7 @@ fn run() -> anyhow::Result<bool> {
     let agent_pid = spawned.as_ref().map(|s| s.child.id().to_string());
     let agent_rss_kib = agent_pid.as_deref().and_then(rss_kib);
     if args.sessions >= 1000 {
-        eprintln!(
+        ringworker::tell!(
             "ringworker-loadgen: {} sessions connected in {connect_s:.2} s{}",
             args.sessions,
             agent_rss_kib.map_or(String::new(), |kib| format!(
@@ -537,7 +537,13 @@ fn run() -> anyhow::Result<bool> {
     );
     report.connect_s = Some(connect_s);
     report.agent_rss_kib_connected = agent_rss_kib;
-    report.print(&mut std::io::stdout())?;
+    // A reader that went away (`| head`) must not cost the JSON report or
+    // the exit status that says whether the run passed.
+    if let Err(err) = report.print(&mut std::io::stdout().lock()) {
+        if err.kind() != std::io::ErrorKind::BrokenPipe {
+            ringworker::tell!("ringworker-loadgen: cannot write the report: {err}");
+        }
+    }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
@@ -553,11 +559,11 @@ fn run() -> anyhow::Result<bool> {
     let mut passed = report.passed();
     if let Some(status) = agent_status {
         if !status.success() {
-            eprintln!("ringworker-loadgen: the agent exited with {status}");
+            ringworker::tell!("ringworker-loadgen: the agent exited with {status}");
             passed = false;
         }
     } else if spawned.is_some() {
-        eprintln!("ringworker-loadgen: the agent did not exit after SIGTERM");
+        ringworker::tell!("ringworker-loadgen: the agent did not exit after SIGTERM");
         passed = false;
     }
     Ok(passed)
