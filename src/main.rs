@@ -76,7 +76,7 @@ fn init_logging(format: LogFormat) {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = config::parse_args_or_exit("ringworker");
     match cli.command {
         Command::Run(args) => run(&args),
         Command::Demo(args) => {

@@ -431,3 +431,114 @@ fn with_json_logs_the_fatal_line_is_json_too() {
         "{line}"
     );
 }
+
+/// Run a binary with `args`; its exit code and stderr.
+fn run_for_stderr(bin: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
+    let output = Command::new(bin)
+        .args(args)
+        .env_remove("RINGWORKER_MANAGER")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_bad_argument_is_one_line_on_stderr_and_exit_two() {
+    let agent = std::path::Path::new(env!("CARGO_BIN_EXE_ringworker"));
+    let loadgen = common::loadgen_bin();
+    let cases: &[(&std::path::Path, &[&str], &[&str])] = &[
+        (
+            agent,
+            &["run", "--manager", "tcp://127.0.0.1:1", "--bogus"],
+            &[
+                "ringworker: unexpected argument '--bogus' found",
+                "see 'ringworker run --help'",
+            ],
+        ),
+        (
+            agent,
+            &["run", "--manager", "tcp://127.0.0.1:1", "--sesions", "3"],
+            &[
+                "ringworker: unexpected argument '--sesions' found",
+                "; a similar argument exists: '--sessions'",
+                "see 'ringworker run --help'",
+            ],
+        ),
+        (
+            agent,
+            &["check-config", "--sessions", "abc"],
+            &[
+                "ringworker: invalid value 'abc' for '--sessions <N>'",
+                "see 'ringworker check-config --help'",
+            ],
+        ),
+        (
+            agent,
+            &["run", "--runtime", "fast"],
+            &["invalid value 'fast'", "auto", "blocking"],
+        ),
+        (
+            agent,
+            &["bogus"],
+            &[
+                "ringworker: unrecognized subcommand 'bogus'",
+                "see 'ringworker --help'",
+            ],
+        ),
+        (
+            &loadgen,
+            &["--listen", "tcp://127.0.0.1:0", "--bogus"],
+            &[
+                "ringworker-loadgen: unexpected argument '--bogus' found",
+                "see 'ringworker-loadgen --help'",
+            ],
+        ),
+        (
+            &loadgen,
+            &["--sessions", "2"],
+            &[
+                "ringworker-loadgen: the following required arguments were not provided: --listen <ENDPOINT>",
+            ],
+        ),
+        (
+            &loadgen,
+            &["--listen", "x", "--concurrency", "1", "--rate", "3"],
+            &["ringworker-loadgen: the argument '--concurrency <CONCURRENCY>' cannot be used with '--rate <RATE>'"],
+        ),
+    ];
+    for (bin, args, wanted) in cases {
+        let (code, stderr) = run_for_stderr(bin, args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "{args:?}: one line on stderr:\n{stderr}"
+        );
+        for part in *wanted {
+            assert!(stderr.contains(part), "{args:?}: {part:?} in {stderr}");
+        }
+        assert!(!stderr.contains("error:"), "{args:?}: {stderr}");
+    }
+    // Help and version keep clap's own output and status.
+    for (bin, args) in [
+        (agent, &["run", "--help"][..]),
+        (agent, &["--version"][..]),
+        (&loadgen, &["--help"][..]),
+        (&loadgen, &["--version"][..]),
+    ] {
+        let output = Command::new(bin).args(args).output().unwrap();
+        assert!(output.status.success(), "{args:?}");
+        assert!(output.stderr.is_empty(), "{args:?}");
+        assert!(!output.stdout.is_empty(), "{args:?}");
+    }
+    let (code, stderr) = run_for_stderr(agent, &[]);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("Usage: ringworker <COMMAND>") && stderr.contains("check-config"),
+        "no subcommand: the help, as before: {stderr}"
+    );
+}

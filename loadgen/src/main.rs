@@ -311,7 +311,7 @@ fn tls_setup(args: &Args, requested: &Endpoint) -> anyhow::Result<Option<TlsSetu
 }
 
 fn run() -> anyhow::Result<bool> {
-    let args = Args::parse();
+    let args: Args = ringworker::config::parse_args_or_exit("ringworker-loadgen");
     // One socket per session: allow as many as the hard limit permits.
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let requested: Endpoint = args.listen.parse()?;
