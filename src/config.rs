@@ -2,7 +2,7 @@
 //! variables and a TOML file, merged once and validated once.
 //!
 //! Precedence, highest first: flags, environment, file, defaults. Unknown keys
-//! in the file are an error that names the key and its line. The token is read
+//! in the file are an error that names each of them and its line. The token is read
 //! from its file here and is never printed (`Debug` and
 //! [`Config::effective_toml`] redact it).
 
@@ -428,11 +428,13 @@ impl Config {
         })
     }
 
-    /// The configuration as TOML, the token replaced by `<redacted>`.
+    /// The configuration as a TOML config file that `check-config` and `run`
+    /// accept again; the token appears only as a `<redacted>` comment.
     pub fn effective_toml(&self) -> String {
         let mut out = String::new();
         let mut line = |key: &str, value: String| out.push_str(&format!("{key} = {value}\n"));
-        let quote = |s: &str| format!("{s:?}");
+        // A TOML basic string (a Rust `{:?}` would write `\u{301}`).
+        let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
         line("manager", quote(&self.manager.to_string()));
         line("runtime", quote(self.runtime.as_str()));
         line("sessions", self.sessions.to_string());
@@ -443,13 +445,15 @@ impl Config {
         if let Some(path) = &self.token_file {
             line("token_file", quote(&path.display().to_string()));
         }
+        // The token is not a key of the file (it comes from token_file): a
+        // comment, so that this output is itself a valid config file.
         line(
-            "token",
-            quote(if self.token.is_some() {
-                "<redacted>"
+            "# token",
+            if self.token.is_some() {
+                "\"<redacted>\" (read from token_file)".to_owned()
             } else {
-                "<none>"
-            }),
+                "none (no token_file)".to_owned()
+            },
         );
         line(
             "metrics_addr",
@@ -577,35 +581,106 @@ pub fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
     })
 }
 
-/// Parse config text; the error names the line and the key.
+/// The keys of the config file: [`FileConfig`]'s fields and their
+/// kebab-case aliases (a unit test keeps this list and the struct in step).
+pub const FILE_KEYS: &[&str] = &[
+    "manager",
+    "runtime",
+    "sessions",
+    "threads",
+    "max_in_flight",
+    "max-in-flight",
+    "max_body",
+    "max-body",
+    "worker_id",
+    "worker-id",
+    "token_file",
+    "token-file",
+    "allow_insecure_token_file",
+    "allow-insecure-token-file",
+    "metrics_addr",
+    "metrics-addr",
+    "reconnect_min",
+    "reconnect-min",
+    "reconnect_max",
+    "reconnect-max",
+    "log_format",
+    "log-format",
+    "drain_timeout",
+    "drain-timeout",
+    "tls_ca",
+    "tls-ca",
+    "tls_cert",
+    "tls-cert",
+    "tls_key",
+    "tls-key",
+    "tls_server_name",
+    "tls-server-name",
+];
+
+/// Parse config text; the error names the line and the key. Every unknown
+/// key is named, each with its line and the nearest known key.
 pub fn parse_file(text: &str) -> Result<FileConfig, String> {
-    toml::from_str::<FileConfig>(text).map_err(|err| {
-        let line = err
-            .span()
-            .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
-        let mut message = err.message().trim().to_owned();
-        if let Some(field) = message.strip_prefix("unknown field ") {
-            // Name the key and the nearest accepted one; the list of every
-            // accepted key is noise.
-            let (key, expected) = field.split_once(", expected").unwrap_or((field, ""));
-            let unquoted = key.trim_matches('`');
-            let nearest = expected
-                .split('`')
-                .skip(1)
-                .step_by(2)
-                .map(|known| (strsim::damerau_levenshtein(unquoted, known), known))
+    let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+    // The top-level keys with their positions, before the typed parse stops
+    // at the first unknown one. Syntax errors are left to the typed parse.
+    if let Ok(keys) = toml::from_str::<
+        std::collections::BTreeMap<toml::Spanned<String>, serde::de::IgnoredAny>,
+    >(text)
+    {
+        let mut unknown: Vec<(usize, &str)> = keys
+            .keys()
+            .filter(|key| !FILE_KEYS.contains(&key.get_ref().as_str()))
+            .map(|key| (line_of(key.span().start), key.get_ref().as_str()))
+            .collect();
+        unknown.sort_unstable();
+        let nearest = |key: &str| {
+            FILE_KEYS
+                .iter()
+                .map(|known| (strsim::damerau_levenshtein(key, known), *known))
                 .filter(|&(distance, _)| distance <= 3)
-                .min();
-            message = match nearest {
-                Some((_, known)) => format!("unknown key {key}; did you mean `{known}`?"),
-                None => format!(
-                    "unknown key {key} (keys are the `run` flags in snake_case: max_in_flight, \
-                     tls_ca, ...)"
-                ),
-            };
+                // On a tie, the spelling the key uses (snake_case or kebab-case).
+                .min_by_key(|&(distance, known)| {
+                    (distance, known.contains('-') != key.contains('-'), known)
+                })
+                .map(|(_, known)| known)
+        };
+        const HINT: &str = "keys are the `run` flags in snake_case: max_in_flight, tls_ca, ...";
+        match unknown.as_slice() {
+            [] => {}
+            [(line, key)] => {
+                return Err(match nearest(key) {
+                    Some(known) => {
+                        format!("line {line}: unknown key `{key}`; did you mean `{known}`?")
+                    }
+                    None => format!("line {line}: unknown key `{key}` ({HINT})"),
+                })
+            }
+            several => {
+                let named: Vec<String> = several
+                    .iter()
+                    .map(|(line, key)| match nearest(key) {
+                        Some(known) => format!("line {line}: `{key}` (did you mean `{known}`?)"),
+                        None => format!("line {line}: `{key}`"),
+                    })
+                    .collect();
+                let hint = if several.iter().any(|(_, key)| nearest(key).is_none()) {
+                    format!("; {HINT}")
+                } else {
+                    String::new()
+                };
+                return Err(format!(
+                    "{} unknown keys: {}{hint}",
+                    several.len(),
+                    named.join(", ")
+                ));
+            }
         }
-        match line {
-            Some(line) => format!("line {line}: {message}"),
+    }
+    toml::from_str::<FileConfig>(text).map_err(|err| {
+        let message = err.message().trim().to_owned();
+        match err.span() {
+            Some(span) => format!("line {}: {message}", line_of(span.start)),
             None => message,
         }
     })
@@ -784,6 +859,47 @@ mod tests {
             "prog: the following required arguments were not provided: --alpha <alpha>, \
              --beta <beta>; see 'prog --help'"
         );
+    }
+
+    #[test]
+    fn file_keys_are_the_fields_of_the_file() {
+        // Each listed key is a field (or alias): never "unknown field".
+        for key in FILE_KEYS {
+            if let Err(err) = toml::from_str::<FileConfig>(&format!("{key} = 0")) {
+                assert!(!err.message().contains("unknown field"), "{key}: {err}");
+            }
+        }
+        // Each field serde knows is listed.
+        let err = toml::from_str::<FileConfig>("\"#\" = 0").unwrap_err();
+        let expected: Vec<&str> = err.message().split('`').skip(3).step_by(2).collect();
+        assert!(expected.len() >= 18, "{err}");
+        for field in expected {
+            assert!(
+                FILE_KEYS.contains(&field),
+                "{field} is missing from FILE_KEYS"
+            );
+        }
+    }
+
+    #[test]
+    fn every_unknown_key_is_named() {
+        let err =
+            parse_file("manager = \"tcp://h:1\"\nsesions = 4\n[agent]\nca = 1\n").unwrap_err();
+        assert_eq!(
+            err,
+            "2 unknown keys: line 2: `sesions` (did you mean `sessions`?), line 3: `agent`; \
+             keys are the `run` flags in snake_case: max_in_flight, tls_ca, ..."
+        );
+        let err = parse_file("tls = 1\ntls-c = 2\n").unwrap_err();
+        assert!(
+            err.contains("`tls` (did you mean `tls_ca`?)")
+                && err.contains("`tls-c` (did you mean `tls-ca`?)"),
+            "{err}"
+        );
+        let err = parse_file("sessions = \"four\"\n").unwrap_err();
+        assert!(err.starts_with("line 1: "), "{err}");
+        let err = parse_file("sessions = \n").unwrap_err();
+        assert!(err.starts_with("line 1: "), "{err}");
     }
 
     #[test]

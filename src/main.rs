@@ -251,10 +251,18 @@ fn check_config(args: &RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let allow_insecure_token_file = args
+        .allow_insecure_token_file
+        .or(file.allow_insecure_token_file);
     match Config::merge(args, file) {
         Ok(config) => {
             ringworker::say!("# effective configuration of {}", path.display());
             ringworker::say!("{}", config.effective_toml().trim_end());
+            // Part of what made the token file acceptable: the output is a
+            // config file that check-config accepts again.
+            if let (Some(_), Some(allow)) = (&config.token_file, allow_insecure_token_file) {
+                ringworker::say!("allow_insecure_token_file = {allow}");
+            }
             ExitCode::SUCCESS
         }
         Err(err) => {

@@ -542,3 +542,86 @@ fn a_bad_argument_is_one_line_on_stderr_and_exit_two() {
         "no subcommand: the help, as before: {stderr}"
     );
 }
+
+#[test]
+fn check_config_names_every_unknown_key() {
+    let dir = std::env::temp_dir().join(format!("rw-cli-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        "manager = \"tcp://127.0.0.1:7000\"\nsesions = 4\nmax_body = 65536\n\
+         colour = \"blue\"\nmax-in-fligth = 8\n",
+    )
+    .unwrap();
+    for subcommand in ["check-config", "run"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_ringworker"))
+            .args([subcommand, "--metrics-addr", "off", "--config"])
+            .arg(&config)
+            .env_remove("RINGWORKER_MANAGER")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{subcommand}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{subcommand}: {stderr}");
+        for part in [
+            "3 unknown keys",
+            "line 2: `sesions` (did you mean `sessions`?)",
+            "line 4: `colour`",
+            "line 5: `max-in-fligth` (did you mean `max-in-flight`?)",
+        ] {
+            assert!(stderr.contains(part), "{subcommand}: {part:?} in {stderr}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn check_config_prints_a_config_that_check_config_accepts() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("rw-cli-round-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = dir.join("token");
+    std::fs::write(&token, "round-trip-secret\n").unwrap();
+    // Readable by others: allowed by the environment only.
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "manager = \"tcp://127.0.0.1:7000\"\nsessions = 3\nmax-body = \"1MiB\"\n\
+             worker_id = \"node \\\"7\\\" \\\\ caf\\u00e9\\u0301\"\nmetrics_addr = \"localhost:9464\"\n\
+             token_file = \"{}\"\n",
+            token.display()
+        ),
+    )
+    .unwrap();
+    let check = |path: &std::path::Path, env: &[(&str, &str)]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ringworker"));
+        command.args(["check-config", "--config"]).arg(path);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let output = command.output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "{}: {}\n{stdout}",
+            path.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+    };
+    let first = check(&config, &[("RINGWORKER_ALLOW_INSECURE_TOKEN_FILE", "1")]);
+    assert!(!first.contains("round-trip-secret"), "{first}");
+    assert!(first.contains("<redacted>"), "{first}");
+    let printed = dir.join("effective.toml");
+    std::fs::write(&printed, &first).unwrap();
+    // The printed configuration is a config file, and the same one.
+    let second = check(&printed, &[]);
+    let body = |text: &str| text.lines().skip(1).collect::<Vec<_>>().join("\n");
+    assert_eq!(body(&first), body(&second));
+    assert!(second.contains("sessions = 3"), "{second}");
+    assert!(second.contains("max_body = 1048576"), "{second}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
