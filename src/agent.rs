@@ -132,26 +132,44 @@ impl Agent {
     }
 }
 
-/// SIGTERM / SIGINT: the first starts a drain, a second exits at once with
-/// status 130.
+/// A SIGTERM / SIGINT this soon after the first is the same request, not the
+/// "second signal": `timeout` (coreutils) signals the agent and then its
+/// process group, so one stop arrives twice within microseconds.
+pub const REPEATED_SIGNAL_WINDOW: Duration = Duration::from_millis(250);
+
+/// SIGTERM / SIGINT: the first starts a drain; one more within
+/// [`REPEATED_SIGNAL_WINDOW`] is the same request; a later one exits at once
+/// with status 130.
 pub fn install_signal_handlers(stop: StopHandle) -> std::io::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            let mut seen = 0;
+            let mut first: Option<std::time::Instant> = None;
             for signal in signals.forever() {
-                seen += 1;
-                if seen == 1 {
-                    tracing::info!(
-                        signal,
-                        "signal {signal}: draining (send it again to exit at once)"
-                    );
-                    stop.request_stop();
-                } else {
-                    crate::tell!("ringworker: second signal {signal}: exiting without draining");
-                    std::process::exit(130);
+                match first {
+                    None => {
+                        first = Some(std::time::Instant::now());
+                        tracing::info!(
+                            signal,
+                            "signal {signal}: draining (send it again to exit at once)"
+                        );
+                        stop.request_stop();
+                    }
+                    Some(at) if at.elapsed() < REPEATED_SIGNAL_WINDOW => {
+                        tracing::debug!(
+                            signal,
+                            "signal {signal} again within {} ms of the first: the same request",
+                            REPEATED_SIGNAL_WINDOW.as_millis()
+                        );
+                    }
+                    Some(_) => {
+                        crate::tell!(
+                            "ringworker: second signal {signal}: exiting without draining"
+                        );
+                        std::process::exit(130);
+                    }
                 }
             }
         })?;

@@ -53,7 +53,8 @@ RINGWORKER_SESSIONS, ...); precedence is flags, environment, config file, defaul
 RINGWORKER_LOG=debug (an EnvFilter) raises the log level.
 
 Signals: SIGTERM or SIGINT drains every session (DRAIN, the tasks in flight finished, \
-GOODBYE) and exits; a second signal exits at once.
+GOODBYE) and exits; a second signal exits at once (one within 250 ms of the first is the \
+same request: `timeout` signals the agent and then its process group).
 
 Exit status: 0 after a clean drain; 1 when the manager refused the agent (unauthorized, \
 unsupported_version), when the drain timed out with tasks abandoned, or when the metrics \

@@ -136,6 +136,94 @@ fn sigterm_drains_in_flight_tasks_then_exits_zero(runtime: RuntimeKind) {
     );
 }
 
+/// Start an agent, give it `count` `sleep` tasks of `ms` each and wait for
+/// their ACKs: a drain then has work to finish.
+fn agent_with_sleeping_tasks(count: u64, ms: u32) -> (Child, ringworker::manager::ManagerConn) {
+    let listener = tcp_listener();
+    let endpoint = listener.local_endpoint().unwrap().to_string();
+    let child = agent_command(&endpoint, RuntimeKind::Blocking)
+        .spawn()
+        .expect("spawn agent");
+    let (mut conn, _) = accept_with(&listener, ManagerConfig::default());
+    for id in 1..=count {
+        conn.send_task(id, "sleep", &ms.to_be_bytes(), true)
+            .unwrap();
+    }
+    let mut acks = 0;
+    while acks < count {
+        if let ManagerEvent::Ack { .. } = conn.next_event(TIMEOUT).unwrap() {
+            acks += 1;
+        }
+    }
+    (child, conn)
+}
+
+#[test]
+fn a_repeated_sigterm_within_250_ms_is_the_same_request() {
+    // `timeout 60 ringworker run ...` signals the agent and then its process
+    // group: two SIGTERMs microseconds apart. Here: two at once, a third
+    // 50 ms later, all within 250 ms of the first.
+    let (mut child, mut conn) = agent_with_sleeping_tasks(4, 400);
+    let pid = child.id().to_string();
+    let status = Command::new("kill")
+        .args(["-s", "TERM", &pid, &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::thread::sleep(Duration::from_millis(50));
+    send_signal(&child, "TERM");
+    let mut results = 0;
+    loop {
+        let event = match conn.next_event(TIMEOUT) {
+            Ok(event) => event,
+            Err(err) => {
+                let status = wait_with_deadline(&mut child, TIMEOUT);
+                panic!(
+                    "no clean drain ({err}); agent {status}:\n{}",
+                    stderr_of(&mut child)
+                );
+            }
+        };
+        match event {
+            ManagerEvent::Result { id, failed, .. } => {
+                assert!(!failed, "task {id} finishes");
+                results += 1;
+            }
+            ManagerEvent::Goodbye { .. } => break,
+            _ => {}
+        }
+    }
+    assert_eq!(results, 4, "every accepted task answered before GOODBYE");
+    conn.read_to_end(TIMEOUT).expect("agent closes");
+    drop(conn);
+    let status = wait_with_deadline(&mut child, TIMEOUT);
+    let stderr = stderr_of(&mut child);
+    assert_eq!(status.code(), Some(0), "drained and exited 0:\n{stderr}");
+    assert!(!stderr.contains("second signal"), "{stderr}");
+}
+
+#[test]
+fn a_second_sigterm_after_250_ms_exits_at_once_with_130() {
+    let (mut child, _conn) = agent_with_sleeping_tasks(2, 10_000);
+    send_signal(&child, "TERM");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still draining its 10 s tasks"
+    );
+    let sent = Instant::now();
+    send_signal(&child, "TERM");
+    let status = wait_with_deadline(&mut child, TIMEOUT);
+    let stderr = stderr_of(&mut child);
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(
+        sent.elapsed() < Duration::from_secs(3),
+        "exits at once, not after the drain: {:?}",
+        sent.elapsed()
+    );
+    assert!(stderr.contains("second signal"), "{stderr}");
+}
+
 fn refused_hello_exits_non_zero_with_the_reason(runtime: RuntimeKind) {
     let listener = tcp_listener();
     let endpoint = listener.local_endpoint().unwrap().to_string();
