@@ -35,6 +35,7 @@ for_each_runtime!(
     half_closed_connection_finishes_every_task_then_goodbye,
     a_manager_that_closes_its_socket_is_redialled_before_the_tasks_end,
     heartbeats_flow_and_a_silent_manager_is_dropped,
+    a_large_frame_trickling_in_keeps_the_heartbeat_alive,
     a_manager_that_never_reads_is_slowed_not_buffered,
     the_header_of_a_huge_frame_commits_no_memory_before_its_bytes,
     two_hundred_sessions_redial_spread_out,
@@ -573,6 +574,45 @@ fn a_manager_that_closes_its_socket_is_redialled_before_the_tasks_end(kind: Runt
     drop(redialled);
     redial_serves_a_task(&listener);
     stop_clean(agent, TIMEOUT);
+}
+
+/// A 1 MiB TASK that takes 2.4 s to arrive, 64 KiB every 150 ms, with a
+/// heartbeat of 300 ms (so 900 ms without a byte is a dead manager): bytes
+/// keep coming, so the session stays up and the task is answered.
+fn a_large_frame_trickling_in_keeps_the_heartbeat_alive(kind: RuntimeKind) {
+    let _guard = shared();
+    let listener = tcp_listener();
+    let mut agent = start(kind, plan(listener.local_endpoint().unwrap(), 1, 8));
+    let config = ManagerConfig {
+        heartbeat_ms: 300,
+        ..ManagerConfig::default()
+    };
+    let (mut conn, _) = accept_with(&listener, config);
+    let payload = vec![7u8; 1 << 20];
+    conn.queue_task(1, "echo", &payload, false).unwrap();
+    let bytes = conn.machine().take_output(Vec::new());
+    for chunk in bytes.chunks(64 * 1024) {
+        conn.send_raw_bytes(chunk)
+            .expect("the worker keeps the connection while the frame arrives");
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let result = loop {
+        match conn.next_event(TIMEOUT) {
+            Ok(ManagerEvent::Result { id, body, .. }) => break (id, body.len()),
+            Ok(_) => {}
+            Err(err) => panic!("{}: no RESULT for the slow TASK: {err:?}", kind.as_str()),
+        }
+    };
+    assert_eq!(result, (1, 1 << 20));
+    assert_eq!(
+        agent.stats().reconnects_total(),
+        0,
+        "the session never redialled"
+    );
+    agent.request_stop();
+    drop(conn);
+    let _ = agent.wait();
+    assert_no_agent_panic();
 }
 
 fn heartbeats_flow_and_a_silent_manager_is_dropped(kind: RuntimeKind) {

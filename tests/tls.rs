@@ -243,6 +243,52 @@ fn tasks_over_tls(kind: RuntimeKind) {
     run_tasks_and_drain(&mut conn, &mut agent);
 }
 
+/// The manager stops reading while a 12 MiB RESULT is on its way (the
+/// worker's send is stuck on full socket buffers), then sends a corrupt
+/// record: the worker cannot even write its alert. A stop must still end the
+/// agent, after at most the linger for a last write.
+fn a_broken_record_while_a_send_is_stuck_does_not_hang_a_stop(kind: RuntimeKind) {
+    let s = setup();
+    let (listener, endpoint) = tls_listener();
+    let options = TlsOptions {
+        ca: Some(s.ca_path.clone()),
+        ..TlsOptions::default()
+    };
+    let mut plan = tls_plan(endpoint, &options);
+    plan.drain_timeout = Duration::from_secs(1);
+    let mut agent = start(kind, plan);
+    let (mut conn, _) = ManagerConn::accept_tls(
+        &listener,
+        ManagerConfig::default(),
+        manager_tls(&s, None),
+        TIMEOUT,
+    )
+    .expect("TLS handshake and HELLO");
+    conn.send_task(1, "echo", &vec![5u8; 12 << 20], false)
+        .unwrap();
+    // Time for the worker to fill the socket buffers with the RESULT.
+    std::thread::sleep(Duration::from_millis(1500));
+    // A corrupt application-data record: bad_record_mac at the worker.
+    let mut garbage = vec![0x17, 0x03, 0x03, 0x00, 0x40];
+    garbage.extend_from_slice(&[0xAB; 0x40]);
+    conn.send_raw_bytes(&garbage).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    agent.request_stop();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let _ = agent.wait();
+        let _ = tx.send(());
+    });
+    let stopped = rx.recv_timeout(Duration::from_secs(15));
+    drop(conn);
+    assert!(
+        stopped.is_ok(),
+        "{}: the agent did not stop within 15 s",
+        kind.as_str()
+    );
+    waiter.join().unwrap();
+}
+
 fn tasks_over_mutual_tls(kind: RuntimeKind) {
     let s = setup();
     let (listener, endpoint) = tls_listener();
@@ -637,6 +683,7 @@ fn system_roots_verify_the_manager_when_no_ca_is_given() {
 for_each_runtime!(
     renewed_client_certificate_is_used_on_the_next_dial,
     tasks_over_tls,
+    a_broken_record_while_a_send_is_stuck_does_not_hang_a_stop,
     tasks_over_mutual_tls,
     unknown_ca_is_refused,
     wrong_server_name_is_refused,

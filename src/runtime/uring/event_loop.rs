@@ -19,8 +19,6 @@
 //! operation on it is outstanding, so an fd number is never reused under an
 //! operation that still refers to it.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
@@ -32,6 +30,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use rand::SeedableRng;
 
 use super::bufring::BufRing;
+use super::timers::Timers;
 use crate::link::Link;
 use crate::runtime::{
     drain_timeout_message, AgentPlan, Backoff, ByteCounters, StopHandle, DRAIN_FLUSH_GRACE,
@@ -48,8 +47,8 @@ const BUF_GROUP: u16 = 7;
 /// Buffers in each loop's ring, and their size.
 pub const BUF_ENTRIES: u16 = 256;
 pub const BUF_LEN: usize = 64 * 1024;
-/// A frame with at least this much left to arrive is received in one
-/// operation straight into its buffer.
+/// A frame with at least this much left to arrive is received straight into
+/// its buffer.
 const LARGE_FRAME_REMAINDER: usize = 64 * 1024;
 /// A direct receive (see [`EventLoop::drive_open`]) asks for at least this
 /// much, and one that brings less ends the session's direct mode.
@@ -67,6 +66,9 @@ const EARLY_SEND: usize = 32 * 1024;
 const LINGER: Duration = Duration::from_secs(2);
 /// How long shutdown waits for cancelled operations to complete.
 const REAP_DEADLINE: Duration = Duration::from_secs(2);
+/// A send buffer grown above this is freed once the output through it is
+/// small again (as [`crate::protocol::frame::FrameBuffer`] does).
+const SHRINK_ABOVE: usize = 256 * 1024;
 
 /// Kinds of operation, in the top byte of `user_data`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,7 +152,6 @@ struct Slot {
     abandoned: u64,
     dialled_once: bool,
     dirty: bool,
-    scheduled: Option<Instant>,
 }
 
 /// What a finished loop reports.
@@ -176,7 +177,7 @@ pub struct EventLoop {
     stopped: usize,
     batch: Vec<u32>,
     completions: Vec<(u64, i32, u32)>,
-    timers: BinaryHeap<Reverse<(Instant, u32)>>,
+    timers: Timers,
     rng: rand::rngs::SmallRng,
     /// A sparse file table with one entry per slot was registered.
     file_table: bool,
@@ -263,11 +264,11 @@ impl EventLoop {
                     abandoned: 0,
                     dialled_once: false,
                     dirty: false,
-                    scheduled: None,
                 }
             })
             .collect::<Vec<_>>();
         let dirty = (0..slots.len() as u32).collect();
+        let timers = Timers::new(slots.len());
         Ok(EventLoop {
             ring,
             buffers: Some(buffers),
@@ -283,7 +284,7 @@ impl EventLoop {
             stopped: 0,
             batch: Vec::new(),
             completions: Vec::with_capacity(RING_ENTRIES as usize),
-            timers: BinaryHeap::new(),
+            timers,
             rng: rand::rngs::SmallRng::from_os_rng(),
             file_table,
             submit_now: false,
@@ -323,8 +324,8 @@ impl EventLoop {
         let now = Instant::now();
         let timeout = if self.dirty.is_empty() {
             self.timers
-                .peek()
-                .map(|Reverse((at, _))| at.saturating_duration_since(now))
+                .next()
+                .map(|at| at.saturating_duration_since(now))
         } else {
             // Work is pending: submit and collect what is ready, but do not sleep.
             Some(Duration::ZERO)
@@ -389,26 +390,11 @@ impl EventLoop {
 
     fn schedule(&mut self, slot: u32, at: Option<Instant>) {
         let Some(at) = at else { return };
-        let s = &mut self.slots[slot as usize];
-        // Keep at most one useful entry per slot: only an earlier deadline
-        // needs a new entry; a later one is found when the earlier fires.
-        if s.scheduled.is_some_and(|current| current <= at) {
-            return;
-        }
-        s.scheduled = Some(at);
-        self.timers.push(Reverse((at, slot)));
+        self.timers.schedule(slot, at);
     }
 
     fn fire_timers(&mut self, now: Instant) {
-        while let Some(Reverse((at, slot))) = self.timers.peek().copied() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
-            let s = &mut self.slots[slot as usize];
-            if s.scheduled == Some(at) {
-                s.scheduled = None;
-            }
+        while let Some(slot) = self.timers.pop_due(now) {
             self.mark_dirty(slot);
         }
     }
@@ -501,12 +487,22 @@ impl EventLoop {
             return;
         };
         if let Some(why) = session.failure() {
-            // Write the alert rustls queued (one last send), then close.
+            // Write the alert rustls queued (one last send), then close. A
+            // send the manager is not taking gets LINGER, as for the last
+            // frames of a closed session, so a stop cannot hang on it.
             if !s.send_inflight && session.has_output() {
                 self.send_output(slot_id);
             } else if !s.send_inflight {
                 s.broken = Some(why.to_owned());
                 self.begin_teardown(slot_id);
+            } else {
+                let at = *s.flush_deadline.get_or_insert(now + LINGER);
+                if now >= at {
+                    s.broken = Some(why.to_owned());
+                    self.begin_teardown(slot_id);
+                } else {
+                    self.schedule(slot_id, Some(at));
+                }
             }
             return;
         }
@@ -586,7 +582,8 @@ impl EventLoop {
         // Large frames are received straight into the session's frame
         // buffer (one copy, like a plain read into a big buffer) instead of
         // into provided buffers and copied again. The rest of a large frame
-        // under way is one MSG_WAITALL receive; after one, the session stays
+        // under way is received in place, what has arrived at a time; after
+        // that the session stays
         // "direct" (plain receives of at least DIRECT_CHUNK into its buffer,
         // so the next frame's header and start land there too) until a
         // receive brings little. The multishot receive is stopped first, so
@@ -607,29 +604,30 @@ impl EventLoop {
         self.schedule(slot_id, timeout);
     }
 
-    /// Receive straight into the session's frame buffer: the `needed` bytes
-    /// that complete a large frame under way (all of them, MSG_WAITALL), or
-    /// else whatever has arrived, up to [`DIRECT_CHUNK`] or the rest of the
-    /// frame under way.
+    /// Receive straight into the session's frame buffer: up to the `needed`
+    /// bytes that complete a large frame under way (at most [`DIRECT_MAX`]),
+    /// or else up to [`DIRECT_CHUNK`] or the rest of the frame under way;
+    /// either way, whatever has arrived.
     fn submit_direct_recv(&mut self, slot_id: u32, needed: usize) {
         let s = &mut self.slots[slot_id as usize];
         let (Some(socket), Some(session)) = (&s.socket, s.session.as_mut()) else {
             return;
         };
         let fd = socket.as_raw_fd();
-        let (len, flags) = if needed >= LARGE_FRAME_REMAINDER {
+        // Never MSG_WAITALL: each completion brings what has arrived, so a
+        // frame that trickles in slower than the heartbeat window still
+        // counts as traffic and the session stays up.
+        let len = if needed >= LARGE_FRAME_REMAINDER {
             // At most DIRECT_MAX at a time: the buffer is filled with zeros
             // up to `len` first, and a peer that sends only the header of a
             // huge frame must not make the agent commit max_body at once.
-            (needed.min(DIRECT_MAX), libc::MSG_WAITALL)
+            needed.min(DIRECT_MAX)
         } else {
-            (needed.max(DIRECT_CHUNK), 0)
+            needed.max(DIRECT_CHUNK)
         };
         let space = session.recv_space(len);
         let entry = on_socket!(s.registered, slot_id, fd, |t| {
-            opcode::Recv::new(t, space.as_mut_ptr(), len as u32)
-                .flags(flags)
-                .build()
+            opcode::Recv::new(t, space.as_mut_ptr(), len as u32).build()
         })
         .user_data(user_data(Op::RecvBody, s.generation, slot_id));
         s.body_recv = true;
@@ -871,7 +869,10 @@ impl EventLoop {
         }
         let s = &mut self.slots[slot_id as usize];
         s.socket = None;
-        s.send_buf.clear();
+        // A slot waiting to redial holds no buffer.
+        s.send_buf = Vec::new();
+        s.spare = Vec::new();
+        s.send_off = 0;
         s.send_inflight = false;
         s.recv_armed = false;
         let uptime;
@@ -1057,9 +1058,20 @@ impl EventLoop {
                 s.broken = Some("connection lost: write returned 0".to_owned());
                 return;
             }
+            // Once teardown has cancelled the socket's operations, nothing
+            // new may start on it: a send submitted after the cancel would
+            // keep the slot open for as long as the manager does not read.
+            if s.phase == SlotPhase::Teardown {
+                return;
+            }
             self.submit_send(slot_id);
         } else {
             let mut done = std::mem::take(&mut s.send_buf);
+            // Like the frame buffer: a buffer grown by large output is kept
+            // while output stays large, and given back once it is small.
+            if done.capacity() > SHRINK_ABOVE && done.len() <= SHRINK_ABOVE {
+                done = Vec::new();
+            }
             done.clear();
             s.spare = done;
             s.send_off = 0;

@@ -14,6 +14,7 @@
 
 mod bufring;
 mod event_loop;
+mod timers;
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
