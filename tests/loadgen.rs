@@ -224,7 +224,17 @@ fn an_agent_stopped_mid_run_passes_the_check(kind: RuntimeKind) {
                 c["tasks_unread"].as_u64().unwrap() > 0,
                 "bytes the agent did not read are exactly unread tasks: {c}"
             );
+            assert_eq!(c["bytes_unread"], unread, "{c}");
         }
+        // An exact line with two different numbers says why.
+        let unread_tasks = r["tasks_unread"].as_u64().unwrap();
+        assert_eq!(
+            stdout.matches("TASKs the agent never read)").count()
+                + stdout.matches("TASK the agent never read)").count()
+                > 0,
+            unread_tasks > 0,
+            "round {round}: {stdout}"
+        );
         let _ = std::fs::remove_file(report);
     }
 }
@@ -286,5 +296,50 @@ fn a_closed_stdout_and_stderr_cost_neither_the_json_report_nor_the_verdict() {
     assert!(status.success(), "{status}");
     let r = json(&report);
     assert!(r["tasks_ok"].as_u64().unwrap() > 0, "{r}");
+    let _ = std::fs::remove_file(report);
+}
+
+/// After an agent's GOODBYE the loadgen closes that connection as soon as
+/// the agent has closed its side, so the agent's wait for the manager to
+/// close (up to 2 s) ends at once and a drain costs only its tasks' time.
+#[test]
+fn the_loadgen_closes_a_connection_once_the_agent_said_goodbye() {
+    let socket = temp_path("goodbye-close.sock");
+    let report = temp_path("goodbye-close.json");
+    let loadgen = Command::new(loadgen_bin())
+        .arg(format!("--listen=unix://{}", socket.display()))
+        .args(["--sessions", "2", "--duration", "4", "--concurrency", "8"])
+        .args(["--handler", "echo", "--payload", "64", "--warmup", "0"])
+        .arg(format!("--json={}", report.display()))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut agent = common::start(
+        RuntimeKind::Blocking,
+        common::plan(Endpoint::Unix(socket.clone()), 2, 64),
+    );
+    let stats = agent.stats();
+    assert!(
+        common::wait_until(Duration::from_secs(10), || stats
+            .sessions
+            .iter()
+            .all(|s| s.tasks_done() > 0)),
+        "both sessions get tasks"
+    );
+    let stopped = std::time::Instant::now();
+    agent.request_stop();
+    let run = agent.wait();
+    let took = stopped.elapsed();
+    assert!(run.is_clean(), "{run:?}");
+    assert!(
+        took < Duration::from_millis(1500),
+        "the drain of 64-byte echo tasks took {took:?}: the loadgen kept the connections open"
+    );
+    let output = loadgen.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let r = json(&report);
+    assert_eq!(r["accounting_mismatches"], 0, "{r}");
+    assert_eq!(r["tasks_lost"], 0, "{r}");
     let _ = std::fs::remove_file(report);
 }

@@ -195,6 +195,9 @@ pub struct ConnReport {
     /// the agent only after its GOODBYE: its `bytes_received` ends exactly
     /// where they begin, so it never read them. Not lost, not answered.
     pub tasks_unread: u64,
+    /// The bytes of those TASKs that reached the socket: exactly what the
+    /// agent's `bytes_received` falls short of `bytes_sent` by.
+    pub bytes_unread: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub agent_bytes_sent: Option<u64>,
@@ -717,8 +720,7 @@ impl Engine {
                 let n = match conn.stream.read(space) {
                     Ok(0) => {
                         conn.machine.commit(0);
-                        conn.eof = true;
-                        conn.phase = ConnPhase::Closed;
+                        conn.peer_closed();
                         return;
                     }
                     Ok(n) => n,
@@ -885,6 +887,8 @@ impl Engine {
                                     == unread_bytes.checked_sub(unwritten);
                             if sent_exact && unread {
                                 conn.report.tasks_unread = conn.report.tasks_lost;
+                                conn.report.bytes_unread =
+                                    conn.report.bytes_sent - counts.bytes_received;
                                 conn.report.tasks_lost = 0;
                             }
                             conn.report.accounting_exact = sent_exact && (received_exact || unread);
@@ -992,14 +996,13 @@ impl Conn {
         };
         let n = match self.stream.read(buf) {
             Ok(0) => {
-                self.eof = true;
-                self.phase = ConnPhase::Closed;
                 if tls.server.is_handshaking() {
                     tls.handshake_failed = true;
                     failures.note(
                         "the worker closed the connection during the TLS handshake".to_owned(),
                     );
                 }
+                self.peer_closed();
                 return TlsRead::Stop;
             }
             Ok(n) => n,
@@ -1089,6 +1092,17 @@ impl Conn {
         let _ = write_records(&mut self.stream, tls, &mut self.report.bytes_sent);
         self.stream.shutdown(std::net::Shutdown::Write);
         self.phase = ConnPhase::Closed;
+    }
+
+    /// The agent closed its side (after its GOODBYE, or it went away):
+    /// nothing more will be read, so close ours at once. An agent waits for
+    /// the manager to close after GOODBYE (up to 2 s); holding the socket
+    /// until the run ends would make every agent-initiated drain that long.
+    /// Nothing is written after this, so the byte totals stand.
+    fn peer_closed(&mut self) {
+        self.eof = true;
+        self.phase = ConnPhase::Closed;
+        self.stream.shutdown(std::net::Shutdown::Both);
     }
 
     fn fail(&mut self, why: &str) {

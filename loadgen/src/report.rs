@@ -254,7 +254,7 @@ impl Report {
                 c.bytes_received,
                 c.agent_bytes_received.map_or("-".to_owned(), |b| b.to_string()),
                 c.bytes_sent,
-                if c.accounting_exact { "exact" } else { c.error.as_deref().unwrap_or("MISMATCH") }
+                accounting_verdict(c)
             )?;
             if let (Some(after), Some(sent)) = (c.tls_after_goodbye, c.agent_bytes_sent) {
                 writeln!(
@@ -285,6 +285,24 @@ impl Report {
         )?;
         Ok(())
     }
+}
+
+/// The last column of a connection's byte-accounting line. Exact with two
+/// different "received / sent" numbers says why: the TASKs that reached the
+/// agent after its GOODBYE, which it never read.
+fn accounting_verdict(c: &ConnReport) -> String {
+    if !c.accounting_exact {
+        return c.error.clone().unwrap_or_else(|| "MISMATCH".to_owned());
+    }
+    if c.tasks_unread == 0 {
+        return "exact".to_owned();
+    }
+    format!(
+        "exact ({} bytes in {} TASK{} the agent never read)",
+        c.bytes_unread,
+        c.tasks_unread,
+        if c.tasks_unread == 1 { "" } else { "s" }
+    )
 }
 
 /// Write the HdrHistogram percentile distribution (`.hgrm`), in microseconds.
@@ -325,4 +343,77 @@ pub fn write_hgrm(histogram: &Histogram<u64>, out: &mut impl Write) -> std::io::
         histogram.len()
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn printed(conns: Vec<ConnReport>) -> String {
+        let result = RunResult {
+            conns,
+            histogram: Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap(),
+            measured: std::time::Duration::from_secs(1),
+            measured_tasks: 0,
+            measured_payload_bytes: 0,
+            measured_wire_bytes: 0,
+            failure_codes: Default::default(),
+            tls_handshake_failures: 0,
+            tls_handshake_error: None,
+        };
+        let describe = Describe {
+            runtime: None,
+            sessions: 2,
+            handler: "echo:1".to_owned(),
+            payload: "64".to_owned(),
+            pacing: "closed loop".to_owned(),
+            transport: "unix".to_owned(),
+        };
+        let mut out = Vec::new();
+        Report::new(&result, describe, 0.0, None)
+            .print(&mut out)
+            .unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn an_exact_line_with_unread_tasks_says_why_the_numbers_differ() {
+        let whole = ConnReport {
+            session: Some(0),
+            tasks_ok: 10,
+            bytes_sent: 1000,
+            bytes_received: 900,
+            agent_bytes_sent: Some(900),
+            agent_bytes_received: Some(1000),
+            accounting_exact: true,
+            ..ConnReport::default()
+        };
+        let short = ConnReport {
+            session: Some(1),
+            tasks_ok: 10,
+            tasks_unread: 192,
+            bytes_unread: 263_488,
+            bytes_sent: 755_708_384,
+            bytes_received: 900,
+            agent_bytes_sent: Some(900),
+            agent_bytes_received: Some(755_444_896),
+            accounting_exact: true,
+            ..ConnReport::default()
+        };
+        let text = printed(vec![whole, short]);
+        let line = |session: &str| {
+            text.lines()
+                .find(|l| l.trim_start().starts_with(&format!("session {session:>5}")))
+                .unwrap_or_else(|| panic!("no line for session {session}:\n{text}"))
+                .to_owned()
+        };
+        assert!(line("0").ends_with("  exact"), "{text}");
+        assert!(
+            line("1").ends_with(
+                "agent received      755444896 / loadgen sent      755708384  \
+                 exact (263488 bytes in 192 TASKs the agent never read)"
+            ),
+            "{text}"
+        );
+    }
 }
