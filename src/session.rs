@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::format::format_bytes;
-use crate::handlers::{HandlerRegistry, Reply, TaskFailure};
+use crate::handlers::{Handler, HandlerRegistry, Reply, TaskFailure};
 use crate::protocol::frame::MAX_HANDLER_NAME;
 use crate::protocol::machine::{MachineConfig, NotInFlight};
 use crate::protocol::{
@@ -158,10 +158,10 @@ impl TaskRunner {
         // cost more than the rest of the metrics.
         self.timing_tick = self.timing_tick.wrapping_add(1);
         if self.timing_tick % TIMING_SAMPLE != 0 {
-            return handler.call(payload, out);
+            return contained(&**handler, payload, out);
         }
         let started = Instant::now();
-        let reply = handler.call(payload, out);
+        let reply = contained(&**handler, payload, out);
         if let Some(histogram) = self.durations.get(index) {
             histogram.record(started.elapsed().as_secs_f64());
         }
@@ -174,6 +174,33 @@ impl TaskRunner {
             histogram.record(delay.as_secs_f64());
         }
     }
+}
+
+/// Run `handler`, turning a panic into a `handler_failed` answer: a bug in
+/// one handler fails its task, not the session or the event loop with every
+/// session on it. What it appended before panicking is discarded like any
+/// failed call's output.
+#[inline(always)]
+fn contained(
+    handler: &dyn Handler,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<Reply, TaskFailure> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.call(payload, out))) {
+        Ok(reply) => reply,
+        Err(panic) => Err(panicked(panic)),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn panicked(panic: Box<dyn std::any::Any + Send>) -> TaskFailure {
+    let what = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message");
+    TaskFailure::handler_failed(format!("the handler panicked: {what}"))
 }
 
 /// Equality of two short names, inlined rather than a call to `memcmp`: a

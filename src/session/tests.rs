@@ -888,6 +888,54 @@ fn what_an_appending_handler_wrote_before_failing_is_discarded() {
     assert_eq!(stats.tasks_failed(), 1);
 }
 
+/// Appends its payload, then panics when the payload starts with `!`.
+struct Panicker {
+    appends: bool,
+}
+
+impl crate::handlers::Handler for Panicker {
+    fn call(&self, payload: &[u8], out: &mut Vec<u8>) -> Result<Reply, TaskFailure> {
+        out.extend_from_slice(payload);
+        if payload.first() == Some(&b'!') {
+            panic!("bug in the handler");
+        }
+        Ok(Reply::Ready)
+    }
+
+    fn appends_output(&self) -> bool {
+        self.appends
+    }
+}
+
+#[test]
+fn a_panicking_handler_fails_its_task_and_the_session_carries_on() {
+    for appends in [true, false] {
+        let (mut s, stats, t0) = session_with("buggy", Panicker { appends });
+        let mut input = task(1, "buggy", b"!partial");
+        input.extend(task(2, "buggy", b"fine"));
+        input.extend(task(3, "echo", b"after"));
+        s.on_input(&input, t0);
+        let out = take(&mut s);
+        assert_eq!(
+            out.iter().map(|f| (f.id, f.flags)).collect::<Vec<_>>(),
+            [(1, FLAG_FAILED), (2, 0), (3, 0)],
+            "appends {appends}"
+        );
+        let failure = error_body(&out[0]);
+        assert_eq!(failure.code, "handler_failed");
+        // Shortened to the manager's max_body of 64.
+        assert!(
+            failure.message.starts_with("the handler panicked: b"),
+            "{}",
+            failure.message
+        );
+        assert_eq!(out[1].body, b"fine");
+        assert_eq!(out[2].body, b"after");
+        assert_eq!(stats.tasks_failed(), 1);
+        assert_eq!(s.phase(), Phase::Active);
+    }
+}
+
 #[test]
 fn an_appending_handler_answering_later_keeps_its_output_for_then() {
     let (mut s, _stats, t0) = session_with("append", Appender);

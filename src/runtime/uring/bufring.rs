@@ -1,9 +1,14 @@
 //! A provided-buffer ring: buffers the kernel picks from for multishot
 //! receives, so an idle session holds no receive buffer at all.
 //!
-//! Where the buffers lie matters (see [`RecvChunk`]): every buffer starts
-//! [`crate::runtime::RECV_PAGE_OFFSET`] bytes into a page, since `buf_len` is
-//! a multiple of the page size.
+//! Where the buffers lie matters (see [`crate::runtime::RecvChunk`]): every
+//! buffer starts [`RECV_PAGE_OFFSET`] bytes into a page, since `buf_len` is a
+//! multiple of the page size.
+//!
+//! The buffers are one raw allocation, never behind a Rust reference as a
+//! whole: the kernel writes into some buffers while the loop reads others,
+//! so only the bytes of one buffer whose completion was reaped are ever
+//! borrowed, and only until that buffer is given back.
 //!
 //! Memory: `entries * buf_len` bytes of buffers plus 16 bytes per ring entry,
 //! allocated zeroed (the pages are faulted in only when the kernel writes to
@@ -18,14 +23,17 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use io_uring::types::BufRingEntry;
 use io_uring::IoUring;
 
-use crate::runtime::RecvChunk;
+use crate::runtime::RECV_PAGE_OFFSET;
 
 /// The buffer ring of one event loop.
 #[derive(Debug)]
 pub struct BufRing {
     entries_ptr: *mut BufRingEntry,
     entries_layout: Layout,
-    buffers: RecvChunk,
+    /// Start of the buffers' allocation (`buffers_layout`); buffer 0 starts
+    /// [`RECV_PAGE_OFFSET`] bytes in.
+    buffers_ptr: *mut u8,
+    buffers_layout: Layout,
     buf_len: usize,
     mask: u16,
     tail: u16,
@@ -57,11 +65,27 @@ impl BufRing {
                 "cannot allocate the buffer ring",
             ));
         }
-        let buffers = RecvChunk::new(usize::from(entries) * buf_len);
+        let buffers_layout = usize::from(entries)
+            .checked_mul(buf_len)
+            .and_then(|len| len.checked_add(RECV_PAGE_OFFSET))
+            .and_then(|len| Layout::from_size_align(len, 4096).ok())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "buffer ring too large"))?;
+        // SAFETY: the layout has a non-zero size (it includes the offset)
+        // and a valid power-of-two alignment.
+        let buffers_ptr = unsafe { alloc_zeroed(buffers_layout) };
+        if buffers_ptr.is_null() {
+            // SAFETY: allocated above with this layout, not registered.
+            unsafe { dealloc(entries_ptr.cast(), entries_layout) };
+            return Err(io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                "cannot allocate the receive buffers",
+            ));
+        }
         let mut this = BufRing {
             entries_ptr,
             entries_layout,
-            buffers,
+            buffers_ptr,
+            buffers_layout,
             buf_len,
             mask: entries - 1,
             tail: 0,
@@ -83,16 +107,32 @@ impl BufRing {
         Ok(this)
     }
 
+    /// The address of the first byte of buffer `bid`.
+    fn buffer(&self, bid: u16) -> *mut u8 {
+        let offset = RECV_PAGE_OFFSET + usize::from(bid & self.mask) * self.buf_len;
+        // `wrapping_add` stays in bounds here (bid is masked), without
+        // claiming anything about the memory.
+        self.buffers_ptr.wrapping_add(offset)
+    }
+
     /// The first `len` bytes of buffer `bid`, as the kernel filled them.
+    ///
+    /// Only for a buffer whose receive completion was reaped and which has
+    /// not been given back ([`BufRing::push`]) since: the kernel does not
+    /// touch it until then, and the borrow of `self` ends before any push.
     pub fn data(&self, bid: u16, len: usize) -> &[u8] {
-        let start = usize::from(bid & self.mask) * self.buf_len;
-        &self.buffers.data(start + len.min(self.buf_len))[start..]
+        // SAFETY: the buffer lies inside our live allocation (bid masked,
+        // len capped at buf_len); the kernel has finished writing it and
+        // selects it again only after `push` (which needs `&mut self`, so
+        // this borrow has ended); the bytes were zeroed at allocation, so
+        // they are initialised whatever the kernel wrote.
+        unsafe { std::slice::from_raw_parts(self.buffer(bid), len.min(self.buf_len)) }
     }
 
     /// Give buffer `bid` back to the kernel (visible after [`BufRing::publish`]).
     pub fn push(&mut self, bid: u16) {
         let bid = bid & self.mask;
-        let addr = self.buffers.addr(usize::from(bid) * self.buf_len) as u64;
+        let addr = self.buffer(bid) as u64;
         // SAFETY: the index is masked into the ring's `mask + 1` entries; we
         // write through the setters only, which leave entry 0's `resv` (the
         // kernel-shared tail) alone.
@@ -131,11 +171,35 @@ impl Drop for BufRing {
     fn drop(&mut self) {
         if self.registered {
             // Still registered: the kernel may write here. Never free it.
-            let buffers = std::mem::take(&mut self.buffers);
-            std::mem::forget(buffers);
             return;
         }
-        // SAFETY: allocated in `new` with this layout, unregistered, freed once.
-        unsafe { dealloc(self.entries_ptr.cast(), self.entries_layout) };
+        // SAFETY: both allocated in `new` with these layouts, no longer
+        // registered (the kernel selects from them no more), freed once.
+        unsafe {
+            dealloc(self.entries_ptr.cast(), self.entries_layout);
+            dealloc(self.buffers_ptr, self.buffers_layout);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_lie_apart_at_the_page_offset_and_reads_stay_inside_one() {
+        let ring = crate::runtime::uring::event_loop::build_ring().expect("io_uring");
+        let mut buffers = BufRing::new(&ring, 3, 4, 8192).expect("buffer ring");
+        let first = buffers.data(0, 10).as_ptr() as usize;
+        assert_eq!(first % 4096, RECV_PAGE_OFFSET);
+        for bid in 0..4u16 {
+            let data = buffers.data(bid, 100_000);
+            assert_eq!(data.len(), 8192, "capped at the buffer's length");
+            assert_eq!(data.as_ptr() as usize, first + usize::from(bid) * 8192);
+            assert!(data.iter().all(|&b| b == 0), "zeroed at allocation");
+        }
+        // Ids wrap at the ring's size, as the kernel's do.
+        assert_eq!(buffers.data(5, 1).as_ptr(), buffers.data(1, 1).as_ptr());
+        buffers.unregister(&ring);
     }
 }
