@@ -588,7 +588,7 @@ fn a_large_frame_trickling_in_keeps_the_heartbeat_alive(kind: RuntimeKind) {
         ..ManagerConfig::default()
     };
     let (mut conn, _) = accept_with(&listener, config);
-    let payload = vec![7u8; 1 << 20];
+    let payload: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
     conn.queue_task(1, "echo", &payload, false).unwrap();
     let bytes = conn.machine().take_output(Vec::new());
     for chunk in bytes.chunks(64 * 1024) {
@@ -598,12 +598,12 @@ fn a_large_frame_trickling_in_keeps_the_heartbeat_alive(kind: RuntimeKind) {
     }
     let result = loop {
         match conn.next_event(TIMEOUT) {
-            Ok(ManagerEvent::Result { id, body, .. }) => break (id, body.len()),
+            Ok(ManagerEvent::Result { id, body, .. }) => break (id, body == payload),
             Ok(_) => {}
             Err(err) => panic!("{}: no RESULT for the slow TASK: {err:?}", kind.as_str()),
         }
     };
-    assert_eq!(result, (1, 1 << 20));
+    assert_eq!(result, (1, true), "the echo is the payload, byte for byte");
     assert_eq!(
         agent.stats().reconnects_total(),
         0,

@@ -349,25 +349,28 @@ fn refused(
         }
     }
     let stats = agent.stats();
+    // Counted for alerting (process-wide: other tests may add theirs). The
+    // agent reads the manager's alert of the second attempt a moment after
+    // the manager has sent it: wait for it.
+    let failures = || -> f64 {
+        metrics
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix("ringworker_tls_handshake_failures_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
     assert!(
-        wait_until(Duration::from_secs(10), || stats.sessions[0]
-            .last_error()
-            .is_some()),
-        "the session records why"
+        wait_until(Duration::from_secs(10), || failures() >= 2.0),
+        "handshake failures counted: {}",
+        failures()
     );
     let last = stats.sessions[0].last_error().unwrap_or_default();
+    assert!(!last.is_empty(), "the session records why");
     agent.request_stop();
     let report = agent.wait();
     assert_eq!(report.abandoned_tasks, 0);
     assert!(stats.reconnects_total() >= 1, "failed dials are retried");
-    // Counted for alerting (process-wide: other tests may add theirs).
-    let failures: f64 = metrics
-        .render()
-        .lines()
-        .find_map(|l| l.strip_prefix("ringworker_tls_handshake_failures_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0);
-    assert!(failures >= 2.0, "handshake failures counted: {failures}");
     (last, manager_errors.join(" | "))
 }
 

@@ -128,6 +128,11 @@ struct Slot {
     recv_cancelled: bool,
     /// A one-shot receive into the frame buffer is in flight.
     body_recv: bool,
+    /// The direct receive in flight waits for all it asked for
+    /// (MSG_WAITALL), and whether it has been cancelled to collect what it
+    /// holds (see [`EventLoop::drive_open`]).
+    body_waitall: bool,
+    body_cancelled: bool,
     /// Receive into the frame buffer, not the shared buffers: large frames
     /// are arriving.
     direct: bool,
@@ -245,6 +250,8 @@ impl EventLoop {
                     recv_armed: false,
                     recv_cancelled: false,
                     body_recv: false,
+                    body_waitall: false,
+                    body_cancelled: false,
                     direct: false,
                     teardown_cancelled: false,
                     send_inflight: false,
@@ -532,6 +539,17 @@ impl EventLoop {
             }
         }
         if session.poll_timeout().is_some_and(|t| now >= t) {
+            if s.body_recv && s.body_waitall {
+                // The rest of a large frame may be arriving into a
+                // MSG_WAITALL receive, which reports nothing until it is
+                // complete: cancel it, and it completes with the bytes it
+                // holds (counted then as received, which the heartbeat
+                // sees), before the deadline is judged.
+                if !s.body_cancelled {
+                    self.cancel_body_recv(slot_id);
+                }
+                return;
+            }
             session.handle_timeout(now);
         }
         if !s.send_inflight {
@@ -614,24 +632,43 @@ impl EventLoop {
             return;
         };
         let fd = socket.as_raw_fd();
-        // Never MSG_WAITALL: each completion brings what has arrived, so a
-        // frame that trickles in slower than the heartbeat window still
-        // counts as traffic and the session stays up.
-        let len = if needed >= LARGE_FRAME_REMAINDER {
+        // The rest of a large frame is one MSG_WAITALL receive: one
+        // completion per frame rather than one per segment's worth. It says
+        // nothing until it is complete, so a session deadline that falls due
+        // meanwhile cancels it first (see `drive_open`).
+        let (len, flags) = if needed >= LARGE_FRAME_REMAINDER {
             // At most DIRECT_MAX at a time: the buffer is filled with zeros
             // up to `len` first, and a peer that sends only the header of a
             // huge frame must not make the agent commit max_body at once.
-            needed.min(DIRECT_MAX)
+            (needed.min(DIRECT_MAX), libc::MSG_WAITALL)
         } else {
-            needed.max(DIRECT_CHUNK)
+            (needed.max(DIRECT_CHUNK), 0)
         };
         let space = session.recv_space(len);
         let entry = on_socket!(s.registered, slot_id, fd, |t| {
-            opcode::Recv::new(t, space.as_mut_ptr(), len as u32).build()
+            opcode::Recv::new(t, space.as_mut_ptr(), len as u32)
+                .flags(flags)
+                .build()
         })
         .user_data(user_data(Op::RecvBody, s.generation, slot_id));
         s.body_recv = true;
+        s.body_waitall = flags != 0;
+        s.body_cancelled = false;
         s.inflight += 1;
+        self.push(entry);
+    }
+
+    /// Cancel the direct receive in flight; it completes with the bytes it
+    /// has received so far (the kernel reports a partial receive's count,
+    /// not the cancellation, once any byte has arrived).
+    fn cancel_body_recv(&mut self, slot_id: u32) {
+        let s = &mut self.slots[slot_id as usize];
+        let target = user_data(Op::RecvBody, s.generation, slot_id);
+        s.body_cancelled = true;
+        s.inflight += 1;
+        let entry = opcode::AsyncCancel::new(target)
+            .build()
+            .user_data(user_data(Op::Cancel, s.generation, slot_id));
         self.push(entry);
     }
 
@@ -640,6 +677,8 @@ impl EventLoop {
     fn on_body_recv(&mut self, slot_id: u32, result: i32, now: Instant) {
         let s = &mut self.slots[slot_id as usize];
         s.body_recv = false;
+        s.body_waitall = false;
+        s.body_cancelled = false;
         s.inflight = s.inflight.saturating_sub(1);
         match result {
             n if n > 0 => {
@@ -705,6 +744,8 @@ impl EventLoop {
         s.recv_armed = false;
         s.recv_cancelled = false;
         s.body_recv = false;
+        s.body_waitall = false;
+        s.body_cancelled = false;
         s.direct = false;
         s.teardown_cancelled = false;
         s.send_inflight = false;
