@@ -189,3 +189,33 @@ fn stop_while_dialling_an_absent_manager_returns_promptly_without_leaks() {
     drop(agent);
     assert_eq!(open_fds(), fds_before);
 }
+
+#[test]
+fn a_manager_named_by_host_name_is_dialled_without_blocking_the_loop() {
+    // `localhost` is looked up on a thread of its own; every address it
+    // resolves to is tried in turn (where it resolves to ::1 first and the
+    // manager listens on 127.0.0.1 only, the second dial connects).
+    let _serial = serial();
+    let listener = tcp_listener();
+    let port = match listener.local_endpoint().unwrap() {
+        ringworker::transport::Endpoint::Tcp { port, .. } => port,
+        other => panic!("unexpected {other}"),
+    };
+    let endpoint: ringworker::transport::Endpoint =
+        format!("tcp://localhost:{port}").parse().unwrap();
+    let mut agent = start(RuntimeKind::Uring, plan(endpoint, 2, 8));
+    let mut conns: Vec<_> = (0..2).map(|_| accept(&listener).0).collect();
+    for (i, conn) in conns.iter_mut().enumerate() {
+        conn.send_task(i as u64, "echo", b"by name", false).unwrap();
+        match conn.next_event(TIMEOUT).unwrap() {
+            ManagerEvent::Result { id, body, .. } => {
+                assert_eq!((id, body.as_slice()), (i as u64, &b"by name"[..]))
+            }
+            other => panic!("expected a RESULT, got {other:?}"),
+        }
+    }
+    agent.request_stop();
+    drop(conns);
+    let report = agent.wait();
+    assert_eq!(report.abandoned_tasks, 0);
+}

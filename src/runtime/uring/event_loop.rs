@@ -30,6 +30,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use rand::SeedableRng;
 
 use super::bufring::BufRing;
+use super::resolver::Resolver;
 use super::timers::Timers;
 use crate::link::Link;
 use crate::runtime::{
@@ -66,6 +67,8 @@ const EARLY_SEND: usize = 32 * 1024;
 const LINGER: Duration = Duration::from_secs(2);
 /// How long shutdown waits for cancelled operations to complete.
 const REAP_DEADLINE: Duration = Duration::from_secs(2);
+/// How often a slot looks again while the manager's name is first looked up.
+const RESOLVE_POLL: Duration = Duration::from_millis(20);
 /// A send buffer grown above this is freed once the output through it is
 /// small again (as [`crate::protocol::frame::FrameBuffer`] does).
 const SHRINK_ABOVE: usize = 256 * 1024;
@@ -122,6 +125,9 @@ struct Slot {
     /// The socket is in the ring's file table at index `slot`.
     registered: bool,
     address: Option<socket2::SockAddr>,
+    /// Which of the manager's addresses to dial next: the one that last
+    /// connected, or the next after one that failed.
+    address_index: usize,
     /// Operations submitted on the current socket and not yet completed.
     inflight: u32,
     recv_armed: bool,
@@ -183,6 +189,7 @@ pub struct EventLoop {
     batch: Vec<u32>,
     completions: Vec<(u64, i32, u32)>,
     timers: Timers,
+    resolver: Resolver,
     rng: rand::rngs::SmallRng,
     /// A sparse file table with one entry per slot was registered.
     file_table: bool,
@@ -246,6 +253,7 @@ impl EventLoop {
                     socket: None,
                     registered: false,
                     address: None,
+                    address_index: 0,
                     inflight: 0,
                     recv_armed: false,
                     recv_cancelled: false,
@@ -276,6 +284,7 @@ impl EventLoop {
             .collect::<Vec<_>>();
         let dirty = (0..slots.len() as u32).collect();
         let timers = Timers::new(slots.len());
+        let resolver = Resolver::new(&plan.endpoint);
         Ok(EventLoop {
             ring,
             buffers: Some(buffers),
@@ -292,6 +301,7 @@ impl EventLoop {
             batch: Vec::new(),
             completions: Vec::with_capacity(RING_ENTRIES as usize),
             timers,
+            resolver,
             rng: rand::rngs::SmallRng::from_os_rng(),
             file_table,
             submit_now: false,
@@ -711,14 +721,21 @@ impl EventLoop {
 
     fn dial(&mut self, slot_id: u32, now: Instant) {
         let endpoint = self.plan.endpoint.clone();
+        let Some(addresses) = self.resolver.addresses(now) else {
+            // The first lookup of the manager's name is under way.
+            let s = &mut self.slots[slot_id as usize];
+            s.retry_at = now + RESOLVE_POLL;
+            self.schedule(slot_id, Some(now + RESOLVE_POLL));
+            return;
+        };
         let s = &mut self.slots[slot_id as usize];
         if s.dialled_once {
             self.agent.record_reconnect();
         }
         s.dialled_once = true;
         s.stats.set_state(SessionState::Connecting);
-        let target = match resolve(&endpoint) {
-            Ok(target) => target,
+        let target = match addresses {
+            Ok(addresses) => addresses[s.address_index % addresses.len()].clone(),
             Err(err) => {
                 let message = format!("cannot reach manager {endpoint}: {err}");
                 self.dial_failed(slot_id, message, now);
@@ -1124,6 +1141,8 @@ impl EventLoop {
         s.inflight = s.inflight.saturating_sub(1);
         s.deadline = None;
         if result < 0 {
+            // The next dial tries the manager's next address.
+            s.address_index = s.address_index.wrapping_add(1);
             if s.broken.is_none() {
                 s.broken = Some(format!(
                     "cannot reach manager {}: {}",
@@ -1171,15 +1190,13 @@ impl EventLoop {
             self.push(entry);
         }
         let deadline = Instant::now() + REAP_DEADLINE;
-        while (self.wake_armed || self.slots.iter().any(|s| s.inflight > 0))
-            && Instant::now() < deadline
-        {
+        while self.busy() && Instant::now() < deadline {
             let ts = types::Timespec::new().nsec(50_000_000);
             let args = types::SubmitArgs::new().timespec(&ts);
             let _ = self.ring.submitter().submit_with_args(1, &args);
             self.reap();
         }
-        let clean = !self.wake_armed && self.slots.iter().all(|s| s.inflight == 0);
+        let clean = !self.busy();
         if let Some(mut buffers) = self.buffers.take() {
             if clean {
                 buffers.unregister(&self.ring);
@@ -1189,27 +1206,32 @@ impl EventLoop {
                     "io_uring operations did not complete at shutdown; leaking their buffers"
                 );
                 buffers.leak();
-                std::mem::forget(std::mem::take(&mut self.wake_buf));
             }
         }
+        // What is still in flight is left to `Drop`, which keeps its memory.
         report
+    }
+
+    /// Whether an operation may still write into, or read from, memory the
+    /// loop owns.
+    fn busy(&self) -> bool {
+        self.wake_armed || self.slots.iter().any(|s| s.inflight > 0)
     }
 }
 
-/// The socket address to dial.
-fn resolve(endpoint: &Endpoint) -> io::Result<socket2::SockAddr> {
-    match endpoint {
-        Endpoint::Unix(path) => socket2::SockAddr::unix(path),
-        Endpoint::Tcp { .. } | Endpoint::Tls { .. } => endpoint
-            .socket_addrs()?
-            .into_iter()
-            .next()
-            .map(socket2::SockAddr::from)
-            .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::NotFound,
-                    "the host name resolved to no address",
-                )
-            }),
+impl Drop for EventLoop {
+    /// The ring is dropped after this, with operations perhaps still pointing
+    /// at the slots' send and frame buffers, the buffer ring or the wake
+    /// buffer: when a shutdown could not reap them all, or when a panic
+    /// unwinds the loop thread, that memory is leaked rather than freed
+    /// under the kernel.
+    fn drop(&mut self) {
+        if self.busy() {
+            std::mem::forget(std::mem::take(&mut self.slots));
+            if let Some(buffers) = self.buffers.take() {
+                buffers.leak();
+            }
+            std::mem::forget(std::mem::take(&mut self.wake_buf));
+        }
     }
 }

@@ -14,6 +14,7 @@
 
 mod bufring;
 mod event_loop;
+mod resolver;
 mod timers;
 
 use std::io::Write;
