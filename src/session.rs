@@ -452,7 +452,8 @@ impl WorkerSession {
             }
             (None, None) => {}
         }
-        tracing::info!(session = index, "{}", self.summary_line());
+        // No structured field: the text line ends as AGENT.md shows it.
+        tracing::info!("{}", self.summary_line());
     }
 
     /// The line logged when the connection ends (AGENT.md).
