@@ -610,8 +610,7 @@ impl EventLoop {
         // Large frames are received straight into the session's frame
         // buffer (one copy, like a plain read into a big buffer) instead of
         // into provided buffers and copied again. The rest of a large frame
-        // under way is received in place, what has arrived at a time; after
-        // that the session stays
+        // under way is one MSG_WAITALL receive; after one, the session stays
         // "direct" (plain receives of at least DIRECT_CHUNK into its buffer,
         // so the next frame's header and start land there too) until a
         // receive brings little. The multishot receive is stopped first, so
@@ -632,10 +631,10 @@ impl EventLoop {
         self.schedule(slot_id, timeout);
     }
 
-    /// Receive straight into the session's frame buffer: up to the `needed`
-    /// bytes that complete a large frame under way (at most [`DIRECT_MAX`]),
-    /// or else up to [`DIRECT_CHUNK`] or the rest of the frame under way;
-    /// either way, whatever has arrived.
+    /// Receive straight into the session's frame buffer: the `needed` bytes
+    /// that complete a large frame under way (all of them, up to
+    /// [`DIRECT_MAX`]: MSG_WAITALL), or else whatever has arrived, up to
+    /// [`DIRECT_CHUNK`] or the rest of the frame under way.
     fn submit_direct_recv(&mut self, slot_id: u32, needed: usize) {
         let s = &mut self.slots[slot_id as usize];
         let (Some(socket), Some(session)) = (&s.socket, s.session.as_mut()) else {
