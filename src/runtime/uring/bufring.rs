@@ -30,10 +30,10 @@ use crate::runtime::RECV_PAGE_OFFSET;
 pub struct BufRing {
     entries_ptr: *mut BufRingEntry,
     entries_layout: Layout,
-    /// Start of the buffers' allocation (`buffers_layout`); buffer 0 starts
-    /// [`RECV_PAGE_OFFSET`] bytes in.
+    /// Start of the buffers' anonymous mapping of `buffers_len` bytes;
+    /// buffer 0 starts [`RECV_PAGE_OFFSET`] bytes in.
     buffers_ptr: *mut u8,
-    buffers_layout: Layout,
+    buffers_len: usize,
     buf_len: usize,
     mask: u16,
     tail: u16,
@@ -65,27 +65,40 @@ impl BufRing {
                 "cannot allocate the buffer ring",
             ));
         }
-        let buffers_layout = usize::from(entries)
+        let buffers_len = usize::from(entries)
             .checked_mul(buf_len)
             .and_then(|len| len.checked_add(RECV_PAGE_OFFSET))
-            .and_then(|len| Layout::from_size_align(len, 4096).ok())
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "buffer ring too large"))?;
-        // SAFETY: the layout has a non-zero size (it includes the offset)
-        // and a valid power-of-two alignment.
-        let buffers_ptr = unsafe { alloc_zeroed(buffers_layout) };
-        if buffers_ptr.is_null() {
+        // An anonymous mapping: page-aligned, zero, and backed by memory
+        // only where the kernel writes (an aligned allocation from the heap
+        // would be zeroed by hand, committing every page at start).
+        // SAFETY: a new private anonymous mapping with no address hint and
+        // no file; the result is checked before use.
+        let mapped = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                buffers_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if mapped == libc::MAP_FAILED {
+            let err = io::Error::last_os_error();
             // SAFETY: allocated above with this layout, not registered.
             unsafe { dealloc(entries_ptr.cast(), entries_layout) };
             return Err(io::Error::new(
-                io::ErrorKind::OutOfMemory,
-                "cannot allocate the receive buffers",
+                err.kind(),
+                format!("cannot map the receive buffers: {err}"),
             ));
         }
+        let buffers_ptr = mapped.cast::<u8>();
         let mut this = BufRing {
             entries_ptr,
             entries_layout,
             buffers_ptr,
-            buffers_layout,
+            buffers_len,
             buf_len,
             mask: entries - 1,
             tail: 0,
@@ -173,11 +186,12 @@ impl Drop for BufRing {
             // Still registered: the kernel may write here. Never free it.
             return;
         }
-        // SAFETY: both allocated in `new` with these layouts, no longer
-        // registered (the kernel selects from them no more), freed once.
+        // SAFETY: both made in `new` (the entries allocated with this
+        // layout, the buffers mapped with this length), no longer registered
+        // (the kernel selects from them no more), released once.
         unsafe {
             dealloc(self.entries_ptr.cast(), self.entries_layout);
-            dealloc(self.buffers_ptr, self.buffers_layout);
+            libc::munmap(self.buffers_ptr.cast(), self.buffers_len);
         }
     }
 }
@@ -200,6 +214,43 @@ mod tests {
         }
         // Ids wrap at the ring's size, as the kernel's do.
         assert_eq!(buffers.data(5, 1).as_ptr(), buffers.data(1, 1).as_ptr());
+        buffers.unregister(&ring);
+    }
+
+    /// The resident size of the mapping that holds `addr`, from
+    /// /proc/self/smaps (other threads' memory does not count).
+    fn mapping_rss_kib(addr: usize) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        for line in smaps.lines() {
+            if let Some((range, _)) = line.split_once(' ') {
+                if let Some((start, end)) = range.split_once('-') {
+                    if let (Ok(start), Ok(end)) = (
+                        usize::from_str_radix(start, 16),
+                        usize::from_str_radix(end, 16),
+                    ) {
+                        inside = (start..end).contains(&addr);
+                        continue;
+                    }
+                }
+            }
+            if inside {
+                if let Some(kib) = line.strip_prefix("Rss:") {
+                    return kib.trim().trim_end_matches("kB").trim().parse().unwrap();
+                }
+            }
+        }
+        panic!("no mapping holds {addr:#x}");
+    }
+
+    #[test]
+    fn the_buffers_commit_no_memory_until_the_kernel_writes_them() {
+        // 10,000 idle sessions share these: 16 MiB per event loop, of which
+        // nothing may be resident before a receive lands.
+        let ring = crate::runtime::uring::event_loop::build_ring().expect("io_uring");
+        let mut buffers = BufRing::new(&ring, 4, 256, 64 * 1024).expect("buffer ring");
+        let rss = mapping_rss_kib(buffers.buffers_ptr as usize);
+        assert!(rss <= 8, "{rss} KiB resident before any receive");
         buffers.unregister(&ring);
     }
 }
