@@ -674,14 +674,8 @@ impl EventLoop {
     /// `a_large_frame_trickling_in_keeps_the_heartbeat_alive` checks the
     /// echo of a frame received this way byte for byte.
     fn cancel_body_recv(&mut self, slot_id: u32) {
-        let s = &mut self.slots[slot_id as usize];
-        let target = user_data(Op::RecvBody, s.generation, slot_id);
-        s.body_cancelled = true;
-        s.inflight += 1;
-        let entry = opcode::AsyncCancel::new(target)
-            .build()
-            .user_data(user_data(Op::Cancel, s.generation, slot_id));
-        self.push(entry);
+        self.slots[slot_id as usize].body_cancelled = true;
+        self.cancel(slot_id, Op::RecvBody);
     }
 
     /// Completion of [`EventLoop::submit_direct_recv`]: the other place bytes
@@ -835,9 +829,14 @@ impl EventLoop {
     }
 
     fn cancel_recv(&mut self, slot_id: u32) {
+        self.slots[slot_id as usize].recv_cancelled = true;
+        self.cancel(slot_id, Op::Recv);
+    }
+
+    /// Cancel the slot's operation of kind `op` on its current connection.
+    fn cancel(&mut self, slot_id: u32, op: Op) {
         let s = &mut self.slots[slot_id as usize];
-        let target = user_data(Op::Recv, s.generation, slot_id);
-        s.recv_cancelled = true;
+        let target = user_data(op, s.generation, slot_id);
         s.inflight += 1;
         let entry = opcode::AsyncCancel::new(target)
             .build()
