@@ -219,3 +219,58 @@ fn a_manager_named_by_host_name_is_dialled_without_blocking_the_loop() {
     let report = agent.wait();
     assert_eq!(report.abandoned_tasks, 0);
 }
+
+/// Client sockets of this network namespace connected or connecting to
+/// `port` on 127.0.0.1 (`/proc/net/tcp`: ESTABLISHED or SYN_SENT).
+fn dials_towards(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let remote_port = fields
+                .get(2)
+                .and_then(|addr| addr.split_once(':'))
+                .and_then(|(_, port)| u16::from_str_radix(port, 16).ok());
+            remote_port == Some(port) && matches!(fields.get(3), Some(&"01") | Some(&"02"))
+        })
+        .count()
+}
+
+#[test]
+fn a_thousand_sessions_do_not_send_a_thousand_syns_at_once() {
+    // A manager whose listen backlog is full drops SYNs (the dialler
+    // retransmits after 1 s): the agent keeps at most 256 connects in flight
+    // per event loop, so its sessions do not all dial at the same moment.
+    let _serial = serial();
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    socket.listen(1).unwrap(); // never accepted
+    let port = socket.local_addr().unwrap().as_socket().unwrap().port();
+    let endpoint: ringworker::transport::Endpoint =
+        format!("tcp://127.0.0.1:{port}").parse().unwrap();
+    let mut agent = start(RuntimeKind::Uring, plan(endpoint, 1000, 8));
+    let mut most = 0;
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        most = most.max(dials_towards(port));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    agent.request_stop();
+    let report = agent.wait();
+    assert_eq!(report.abandoned_tasks, 0);
+    assert!(most > 0, "the sessions dial");
+    // Two event loops (`plan` asks for 2 threads), 256 each, plus the few
+    // the backlog accepted.
+    assert!(most <= 2 * 256 + 8, "{most} connects at once");
+    drop(socket);
+}

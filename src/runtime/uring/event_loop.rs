@@ -67,6 +67,12 @@ const EARLY_SEND: usize = 32 * 1024;
 const LINGER: Duration = Duration::from_secs(2);
 /// How long shutdown waits for cancelled operations to complete.
 const REAP_DEADLINE: Duration = Duration::from_secs(2);
+/// Connects in flight per loop, at most: an agent starting 10,000 sessions
+/// (or redialling them all after the manager restarts) does not send 10,000
+/// SYNs at once, more than a manager's listen backlog holds (4096 by
+/// default); the ones it would drop come back only after a 1 s
+/// retransmission.
+const MAX_DIALS: usize = 256;
 /// How often a slot looks again while the manager's name is first looked up.
 const RESOLVE_POLL: Duration = Duration::from_millis(20);
 /// A send buffer grown above this is freed once the output through it is
@@ -162,6 +168,10 @@ struct Slot {
     broken: Option<String>,
     abandoned: u64,
     dialled_once: bool,
+    /// A connect of this slot counts against [`MAX_DIALS`].
+    dialling: bool,
+    /// Waiting in the loop's dial queue for a connect to finish.
+    dial_queued: bool,
     dirty: bool,
 }
 
@@ -196,6 +206,10 @@ pub struct EventLoop {
     /// Sends were queued while handling completions: submit them before
     /// handling the next one.
     submit_now: bool,
+    /// Connects in flight, at most [`MAX_DIALS`]; the slots waiting for
+    /// one to finish, in order.
+    dials: usize,
+    dial_queue: std::collections::VecDeque<u32>,
 }
 
 /// Build an operation on a slot's socket: through the registered file table
@@ -278,6 +292,8 @@ impl EventLoop {
                     broken: None,
                     abandoned: 0,
                     dialled_once: false,
+                    dialling: false,
+                    dial_queued: false,
                     dirty: false,
                 }
             })
@@ -305,6 +321,8 @@ impl EventLoop {
             rng: rand::rngs::SmallRng::from_os_rng(),
             file_table,
             submit_now: false,
+            dials: 0,
+            dial_queue: std::collections::VecDeque::new(),
         })
     }
 
@@ -724,6 +742,14 @@ impl EventLoop {
             self.schedule(slot_id, Some(now + RESOLVE_POLL));
             return;
         };
+        if self.dials >= MAX_DIALS {
+            let s = &mut self.slots[slot_id as usize];
+            if !s.dial_queued {
+                s.dial_queued = true;
+                self.dial_queue.push_back(slot_id);
+            }
+            return;
+        }
         let s = &mut self.slots[slot_id as usize];
         if s.dialled_once {
             self.agent.record_reconnect();
@@ -778,8 +804,29 @@ impl EventLoop {
         })
         .user_data(user_data(Op::Connect, s.generation, slot_id));
         let deadline = s.deadline;
+        s.dialling = true;
+        self.dials += 1;
         self.push(entry);
         self.schedule(slot_id, deadline);
+    }
+
+    /// The slot's connect finished (or will never complete): the next slot
+    /// waiting to dial may.
+    fn dial_done(&mut self, slot_id: u32) {
+        let s = &mut self.slots[slot_id as usize];
+        if !s.dialling {
+            return;
+        }
+        s.dialling = false;
+        self.dials -= 1;
+        while let Some(next) = self.dial_queue.pop_front() {
+            let waiting = &mut self.slots[next as usize];
+            if waiting.dial_queued {
+                waiting.dial_queued = false;
+                self.mark_dirty(next);
+                break;
+            }
+        }
     }
 
     fn dial_failed(&mut self, slot_id: u32, message: String, now: Instant) {
@@ -926,6 +973,7 @@ impl EventLoop {
             s.registered = false;
             let _ = self.ring.submitter().register_files_update(slot_id, &[-1]);
         }
+        self.dial_done(slot_id);
         let s = &mut self.slots[slot_id as usize];
         s.socket = None;
         // A slot waiting to redial holds no buffer.
@@ -1138,6 +1186,7 @@ impl EventLoop {
     }
 
     fn on_connect(&mut self, slot_id: u32, result: i32, now: Instant) {
+        self.dial_done(slot_id);
         let s = &mut self.slots[slot_id as usize];
         s.inflight = s.inflight.saturating_sub(1);
         s.deadline = None;
