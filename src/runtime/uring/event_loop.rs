@@ -131,8 +131,7 @@ struct Slot {
     /// The socket is in the ring's file table at index `slot`.
     registered: bool,
     address: Option<socket2::SockAddr>,
-    /// Which of the manager's addresses to dial next: the one that last
-    /// connected, or the next after one that failed.
+    /// Which of the manager's addresses this slot's dial went to.
     address_index: usize,
     /// Operations submitted on the current socket and not yet completed.
     inflight: u32,
@@ -172,6 +171,8 @@ struct Slot {
     dialling: bool,
     /// Waiting in the loop's dial queue for a connect to finish.
     dial_queued: bool,
+    /// Waiting for the first lookup of the manager's name.
+    resolve_waiting: bool,
     dirty: bool,
 }
 
@@ -210,6 +211,14 @@ pub struct EventLoop {
     /// one to finish, in order.
     dials: usize,
     dial_queue: std::collections::VecDeque<u32>,
+    /// Which of the manager's addresses dials go to: the one that last
+    /// connected, or the one after the last that failed. Shared by the
+    /// loop's slots, so they move past an unreachable address together
+    /// instead of each failing on it once.
+    next_address: usize,
+    /// Slots waiting for the first lookup of the manager's name; the first
+    /// polls for the answer, the others are woken when it comes.
+    resolve_waiters: Vec<u32>,
 }
 
 /// Build an operation on a slot's socket: through the registered file table
@@ -294,6 +303,7 @@ impl EventLoop {
                     dialled_once: false,
                     dialling: false,
                     dial_queued: false,
+                    resolve_waiting: false,
                     dirty: false,
                 }
             })
@@ -323,6 +333,8 @@ impl EventLoop {
             submit_now: false,
             dials: 0,
             dial_queue: std::collections::VecDeque::new(),
+            next_address: 0,
+            resolve_waiters: Vec::new(),
         })
     }
 
@@ -526,7 +538,9 @@ impl EventLoop {
             // send the manager is not taking gets LINGER, as for the last
             // frames of a closed session, so a stop cannot hang on it.
             if !s.send_inflight && session.has_output() {
+                let at = *s.flush_deadline.get_or_insert(now + LINGER);
                 self.send_output(slot_id);
+                self.schedule(slot_id, Some(at));
             } else if !s.send_inflight {
                 s.broken = Some(why.to_owned());
                 self.begin_teardown(slot_id);
@@ -736,12 +750,25 @@ impl EventLoop {
     fn dial(&mut self, slot_id: u32, now: Instant) {
         let endpoint = self.plan.endpoint.clone();
         let Some(addresses) = self.resolver.addresses(now) else {
-            // The first lookup of the manager's name is under way.
+            // The first lookup of the manager's name is under way: one slot
+            // looks again every RESOLVE_POLL, the others wait for it (10,000
+            // slots polling would be half a million wake-ups a second).
             let s = &mut self.slots[slot_id as usize];
-            s.retry_at = now + RESOLVE_POLL;
-            self.schedule(slot_id, Some(now + RESOLVE_POLL));
+            if !s.resolve_waiting {
+                s.resolve_waiting = true;
+                self.resolve_waiters.push(slot_id);
+            }
+            if self.resolve_waiters.first() == Some(&slot_id) {
+                self.schedule(slot_id, Some(now + RESOLVE_POLL));
+            }
             return;
         };
+        if !self.resolve_waiters.is_empty() {
+            for waiter in std::mem::take(&mut self.resolve_waiters) {
+                self.slots[waiter as usize].resolve_waiting = false;
+                self.mark_dirty(waiter);
+            }
+        }
         if self.dials >= MAX_DIALS {
             let s = &mut self.slots[slot_id as usize];
             if !s.dial_queued {
@@ -757,7 +784,10 @@ impl EventLoop {
         s.dialled_once = true;
         s.stats.set_state(SessionState::Connecting);
         let target = match addresses {
-            Ok(addresses) => addresses[s.address_index % addresses.len()].clone(),
+            Ok(addresses) => {
+                s.address_index = self.next_address;
+                addresses[s.address_index % addresses.len()].clone()
+            }
             Err(err) => {
                 let message = format!("cannot reach manager {endpoint}: {err}");
                 self.dial_failed(slot_id, message, now);
@@ -1191,8 +1221,10 @@ impl EventLoop {
         s.inflight = s.inflight.saturating_sub(1);
         s.deadline = None;
         if result < 0 {
-            // The next dial tries the manager's next address.
-            s.address_index = s.address_index.wrapping_add(1);
+            // Dials go to the manager's next address from now on.
+            if self.next_address == s.address_index {
+                self.next_address = self.next_address.wrapping_add(1);
+            }
             if s.broken.is_none() {
                 s.broken = Some(format!(
                     "cannot reach manager {}: {}",
@@ -1206,6 +1238,7 @@ impl EventLoop {
         if s.phase != SlotPhase::Connecting {
             return;
         }
+        self.next_address = s.address_index;
         s.stats.begin_connection();
         s.phase = SlotPhase::Open;
         let session = WorkerSession::new(

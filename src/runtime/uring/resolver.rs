@@ -66,7 +66,8 @@ impl Resolver {
         let shared = latest.clone();
         let spawned = std::thread::Builder::new()
             .name("manager-lookup".into())
-            .stack_size(128 * 1024)
+            // The default stack: getaddrinfo runs NSS modules whose stack
+            // use is not ours to bound, and an overflow would end the agent.
             .spawn(move || {
                 // Ends when the loop drops its end of the channel.
                 while incoming.recv().is_ok() {
