@@ -136,6 +136,17 @@ pub struct RunArgs {
     /// HTTP listener for /metrics /healthz /readyz /status, or `off` [default: 127.0.0.1:9464]
     #[arg(long, env = "RINGWORKER_METRICS_ADDR", value_name = "ADDR")]
     pub metrics_addr: Option<String>,
+    /// Publish the per-session metric series (one set per session); `false` keeps only the process-wide ones [default: true]
+    #[arg(
+        long,
+        env = "RINGWORKER_SESSION_METRICS",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_name = "BOOL",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub session_metrics: Option<bool>,
     /// Back-off base between dial attempts, milliseconds [default: 100]
     #[arg(long, env = "RINGWORKER_RECONNECT_MIN", value_name = "MS")]
     pub reconnect_min: Option<u64>,
@@ -186,6 +197,8 @@ pub struct FileConfig {
     pub allow_insecure_token_file: Option<bool>,
     #[serde(alias = "metrics-addr")]
     pub metrics_addr: Option<String>,
+    #[serde(alias = "session-metrics")]
+    pub session_metrics: Option<bool>,
     #[serde(alias = "reconnect-min")]
     pub reconnect_min: Option<u64>,
     #[serde(alias = "reconnect-max")]
@@ -230,7 +243,7 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("token file {path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}` or pass --allow-insecure-token-file")]
+    #[error("token file {path} is readable by others or by a group other than the agent's (mode {mode:o}); run `chmod 600 {path}` (0440 is accepted when the file's group is the agent's own), deliver it as a systemd credential, or pass --allow-insecure-token-file")]
     InsecureTokenFile { path: PathBuf, mode: u32 },
 }
 
@@ -253,7 +266,14 @@ pub struct Config {
     pub worker_id: String,
     pub token_file: Option<PathBuf>,
     pub token: Option<String>,
+    /// The token file was accepted only because `allow_insecure_token_file`
+    /// is set (see [`Config::warnings`]).
+    pub token_file_insecure: bool,
     pub metrics_addr: MetricsAddr,
+    /// Publish the per-session series (`ringworker_session_*`,
+    /// `ringworker_tasks_in_flight`); off for agents with many sessions
+    /// whose scrape would be too large. Process-wide series stay.
+    pub session_metrics: bool,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
     pub log_format: LogFormat,
@@ -343,9 +363,12 @@ impl Config {
             .allow_insecure_token_file
             .or(file.allow_insecure_token_file)
             .unwrap_or(false);
-        let token = match &token_file {
-            Some(path) => Some(read_token(path, allow_insecure)?),
-            None => None,
+        let (token, token_file_insecure) = match &token_file {
+            Some(path) => {
+                let (token, insecure) = read_token(path, allow_insecure)?;
+                (Some(token), insecure)
+            }
+            None => (None, false),
         };
         let metrics_text = args
             .metrics_addr
@@ -410,7 +433,12 @@ impl Config {
             worker_id,
             token_file,
             token,
+            token_file_insecure,
             metrics_addr,
+            session_metrics: args
+                .session_metrics
+                .or(file.session_metrics)
+                .unwrap_or(true),
             reconnect_min,
             reconnect_max,
             log_format: args
@@ -426,6 +454,20 @@ impl Config {
             tls_server_name: tls_options.server_name,
             tls,
         })
+    }
+
+    /// What an operator should hear about once logging is set up: settings
+    /// that work but weaken something (one line each).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let (true, Some(path)) = (self.token_file_insecure, &self.token_file) {
+            warnings.push(format!(
+                "token file {} is readable by others or by a group other than the agent's; \
+                 using it because allow_insecure_token_file is set",
+                path.display()
+            ));
+        }
+        warnings
     }
 
     /// The configuration as a TOML config file that `check-config` and `run`
@@ -462,6 +504,7 @@ impl Config {
                 MetricsAddr::Listen(addr) => addr.to_string(),
             }),
         );
+        line("session_metrics", self.session_metrics.to_string());
         line("reconnect_min", self.reconnect_min.as_millis().to_string());
         line("reconnect_max", self.reconnect_max.as_millis().to_string());
         line(
@@ -600,6 +643,8 @@ pub const FILE_KEYS: &[&str] = &[
     "allow-insecure-token-file",
     "metrics_addr",
     "metrics-addr",
+    "session_metrics",
+    "session-metrics",
     "reconnect_min",
     "reconnect-min",
     "reconnect_max",
@@ -686,23 +731,49 @@ pub fn parse_file(text: &str) -> Result<FileConfig, String> {
     })
 }
 
-fn read_token(path: &Path, allow_insecure: bool) -> Result<String, ConfigError> {
-    use std::os::unix::fs::PermissionsExt;
-    let metadata = std::fs::metadata(path).map_err(|source| ConfigError::TokenFile {
+/// Whether a token file's mode and owning group leave it private enough:
+/// nothing for others, and group read (never group write) only when the
+/// group is this process's own (a Kubernetes secret mounted with `fsGroup`
+/// arrives as 0440 with the pod's group; kubernetes issue 57923).
+fn token_mode_is_private(mode: u32, file_gid: u32, own_gid: Option<u32>) -> bool {
+    let others = mode & 0o007;
+    let group = mode & 0o070;
+    others == 0 && (group == 0 || (group == 0o040 && Some(file_gid) == own_gid))
+}
+
+/// This process's effective group id, from `/proc/self/status` (the second
+/// field of its `Gid:` line); `None` if that cannot be read.
+fn effective_gid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|line| line.strip_prefix("Gid:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Read the token through one descriptor: the mode and group are checked
+/// on the file that is read, not on a path that could change in between.
+///
+/// Returns the token and whether the file was accepted only because
+/// `allow_insecure_token_file` is set.
+fn read_token(path: &Path, allow_insecure: bool) -> Result<(String, bool), ConfigError> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let token_error = |source| ConfigError::TokenFile {
         path: path.to_owned(),
         source,
-    })?;
-    let mode = metadata.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 && !allow_insecure {
+    };
+    let mut file = std::fs::File::open(path).map_err(token_error)?;
+    let metadata = file.metadata().map_err(token_error)?;
+    let mode = metadata.mode() & 0o777;
+    let own_gid = effective_gid();
+    let private = token_mode_is_private(mode, metadata.gid(), own_gid);
+    if !allow_insecure && !private {
         return Err(ConfigError::InsecureTokenFile {
             path: path.to_owned(),
             mode,
         });
     }
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::TokenFile {
-        path: path.to_owned(),
-        source,
-    })?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(token_error)?;
     let token = text.trim_end_matches(['\n', '\r']).to_owned();
     if token.is_empty() {
         return Err(ConfigError::Invalid(format!(
@@ -710,7 +781,7 @@ fn read_token(path: &Path, allow_insecure: bool) -> Result<String, ConfigError> 
             path.display()
         )));
     }
-    Ok(token)
+    Ok((token, !private))
 }
 
 /// This machine's host name, or `ringworker` if it cannot be read.
@@ -758,6 +829,7 @@ mod tests {
             MetricsAddr::Listen("127.0.0.1:9464".parse().unwrap())
         );
         assert_eq!(config.reconnect_min, Duration::from_millis(100));
+        assert!(config.session_metrics);
         assert_eq!(config.reconnect_max, Duration::from_secs(30));
         assert_eq!(config.drain_timeout, Duration::from_secs(30));
         assert_eq!(config.log_format, LogFormat::Text);
@@ -938,15 +1010,23 @@ mod tests {
         let err = Config::merge(&flags, FileConfig::default())
             .unwrap_err()
             .to_string();
-        assert!(err.contains("readable by group or others"), "{err}");
+        assert!(err.contains("readable by others"), "{err}");
         flags.allow_insecure_token_file = Some(true);
         let config = Config::merge(&flags, FileConfig::default()).unwrap();
         assert_eq!(config.token.as_deref(), Some("hunter2-secret"));
+        let warnings = config.warnings();
+        assert!(
+            warnings.len() == 1 && warnings[0].contains("allow_insecure_token_file"),
+            "{warnings:?}"
+        );
         assert!(!config.effective_toml().contains("hunter2"));
         assert!(!format!("{config:?}").contains("hunter2"));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         flags.allow_insecure_token_file = Some(false);
-        assert!(Config::merge(&flags, FileConfig::default()).is_ok());
+        assert!(Config::merge(&flags, FileConfig::default())
+            .unwrap()
+            .warnings()
+            .is_empty());
         // A flag or variable saying false beats the file saying true.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let file = FileConfig {
@@ -957,5 +1037,41 @@ mod tests {
         flags.allow_insecure_token_file = None;
         assert!(Config::merge(&flags, file).is_ok());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_token_readable_by_the_agents_own_group_is_accepted_at_0440() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = std::env::temp_dir().join(format!("rw-token-0440-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("token");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        let own_gid = effective_gid().expect("/proc/self/status has a Gid line");
+        assert_eq!(std::fs::metadata(&path).unwrap().gid(), own_gid);
+        let mut flags = args(Some("tcp://h:1"));
+        flags.token_file = Some(path.clone());
+        let with_mode = |mode| {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            Config::merge(&flags, FileConfig::default())
+        };
+        // The kubelet's fsGroup mount: 0440, group = the pod's (our) group.
+        assert_eq!(with_mode(0o440).unwrap().token.as_deref(), Some("s3cret"));
+        assert!(with_mode(0o400).is_ok());
+        // Anything for others, or group write, stays refused.
+        for mode in [0o644, 0o444, 0o460, 0o404] {
+            let err = with_mode(mode).unwrap_err().to_string();
+            assert!(err.contains("readable by others"), "mode {mode:o}: {err}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn group_read_is_private_only_for_the_agents_own_group() {
+        assert!(token_mode_is_private(0o440, 1000, Some(1000)));
+        assert!(!token_mode_is_private(0o440, 1000, Some(1001)));
+        assert!(!token_mode_is_private(0o440, 1000, None));
+        assert!(token_mode_is_private(0o600, 1000, Some(1001)));
+        assert!(!token_mode_is_private(0o604, 1000, Some(1000)));
+        assert!(!token_mode_is_private(0o640 | 0o020, 1000, Some(1000)));
     }
 }

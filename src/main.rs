@@ -156,6 +156,9 @@ fn run(args: &RunArgs) -> ExitCode {
         }
     };
     init_logging(config.log_format);
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     if let Some(key) = config.tls.as_ref().and(config.tls_key.as_deref()) {
         ringworker::transport::tls::warn_if_exposed(key);
     }
