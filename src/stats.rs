@@ -7,7 +7,8 @@
 //! session layer); everything here is lock-free on the hot path.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use crate::format::format_bytes;
 
@@ -231,6 +232,33 @@ pub struct AgentStats {
     pub sessions: Vec<Arc<SessionStats>>,
     reconnects_total: AtomicU64,
     stop_requested: AtomicBool,
+    /// When these stats were made: the origin of the loops' heartbeats.
+    started: Instant,
+    /// The runtime's loops that are running now (see [`AgentStats::register_loop`]).
+    loops: Mutex<Vec<Weak<AtomicU64>>>,
+}
+
+/// How often a runtime loop proves that it turns, busy or idle: each loop
+/// wakes at least this often and beats its [`LoopBeat`]. The systemd
+/// watchdog reads the beats ([`AgentStats::oldest_loop_beat`]).
+pub const LOOP_BEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// One runtime loop's heartbeat: the loop calls [`LoopBeat::beat`] each
+/// time it turns; dropping it (the loop ended) removes it from the watch.
+#[derive(Debug)]
+pub struct LoopBeat {
+    started: Instant,
+    /// Milliseconds from `started` to the last beat.
+    last: Arc<AtomicU64>,
+}
+
+impl LoopBeat {
+    /// The loop turned at `now`.
+    #[inline]
+    pub fn beat(&self, now: Instant) {
+        let millis = now.saturating_duration_since(self.started).as_millis() as u64;
+        self.last.store(millis, Relaxed);
+    }
 }
 
 impl AgentStats {
@@ -255,7 +283,36 @@ impl AgentStats {
                 .collect(),
             reconnects_total: AtomicU64::new(0),
             stop_requested: AtomicBool::new(false),
+            started: Instant::now(),
+            loops: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Watch a runtime loop that starts now; it must beat at least every
+    /// [`LOOP_BEAT_INTERVAL`] until it drops the returned [`LoopBeat`].
+    pub fn register_loop(&self) -> LoopBeat {
+        let now = self.started.elapsed().as_millis() as u64;
+        let last = Arc::new(AtomicU64::new(now));
+        let mut loops = self.loops.lock().unwrap_or_else(|e| e.into_inner());
+        loops.retain(|beat| beat.strong_count() > 0);
+        loops.push(Arc::downgrade(&last));
+        LoopBeat {
+            started: self.started,
+            last,
+        }
+    }
+
+    /// How long ago the least recently turned loop last beat, among the
+    /// loops running now; `None` when none is running. A wedged loop shows
+    /// here as an age that keeps growing.
+    pub fn oldest_loop_beat(&self, now: Instant) -> Option<Duration> {
+        let now = now.saturating_duration_since(self.started).as_millis() as u64;
+        let loops = self.loops.lock().unwrap_or_else(|e| e.into_inner());
+        loops
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|last| Duration::from_millis(now.saturating_sub(last.load(Relaxed))))
+            .max()
     }
 
     /// Bytes written by every session on every connection since start.
@@ -301,5 +358,38 @@ impl AgentStats {
 
     pub fn tasks_done(&self) -> u64 {
         self.sessions.iter().map(|s| s.tasks_done()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_oldest_loop_beat_is_the_stalled_loops_age_and_ended_loops_leave_the_watch() {
+        let stats = AgentStats::new("w".into(), "uring", 1);
+        let start = stats.started;
+        assert_eq!(stats.oldest_loop_beat(start + Duration::from_secs(9)), None);
+        let busy = stats.register_loop();
+        let wedged = stats.register_loop();
+        busy.beat(start + Duration::from_secs(10));
+        wedged.beat(start + Duration::from_secs(2));
+        assert_eq!(
+            stats.oldest_loop_beat(start + Duration::from_secs(11)),
+            Some(Duration::from_secs(9))
+        );
+        drop(wedged);
+        assert_eq!(
+            stats.oldest_loop_beat(start + Duration::from_secs(11)),
+            Some(Duration::from_secs(1))
+        );
+        drop(busy);
+        assert_eq!(
+            stats.oldest_loop_beat(start + Duration::from_secs(11)),
+            None
+        );
+        // Registering prunes the loops that ended.
+        let _again = stats.register_loop();
+        assert_eq!(stats.loops.lock().unwrap().len(), 1);
     }
 }

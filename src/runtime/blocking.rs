@@ -28,7 +28,7 @@ use super::{
 use crate::link::Link;
 use crate::protocol::{CloseReason, Phase};
 use crate::session::WorkerSession;
-use crate::stats::{AgentStats, SessionState, SessionStats};
+use crate::stats::{AgentStats, SessionState, SessionStats, LOOP_BEAT_INTERVAL};
 use crate::transport::BlockingStream;
 
 /// Bytes asked for by each read.
@@ -156,7 +156,8 @@ fn supervise(
             Ok(stream) => {
                 stats.begin_connection();
                 let counters = ByteCounters::new(stats.clone());
-                let outcome = run_connection(index, stream, plan, &stats, counters, stop, stop_rx);
+                let outcome =
+                    run_connection(index, stream, plan, agent, &stats, counters, stop, stop_rx);
                 abandoned += outcome.abandoned;
                 backoff.connection_ended(outcome.uptime);
                 if let Some(reason) = outcome.reason.as_ref().filter(|r| r.is_refusal()) {
@@ -204,10 +205,12 @@ struct ConnectionOutcome {
 }
 
 /// Run one connection to its end.
+#[allow(clippy::too_many_arguments)] // the connection's context, passed once
 fn run_connection(
     index: u32,
     stream: BlockingStream,
     plan: &AgentPlan,
+    agent: &AgentStats,
     stats: &Arc<SessionStats>,
     counters: ByteCounters,
     stop: &StopHandle,
@@ -290,9 +293,11 @@ fn run_connection(
     let mut stop_seen = false;
     let mut drain_deadline: Option<Instant> = None;
     let mut drain_grace = false;
+    let beat = agent.register_loop();
 
     while broken.is_none() {
         let now = Instant::now();
+        beat.beat(now);
         if let Some(why) = session.failure().map(str::to_owned) {
             // The alert rustls queued is the last write (awaited below).
             if !writer_busy && session.has_output() {
@@ -373,8 +378,9 @@ fn run_connection(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let timeout = deadline.map_or(Duration::from_secs(3600), |d| {
-            d.saturating_duration_since(now)
+        // Wake at least once per beat interval, idle or not (the watchdog).
+        let timeout = deadline.map_or(LOOP_BEAT_INTERVAL, |d| {
+            d.saturating_duration_since(now).min(LOOP_BEAT_INTERVAL)
         });
         select! {
             recv(read_rx) -> event => match take_read_event(&mut session, event, &recycle_tx, &mut fed) {

@@ -37,7 +37,7 @@ use crate::runtime::{
     drain_timeout_message, AgentPlan, Backoff, ByteCounters, StopHandle, DRAIN_FLUSH_GRACE,
 };
 use crate::session::WorkerSession;
-use crate::stats::{AgentStats, SessionState};
+use crate::stats::{AgentStats, SessionState, LOOP_BEAT_INTERVAL};
 use crate::transport::Endpoint;
 
 /// Submission queue size; the completion queue is 8 times larger because
@@ -343,6 +343,7 @@ impl EventLoop {
         for slot in &self.slots {
             slot.stats.set_state(SessionState::Disconnected);
         }
+        let beat = self.agent.register_loop();
         loop {
             if !self.wake_armed {
                 self.arm_wake();
@@ -353,7 +354,9 @@ impl EventLoop {
                     self.mark_dirty(i as u32);
                 }
             }
-            self.fire_timers(Instant::now());
+            let now = Instant::now();
+            beat.beat(now);
+            self.fire_timers(now);
             self.drive_dirty();
             if self.stopped == self.slots.len() {
                 break;
@@ -370,23 +373,18 @@ impl EventLoop {
     fn submit_and_wait(&mut self) {
         let now = Instant::now();
         let timeout = if self.dirty.is_empty() {
-            self.timers
-                .next()
-                .map(|at| at.saturating_duration_since(now))
+            // Wake at least once per beat interval, idle or not (the watchdog).
+            let next = self.timers.next().unwrap_or(now + LOOP_BEAT_INTERVAL);
+            next.saturating_duration_since(now).min(LOOP_BEAT_INTERVAL)
         } else {
             // Work is pending: submit and collect what is ready, but do not sleep.
-            Some(Duration::ZERO)
+            Duration::ZERO
         };
-        let result = match timeout {
-            Some(timeout) => {
-                let ts = types::Timespec::new()
-                    .sec(timeout.as_secs())
-                    .nsec(timeout.subsec_nanos());
-                let args = types::SubmitArgs::new().timespec(&ts);
-                self.ring.submitter().submit_with_args(1, &args)
-            }
-            None => self.ring.submitter().submit_and_wait(1),
-        };
+        let ts = types::Timespec::new()
+            .sec(timeout.as_secs())
+            .nsec(timeout.subsec_nanos());
+        let args = types::SubmitArgs::new().timespec(&ts);
+        let result = self.ring.submitter().submit_with_args(1, &args);
         if let Err(err) = result {
             match err.raw_os_error() {
                 Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN) => {}
