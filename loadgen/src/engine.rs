@@ -22,6 +22,7 @@ use ringworker::protocol::GoodbyeBody;
 use ringworker::transport::tls::{describe_server, ServerTls};
 use ringworker::transport::Endpoint;
 
+use crate::progress::{Phase, Progress, Status};
 use crate::workload::Pool;
 
 /// How the workload paces itself.
@@ -45,8 +46,8 @@ pub struct RunSpec {
     pub manager: ManagerConfig,
     /// Longest wait for outstanding results after sending stops.
     pub grace: Duration,
-    /// Called once a second with the progress (none when not a terminal).
-    pub progress: bool,
+    /// Where progress goes (phase, elapsed, time left, rate).
+    pub progress: Progress,
     /// Serve TLS with this configuration on every accepted connection.
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -262,7 +263,13 @@ pub struct RunResult {
     pub conns: Vec<ConnReport>,
     pub histogram: Histogram<u64>,
     pub measured: Duration,
+    /// Tasks sent inside the measured window whose results came back (ok,
+    /// failed or wrong): what the rates and latency are computed over.
     pub measured_tasks: u64,
+    /// How long the warm-up lasted (shorter than asked when `--tasks` ran
+    /// out first), and the results of the tasks sent during it.
+    pub warmup: Duration,
+    pub warmup_tasks: u64,
     pub measured_payload_bytes: u64,
     pub measured_wire_bytes: u64,
     pub failure_codes: std::collections::BTreeMap<String, u64>,
@@ -294,6 +301,10 @@ pub struct Engine {
     wire_at_start: Option<u64>,
     wire_at_end: Option<u64>,
     measured: Duration,
+    warmup: Duration,
+    warmup_tasks: u64,
+    /// When progress was last shown.
+    progress_at: Option<Instant>,
     /// Raw socket bytes of TLS connections land here before decryption.
     tls_read_buf: Vec<u8>,
     tls_failures: HandshakeFailures,
@@ -349,6 +360,9 @@ impl Engine {
             wire_at_start: None,
             wire_at_end: None,
             measured: Duration::ZERO,
+            warmup: Duration::ZERO,
+            warmup_tasks: 0,
+            progress_at: None,
             tls_read_buf: Vec::new(),
             tls_failures: HandshakeFailures::default(),
         };
@@ -410,6 +424,20 @@ impl Engine {
             }
             if let Some(why) = gone() {
                 return Err(io::Error::other(why));
+            }
+            if self.progress_due(now) {
+                let status = Status {
+                    phase: Phase::Connecting,
+                    done: 0,
+                    in_flight: 0,
+                    connected: self.running_sessions(),
+                    sessions: u64::from(self.spec.sessions),
+                    eta: None,
+                    fraction: Some(
+                        self.running_sessions() as f64 / f64::from(self.spec.sessions.max(1)),
+                    ),
+                };
+                self.spec.progress.update(&status);
             }
             self.poll.poll(
                 &mut events,
@@ -481,8 +509,7 @@ impl Engine {
         let start = self.epoch;
         let warmup_end = start + self.spec.warmup;
         let send_end = self.spec.duration.map(|d| warmup_end + d);
-        let mut last_progress = start;
-        let mut last_done = 0u64;
+        self.progress_at = None;
         for conn in &mut self.conns {
             conn.next_intended_ns = 0;
         }
@@ -499,6 +526,7 @@ impl Engine {
                 }
                 self.wire_at_end = Some(self.wire_bytes());
                 self.measured = now.saturating_duration_since(warmup_end);
+                self.warmup = now.saturating_duration_since(start).min(self.spec.warmup);
             }
             if let Some(since) = finishing_since {
                 let outstanding: u32 = self
@@ -521,18 +549,38 @@ impl Engine {
                 }
                 self.flush(index);
             }
-            if self.spec.progress && now.duration_since(last_progress) >= Duration::from_secs(1) {
-                let done: u64 = self.conns.iter().map(|c| c.report.tasks_ok).sum();
-                let _ = write!(
-                    std::io::stderr(),
-                    "\r  {:>5.1} s  {:>10} ok  {:>9.0} tasks/s  in flight {:>6}   ",
-                    now.duration_since(start).as_secs_f64(),
-                    done,
-                    (done - last_done) as f64 / now.duration_since(last_progress).as_secs_f64(),
-                    self.conns.iter().map(|c| c.in_flight).sum::<u32>()
-                );
-                last_progress = now;
-                last_done = done;
+            if self.progress_due(now) {
+                let phase = if !sending {
+                    Phase::Draining
+                } else if measuring {
+                    Phase::Measuring
+                } else {
+                    Phase::WarmUp
+                };
+                let (eta, fraction) = match (send_end, self.spec.tasks) {
+                    _ if !sending => (None, Some(1.0)),
+                    (Some(end), _) => (
+                        Some(end.saturating_duration_since(now)),
+                        Some(
+                            now.saturating_duration_since(start).as_secs_f64()
+                                / end.saturating_duration_since(start).as_secs_f64().max(1e-9),
+                        ),
+                    ),
+                    (None, Some(limit)) => {
+                        let done = self.done_tasks();
+                        let elapsed = now.saturating_duration_since(start).as_secs_f64();
+                        let eta = (done > 0 && elapsed > 0.0).then(|| {
+                            let rate = done as f64 / elapsed;
+                            Duration::from_secs_f64(
+                                (limit.saturating_sub(done) as f64 / rate)
+                                    .min(crate::duration::MAX.as_secs_f64()),
+                            )
+                        });
+                        (eta, Some(self.sent_total as f64 / limit.max(1) as f64))
+                    }
+                    (None, None) => (None, None),
+                };
+                self.show_progress(phase, eta, fraction);
             }
             let timeout = match self.spec.pacing {
                 Pacing::Open { .. } if sending => Duration::from_micros(200),
@@ -549,10 +597,47 @@ impl Engine {
                 }
             }
         }
-        if self.spec.progress {
-            ringworker::tell!("");
-        }
         Ok(())
+    }
+
+    /// Whether progress is due (every 100 ms at most), noting it shown.
+    fn progress_due(&mut self, now: Instant) -> bool {
+        if self
+            .progress_at
+            .is_some_and(|at| now.saturating_duration_since(at) < Duration::from_millis(100))
+        {
+            return false;
+        }
+        self.progress_at = Some(now);
+        true
+    }
+
+    fn running_sessions(&self) -> u64 {
+        self.conns
+            .iter()
+            .filter(|c| c.phase == ConnPhase::Running)
+            .count() as u64
+    }
+
+    /// Results so far (ok, failed or wrong), warm-up included.
+    fn done_tasks(&self) -> u64 {
+        self.conns
+            .iter()
+            .map(|c| c.report.tasks_ok + c.report.tasks_failed + c.report.tasks_wrong)
+            .sum()
+    }
+
+    fn show_progress(&self, phase: Phase, eta: Option<Duration>, fraction: Option<f64>) {
+        let status = Status {
+            phase,
+            done: self.done_tasks(),
+            in_flight: self.conns.iter().map(|c| u64::from(c.in_flight)).sum(),
+            connected: self.running_sessions(),
+            sessions: u64::from(self.spec.sessions),
+            eta,
+            fraction,
+        };
+        self.spec.progress.update(&status);
     }
 
     fn wire_bytes(&self) -> u64 {
@@ -783,6 +868,8 @@ impl Engine {
                         if entry.measured {
                             let micros = now_ns.saturating_sub(entry.sent_ns) / 1000;
                             let _ = self.histogram.record(micros.max(1));
+                        } else {
+                            self.warmup_tasks += 1;
                         }
                     }
                     ManagerEventRef::Goodbye { counts, frame_len } => {
@@ -834,6 +921,9 @@ impl Engine {
             let now = Instant::now();
             if now >= deadline {
                 break;
+            }
+            if self.progress_due(now) {
+                self.show_progress(Phase::Draining, None, Some(1.0));
             }
             for index in 0..self.conns.len() {
                 self.flush(index);
@@ -939,6 +1029,8 @@ impl Engine {
             histogram: self.histogram,
             measured: self.measured,
             measured_tasks,
+            warmup: self.warmup,
+            warmup_tasks: self.warmup_tasks,
             measured_payload_bytes: (mean_payload * measured_tasks as f64) as u64,
             measured_wire_bytes: wire,
             failure_codes: self.failure_codes,

@@ -6,12 +6,16 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
-use clap::Parser;
+use anyhow::{anyhow, bail, Context};
+use clap::{CommandFactory, Parser, Subcommand};
 use ringworker::manager::ManagerConfig;
 use ringworker::transport::Endpoint;
+use ringworker_loadgen::duration;
 use ringworker_loadgen::engine::{Engine, Listener, Pacing, RunResult, RunSpec};
+use ringworker_loadgen::handlers::Registry;
+use ringworker_loadgen::output::OutputFile;
 use ringworker_loadgen::pki::Throwaway;
+use ringworker_loadgen::progress::{self, Progress};
 use ringworker_loadgen::report::{write_hgrm, Describe, Report};
 use ringworker_loadgen::workload::{Mix, PayloadSpec, Pool};
 
@@ -27,12 +31,28 @@ use ringworker_loadgen::workload::{Mix, PayloadSpec, Pool};
 /// `--tls-key` (and `--tls-client-ca` to require client certificates). With
 /// `--spawn` and no `--tls-cert`, throwaway certificates are made for the run
 /// (`--tls-mutual` adds a client certificate for the agent) and removed at exit.
+///
+/// Counts: `tasks_ok`, `tasks_failed`, `tasks_wrong` and `tasks_lost` cover
+/// the whole run, warm-up included; tasks/s, MiB/s, latency and CPU per task
+/// cover the measured window only (`tasks_measured` tasks in `duration_s`);
+/// the warm-up's tasks are reported apart (`tasks_warmup`, `warmup_s`).
 #[derive(Debug, Parser)]
-#[command(name = "ringworker-loadgen", version, about, long_about)]
+#[command(
+    name = "ringworker-loadgen",
+    version,
+    about,
+    long_about,
+    subcommand_negates_reqs = true,
+    disable_help_subcommand = true,
+    args_conflicts_with_subcommands = true,
+    after_long_help = AFTER_HELP
+)]
 struct Args {
+    #[command(subcommand)]
+    tool: Option<Tool>,
     /// Endpoint to listen on: tcp://HOST:PORT (port 0 picks a free one), tls://HOST:PORT or unix:///path
-    #[arg(long, value_name = "ENDPOINT")]
-    listen: String,
+    #[arg(long, value_name = "ENDPOINT", required = true)]
+    listen: Option<String>,
     /// TLS: the manager's certificate chain (PEM) [default with --spawn: a throwaway one]
     #[arg(long, value_name = "PATH")]
     tls_cert: Option<PathBuf>,
@@ -57,14 +77,20 @@ struct Args {
     /// Worker sessions to wait for
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     sessions: u32,
-    /// Handler, or a weighted mix such as echo:8,crc32c:1,sha256:1
+    /// Handler, or a weighted mix such as echo:8,crc32c:1,sha256:1. Known and checked
+    /// exactly: echo, crc32c, sha256, sink, sleep; others need --handler-unverified
     #[arg(long, default_value = "echo")]
     handler: Mix,
+    /// A handler of the agent's own that the loadgen cannot check (repeatable or
+    /// comma-separated): its tasks carry random --payload bytes, any successful result is ok
+    #[arg(long, value_name = "NAME", value_delimiter = ',')]
+    handler_unverified: Vec<String>,
     /// Payload bytes: a size (64, 4KiB, 1MiB) or a range 16..4096 drawn with --seed
     #[arg(long, default_value = "64")]
     payload: PayloadSpec,
-    /// Milliseconds of the `sleep` handler's tasks: a number or a range [default: --payload]
-    #[arg(long, value_name = "MS")]
+    /// Time of the `sleep` handler's tasks: milliseconds or with units (50, 2s), or a
+    /// range (1..10, 5ms..2s) [default: --payload, as milliseconds]
+    #[arg(long, value_name = "MS", value_parser = duration::millis_range)]
     sleep_ms: Option<PayloadSpec>,
     /// Seed of the payload pool
     #[arg(long, default_value_t = 1)]
@@ -80,15 +106,16 @@ struct Args {
     /// Open loop: tasks per second in all; latency counts from each task's intended send time
     #[arg(long)]
     rate: Option<f64>,
-    /// Seconds of measured load (after the warmup)
-    #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
-    duration: f64,
+    /// Measured load after the warm-up: seconds (2.5) or with units (500ms, 10s, 2m)
+    #[arg(long, value_name = "TIME", default_value = "10s", value_parser = duration::positive_seconds)]
+    duration: Duration,
     /// Stop after sending this many tasks (instead of --duration)
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     tasks: Option<u64>,
-    /// Seconds of load before measuring starts
-    #[arg(long, default_value_t = 0.0, value_parser = seconds)]
-    warmup: f64,
+    /// Load before measuring starts (seconds or with units); its tasks count in tasks_ok
+    /// but not in the rates, latency or tasks_measured
+    #[arg(long, value_name = "TIME", default_value = "0s", value_parser = duration::seconds)]
+    warmup: Duration,
     /// Request an ACK for every task
     #[arg(long)]
     ack: bool,
@@ -96,42 +123,65 @@ struct Args {
     /// WELCOME); the agent's own limit on TASKs is its --max-body
     #[arg(long, default_value = "16MiB")]
     max_body: ringworker::config::ByteSize,
-    /// Heartbeat interval announced in WELCOME, milliseconds (0: none)
-    #[arg(long, default_value_t = 0)]
+    /// Heartbeat interval announced in WELCOME: milliseconds or with units (5s); 0: none
+    #[arg(long, value_name = "MS", default_value = "0", value_parser = duration::millis_u32)]
     heartbeat_ms: u32,
     /// Require this token in HELLO (read from a file)
     #[arg(long, value_name = "PATH")]
     token_file: Option<PathBuf>,
-    /// Write the report as JSON here
+    /// Write the report as JSON here (opened before the run starts)
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
-    /// Write the latency percentile distribution (HdrHistogram .hgrm) here
+    /// Write the latency percentile distribution (HdrHistogram .hgrm) here (opened before
+    /// the run starts)
     #[arg(long, value_name = "PATH")]
     hgrm: Option<PathBuf>,
-    /// Seconds to wait for the sessions to connect
-    #[arg(long, default_value_t = 30.0, value_parser = positive_seconds)]
-    connect_timeout: f64,
+    /// How long to wait for the sessions to connect (seconds or with units)
+    #[arg(long, value_name = "TIME", default_value = "30s", value_parser = duration::positive_seconds)]
+    connect_timeout: Duration,
+    /// Progress on stderr: auto (a live line on a terminal, plain lines otherwise),
+    /// plain, never
+    #[arg(long, value_name = "WHEN", value_enum, default_value_t = progress::Mode::Auto)]
+    progress: progress::Mode,
+    /// Time between plain progress lines (one is also printed at each change of phase)
+    #[arg(long, value_name = "TIME", default_value = "5s", value_parser = duration::positive_seconds)]
+    progress_interval: Duration,
 }
 
-/// A number of seconds, 0 to a year.
-fn seconds(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(secs) if (0.0..=365.0 * 86_400.0).contains(&secs) => Ok(secs),
-        _ => Err(format!(
-            "{text:?} is not a number of seconds (0 to 31536000)"
-        )),
-    }
+/// Tools beside a run. They take no run options.
+#[derive(Debug, Subcommand)]
+enum Tool {
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions {
+        /// The shell
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page, ringworker-loadgen(1), as roff
+    Manpage,
 }
 
-/// A number of seconds, more than 0.
-fn positive_seconds(text: &str) -> Result<f64, String> {
-    match seconds(text) {
-        Ok(secs) if secs > 0.0 => Ok(secs),
-        _ => Err(format!(
-            "{text:?} is not a number of seconds above 0 (at most 31536000)"
-        )),
-    }
-}
+/// The end of `--help` and of the man page.
+const AFTER_HELP: &str = "\
+Time values (--duration, --warmup, --connect-timeout, --progress-interval) are seconds \
+(2.5) or take units: 500ms, 10s, 2m, 1h30m. --heartbeat-ms and --sleep-ms take \
+milliseconds or units.
+
+Progress goes to stderr: on a terminal a live line with the phase (connecting, warm-up, \
+measuring, draining), elapsed time, time left, current rate and tasks done; otherwise \
+(a CI log) the same as plain lines at each change of phase and every --progress-interval. \
+The report goes to stdout.
+
+Handlers: echo, crc32c, sha256, sink and sleep are known and every result is checked. \
+Any other name is refused at start unless given with --handler-unverified NAME (a \
+handler of the agent's own: random payloads, any successful result counts as ok).
+
+Exit status: 0 when every result verified and every connection's byte totals match; 1 \
+when a task was wrong or lost, none succeeded, or byte totals differ; 2 for bad options, \
+an output file that cannot be written, or a run that could not start.
+
+Shell completions and the man page: `ringworker-loadgen completions bash|zsh|fish` and \
+`ringworker-loadgen manpage`.";
 
 fn main() -> ExitCode {
     match run() {
@@ -213,7 +263,10 @@ fn describe(args: &Args, pacing: Pacing, tls: &Option<TlsSetup>) -> Describe {
             }
             Pacing::Open { rate } => format!("open loop, {rate} tasks/s"),
         },
-        transport: match (args.listen.split_once("://"), tls) {
+        transport: match (
+            args.listen.as_deref().and_then(|l| l.split_once("://")),
+            tls,
+        ) {
             (_, Some(tls)) if tls.mutual => "tls+mtls".to_owned(),
             (_, Some(_)) => "tls".to_owned(),
             (Some((scheme, _)), None) => scheme.to_owned(),
@@ -310,11 +363,60 @@ fn tls_setup(args: &Args, requested: &Endpoint) -> anyhow::Result<Option<TlsSetu
     }
 }
 
+/// Write generated text to stdout; a reader that closed it early (`| head`)
+/// is not an error.
+fn write_stdout(bytes: &[u8]) -> anyhow::Result<bool> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(bytes) {
+        Ok(()) => Ok(true),
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(true),
+        Err(err) => Err(anyhow!("cannot write to stdout: {err}")),
+    }
+}
+
+fn tool(tool: &Tool) -> anyhow::Result<bool> {
+    let mut command = Args::command();
+    match tool {
+        Tool::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut command, "ringworker-loadgen", &mut script);
+            write_stdout(&script)
+        }
+        Tool::Manpage => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(command)
+                .render(&mut page)
+                .context("cannot render the man page")?;
+            write_stdout(&page)
+        }
+    }
+}
+
 fn run() -> anyhow::Result<bool> {
     let args: Args = ringworker::config::parse_args_or_exit("ringworker-loadgen");
+    if let Some(which) = &args.tool {
+        return tool(which);
+    }
+    let listen = args
+        .listen
+        .as_deref()
+        .context("--listen ENDPOINT is required")?;
+    // Everything that can be refused is, before anything starts: the
+    // handlers, then the output files.
+    let registry = Registry::built_in().with_unverified(&args.handler_unverified);
+    registry.check(&args.handler).map_err(|why| anyhow!(why))?;
+    let open = |flag: &'static str, path: &Option<PathBuf>| {
+        path.as_deref()
+            .map(|path| OutputFile::open(flag, path))
+            .transpose()
+            .map_err(|why| anyhow!(why))
+    };
+    let mut json_out = open("--json", &args.json)?;
+    let mut hgrm_out = open("--hgrm", &args.hgrm)?;
+    let progress = Progress::new(args.progress, args.progress_interval);
     // One socket per session: allow as many as the hard limit permits.
     let _ = rlimit::increase_nofile_limit(u64::MAX);
-    let requested: Endpoint = args.listen.parse()?;
+    let requested: Endpoint = listen.parse()?;
     let tls = tls_setup(&args, &requested)?;
     let listener =
         Listener::bind(&requested).with_context(|| format!("cannot listen on {requested}"))?;
@@ -397,10 +499,10 @@ fn run() -> anyhow::Result<bool> {
         duration: if args.tasks.is_some() {
             None
         } else {
-            Some(Duration::from_secs_f64(args.duration))
+            Some(args.duration)
         },
         tasks: args.tasks,
-        warmup: Duration::from_secs_f64(args.warmup),
+        warmup: args.warmup,
         ack: args.ack,
         manager: ManagerConfig {
             manager_id: "ringworker-loadgen".to_owned(),
@@ -409,17 +511,18 @@ fn run() -> anyhow::Result<bool> {
             token,
         },
         grace: Duration::from_secs(10),
-        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        progress: progress.clone(),
         tls: tls.as_ref().map(|t| t.config.clone()),
     };
-    let pool = Pool::new(
+    let pool = Pool::with_registry(
+        &registry,
         &args.handler,
         args.payload,
         args.sleep_ms.unwrap_or(args.payload),
         args.seed,
     );
     let mut engine = Engine::new(listener, pool, spec)?;
-    ringworker::tell!(
+    progress.println(&format!(
         "ringworker-loadgen: listening on {endpoint}, waiting for {} session(s){}",
         args.sessions,
         if spawned.is_some() {
@@ -427,7 +530,7 @@ fn run() -> anyhow::Result<bool> {
         } else {
             ""
         }
-    );
+    ));
     let connect_started = Instant::now();
     let mut agent_gone = || {
         let spawned = spawned.as_mut()?;
@@ -436,18 +539,16 @@ fn run() -> anyhow::Result<bool> {
             "the spawned agent exited ({status}) before its sessions connected; its message is above"
         ))
     };
-    if let Err(err) = engine.accept_all(
-        Duration::from_secs_f64(args.connect_timeout),
-        &mut agent_gone,
-    ) {
+    if let Err(err) = engine.accept_all(args.connect_timeout, &mut agent_gone) {
+        progress.finish();
         // Close what did connect (over TLS with close_notify). The JSON
         // report still says what connected and which TLS handshakes failed;
         // the run itself is a usage-level failure.
         let result = engine.finish();
-        if let Some(path) = &args.json {
+        if let Some(out) = json_out.as_mut() {
             let report = Report::new(&result, describe(&args, pacing, &tls), 0.0, None);
-            std::fs::write(path, serde_json::to_vec_pretty(&report)?)
-                .with_context(|| format!("cannot write {}", path.display()))?;
+            out.write(&serde_json::to_vec_pretty(&report)?)
+                .map_err(|why| anyhow!(why))?;
         }
         return Err(err.into());
     }
@@ -455,22 +556,22 @@ fn run() -> anyhow::Result<bool> {
     let agent_pid = spawned.as_ref().map(|s| s.child.id().to_string());
     let agent_rss_kib = agent_pid.as_deref().and_then(rss_kib);
     if args.sessions >= 1000 {
-        ringworker::tell!(
+        progress.println(&format!(
             "ringworker-loadgen: {} sessions connected in {connect_s:.2} s{}",
             args.sessions,
             agent_rss_kib.map_or(String::new(), |kib| format!(
                 "; agent RSS {:.1} MiB",
                 kib as f64 / 1024.0
             ))
-        );
+        ));
     }
-    let warmup = Duration::from_secs_f64(args.warmup);
+    let warmup = args.warmup;
     // CPU is sampled over the measured window: from the end of the warmup to
     // the end of sending (sampled by a helper thread at those instants).
     let cpu_window = std::thread::spawn({
         let agent_pid = agent_pid.clone();
         let tasks_mode = args.tasks.is_some();
-        let duration = Duration::from_secs_f64(args.duration);
+        let duration = args.duration;
         move || -> Option<((f64, Option<f64>), Instant)> {
             if tasks_mode {
                 return None;
@@ -529,6 +630,7 @@ fn run() -> anyhow::Result<bool> {
         }
     }
     let result: RunResult = engine.finish();
+    progress.finish();
     let mut report = Report::new(
         &result,
         describe(&args, pacing, &tls),
@@ -544,14 +646,14 @@ fn run() -> anyhow::Result<bool> {
             ringworker::tell!("ringworker-loadgen: cannot write the report: {err}");
         }
     }
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
+    if let Some(out) = json_out.as_mut() {
+        out.write(&serde_json::to_vec_pretty(&report)?)
+            .map_err(|why| anyhow!(why))?;
     }
-    if let Some(path) = &args.hgrm {
-        let mut file = std::fs::File::create(path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        write_hgrm(&result.histogram, &mut file)?;
+    if let Some(out) = hgrm_out.as_mut() {
+        let mut text = Vec::new();
+        write_hgrm(&result.histogram, &mut text)?;
+        out.write(&text).map_err(|why| anyhow!(why))?;
     }
     if let Endpoint::Unix(path) = &requested {
         let _ = std::fs::remove_file(path);

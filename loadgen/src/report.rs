@@ -28,7 +28,19 @@ pub struct Report {
     pub handler: String,
     pub payload: String,
     pub pacing: String,
+    /// The measured window, seconds: from the end of the warm-up until
+    /// sending stopped. Every rate is over this window.
     pub duration_s: f64,
+    /// The warm-up before it, seconds (excluded from rates and latency).
+    pub warmup_s: f64,
+    /// Tasks sent inside the measured window whose results came back (ok,
+    /// failed or wrong): `tasks_per_sec` is this over `duration_s`.
+    pub tasks_measured: u64,
+    /// Results of the tasks sent during the warm-up, excluded from the
+    /// rates and latency.
+    pub tasks_warmup: u64,
+    /// `tasks_ok`, `tasks_failed`, `tasks_wrong` and `tasks_lost` count
+    /// the whole run, warm-up included.
     pub tasks_ok: u64,
     pub tasks_failed: u64,
     pub tasks_wrong: u64,
@@ -104,6 +116,9 @@ impl Report {
             payload: describe.payload,
             pacing: describe.pacing,
             duration_s: secs,
+            warmup_s: result.warmup.as_secs_f64(),
+            tasks_measured: tasks,
+            tasks_warmup: result.warmup_tasks,
             tasks_ok: sum(|c| c.tasks_ok),
             tasks_failed: sum(|c| c.tasks_failed),
             tasks_wrong: sum(|c| c.tasks_wrong),
@@ -186,10 +201,21 @@ impl Report {
             self.payload,
             self.pacing
         )?;
-        writeln!(out, "  measured        {:.2} s", self.duration_s)?;
         writeln!(
             out,
-            "  tasks           ok {}  failed {}  wrong {}  lost {}",
+            "  warm-up         {:.2} s, {} tasks excluded from the rates and latency",
+            self.warmup_s,
+            grouped(self.tasks_warmup)
+        )?;
+        writeln!(
+            out,
+            "  measured        {:.2} s, {} tasks (the rates and latency below)",
+            self.duration_s,
+            grouped(self.tasks_measured)
+        )?;
+        writeln!(
+            out,
+            "  tasks           ok {}  failed {}  wrong {}  lost {}  (whole run, warm-up included)",
             self.tasks_ok, self.tasks_failed, self.tasks_wrong, self.tasks_lost
         )?;
         if self.tasks_unread > 0 {
@@ -287,6 +313,19 @@ impl Report {
     }
 }
 
+/// A count with thousands separators: `1,234,567`.
+pub fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// The last column of a connection's byte-accounting line. Exact with two
 /// different "received / sent" numbers says why: the TASKs that reached the
 /// agent after its GOODBYE, which it never read.
@@ -355,6 +394,8 @@ mod tests {
             histogram: Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap(),
             measured: std::time::Duration::from_secs(1),
             measured_tasks: 0,
+            warmup: std::time::Duration::ZERO,
+            warmup_tasks: 0,
             measured_payload_bytes: 0,
             measured_wire_bytes: 0,
             failure_codes: Default::default(),
@@ -374,6 +415,76 @@ mod tests {
             .print(&mut out)
             .unwrap();
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn counts_are_grouped_by_thousands() {
+        assert_eq!(grouped(0), "0");
+        assert_eq!(grouped(999), "999");
+        assert_eq!(grouped(1000), "1,000");
+        assert_eq!(grouped(4_207_840), "4,207,840");
+        assert_eq!(grouped(u64::MAX), "18,446,744,073,709,551,615");
+    }
+
+    #[test]
+    fn the_report_says_what_the_warm_up_excluded_and_what_was_measured() {
+        let result = RunResult {
+            conns: vec![ConnReport {
+                session: Some(0),
+                tasks_ok: 4_207_840,
+                ..ConnReport::default()
+            }],
+            histogram: {
+                let mut h = Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap();
+                h.record_n(50, 2_503_641).unwrap();
+                h
+            },
+            measured: std::time::Duration::from_secs(3),
+            measured_tasks: 2_503_641,
+            warmup: std::time::Duration::from_secs(2),
+            warmup_tasks: 1_704_199,
+            measured_payload_bytes: 0,
+            measured_wire_bytes: 0,
+            failure_codes: Default::default(),
+            tls_handshake_failures: 0,
+            tls_handshake_error: None,
+        };
+        let describe = Describe {
+            runtime: None,
+            sessions: 1,
+            handler: "echo:1".to_owned(),
+            payload: "64".to_owned(),
+            pacing: "closed loop".to_owned(),
+            transport: "tcp".to_owned(),
+        };
+        let report = Report::new(&result, describe, 0.0, None);
+        assert_eq!(report.tasks_measured, 2_503_641);
+        assert_eq!(report.tasks_warmup, 1_704_199);
+        assert_eq!(report.warmup_s, 2.0);
+        assert!((report.tasks_per_sec - 2_503_641.0 / 3.0).abs() < 1e-6);
+        let mut out = Vec::new();
+        report.print(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains(
+                "  warm-up         2.00 s, 1,704,199 tasks excluded from the rates and latency\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "  measured        3.00 s, 2,503,641 tasks (the rates and latency below)\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("ok 4207840  failed 0  wrong 0  lost 0  (whole run, warm-up included)"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["tasks_measured"], 2_503_641);
+        assert_eq!(json["tasks_warmup"], 1_704_199);
+        assert_eq!(json["warmup_s"], 2.0);
     }
 
     #[test]

@@ -5,6 +5,8 @@
 
 use rand::{Rng, SeedableRng};
 
+use crate::handlers::{self, Registry};
+
 /// Handlers and their relative weights, e.g. `echo:8,crc32c:1,sha256:1`.
 ///
 /// ```
@@ -106,15 +108,27 @@ const POOL_BUDGET: usize = 8 * 1024 * 1024;
 
 impl Pool {
     /// Build a pool for `mix` and `payload` (`sleep_ms` for the `sleep`
-    /// handler's milliseconds); reproducible for a given `seed`.
+    /// handler's milliseconds); reproducible for a given `seed`. The
+    /// built-in handlers are checked exactly; other names are not checked.
     pub fn new(mix: &Mix, payload: PayloadSpec, sleep_ms: PayloadSpec, seed: u64) -> Pool {
+        Pool::with_registry(&Registry::built_in(), mix, payload, sleep_ms, seed)
+    }
+
+    /// As [`Pool::new`], with the payloads and checks of `registry`.
+    pub fn with_registry(
+        registry: &Registry,
+        mix: &Mix,
+        payload: PayloadSpec,
+        sleep_ms: PayloadSpec,
+        seed: u64,
+    ) -> Pool {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let handlers: Vec<String> = mix.entries.iter().map(|(n, _)| n.clone()).collect();
         let per_handler = (POOL_BUDGET / payload.max.max(1) / handlers.len()).clamp(1, 64);
         let mut tasks = Vec::new();
         for (handler, name) in handlers.iter().enumerate() {
             for _ in 0..per_handler {
-                let body: Vec<u8> = if name == "sleep" {
+                let body: Vec<u8> = if registry.payload(name) == handlers::Payload::SleepMillis {
                     let ms = rng.random_range(sleep_ms.min..=sleep_ms.max);
                     let ms = u32::try_from(ms).unwrap_or(u32::MAX).min(60_000);
                     ms.to_be_bytes().to_vec()
@@ -124,7 +138,7 @@ impl Pool {
                     rng.fill(&mut bytes[..]);
                     bytes
                 };
-                let expected = ringworker::manager::verify::expected_output(name, &body);
+                let expected = registry.expected_output(name, &body);
                 tasks.push(Prepared {
                     handler,
                     payload: body,
