@@ -1,6 +1,9 @@
 //! ringworker-loadgen end to end: it drives a spawned agent of each runtime,
 //! catches a wrong result, and measures open-loop latency from the intended
-//! send time.
+//! send time. And what operators meet first: time values with units, output
+//! paths and handler names refused before anything starts, the measured
+//! window against the warm-up, progress lines in a log, completions and the
+//! man page.
 
 // Tests unwrap freely: a panic is a failed test with its location.
 #![allow(clippy::unwrap_used)]
@@ -9,7 +12,7 @@ mod common;
 
 use common::loadgen_bin;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -241,10 +244,12 @@ fn an_agent_stopped_mid_run_passes_the_check(kind: RuntimeKind) {
 
 #[test]
 fn a_run_where_no_task_succeeds_fails_and_says_why() {
+    // A handler the agent does not have, driven on purpose (unchecked).
     let output = Command::new(loadgen_bin())
         .args(["--listen", "tcp://127.0.0.1:0", "--spawn", "blocking"])
         .arg(format!("--agent-bin={}", env!("CARGO_BIN_EXE_ringworker")))
-        .args(["--handler", "nosuch", "--duration", "0.3"])
+        .args(["--handler", "nosuch", "--handler-unverified", "nosuch"])
+        .args(["--duration", "0.3"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -342,4 +347,386 @@ fn the_loadgen_closes_a_connection_once_the_agent_said_goodbye() {
     assert_eq!(r["accounting_mismatches"], 0, "{r}");
     assert_eq!(r["tasks_lost"], 0, "{r}");
     let _ = std::fs::remove_file(report);
+}
+
+/// A directory whose `run` file is a shell script that leaves `spawned`
+/// beside it. With `--agent-bin=/bin/sh` and this as the working directory,
+/// the loadgen's `sh run --manager ...` marks that an agent was started.
+fn spawn_marker_dir(name: &str) -> PathBuf {
+    let dir = temp_path(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("run"), "touch spawned\n").unwrap();
+    dir
+}
+
+/// The loadgen with a marking "agent" in `dir`, and `args`; its exit code,
+/// stdout and stderr.
+fn loadgen_with_marker(dir: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let output = Command::new(loadgen_bin())
+        .current_dir(dir)
+        .args(["--listen", "tcp://127.0.0.1:0", "--spawn", "blocking"])
+        .args(["--agent-bin=/bin/sh", "--connect-timeout", "60s"])
+        .args(["--duration", "60s", "--progress", "never"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn an_output_path_that_cannot_be_written_fails_before_anything_starts() {
+    let dir = spawn_marker_dir("bad-output");
+    // The marker works: with writable paths the "agent" is started (it
+    // exits at once, which ends the wait), and the JSON report is written.
+    let good = dir.join("good.json");
+    let (code, _, stderr) = loadgen_with_marker(&dir, &[&format!("--json={}", good.display())]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("the spawned agent exited"), "{stderr}");
+    assert!(dir.join("spawned").exists(), "the marker shows a start");
+    assert!(json(&good)["sessions"].is_u64());
+    std::fs::remove_file(dir.join("spawned")).unwrap();
+
+    let missing = dir.join("no-such-dir").join("report.json");
+    for flag in ["--json", "--hgrm"] {
+        let (code, stdout, stderr) =
+            loadgen_with_marker(&dir, &[&format!("{flag}={}", missing.display())]);
+        assert_eq!(code, Some(2), "{flag}: {stderr}");
+        assert_eq!(
+            stderr,
+            format!(
+                "ringworker-loadgen: cannot write {flag} {}: No such file or directory (os error 2)\n",
+                missing.display()
+            ),
+            "one line naming the option and the path"
+        );
+        assert!(stdout.is_empty(), "{stdout}");
+        assert!(
+            !dir.join("spawned").exists(),
+            "{flag}: no agent was started before the path was checked"
+        );
+    }
+    // A directory is no file either.
+    let (code, _, stderr) = loadgen_with_marker(&dir, &[&format!("--json={}", dir.display())]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "ringworker-loadgen: cannot write --json {}: ",
+            dir.display()
+        )),
+        "{stderr}"
+    );
+    assert!(!dir.join("spawned").exists());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn an_unknown_handler_is_refused_at_start_with_the_known_ones() {
+    let dir = spawn_marker_dir("unknown-handler");
+    let (code, stdout, stderr) = loadgen_with_marker(&dir, &["--handler", "echo:3,nosuch:1"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.starts_with("ringworker-loadgen: unknown handler \"nosuch\" in --handler"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("(known: echo, crc32c, sha256, sink, sleep)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("--handler-unverified nosuch"),
+        "the way to drive it anyway: {stderr}"
+    );
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(!dir.join("spawned").exists(), "no agent was started");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn time_options_take_units_and_bad_ones_are_one_line() {
+    let report = temp_path("units.json");
+    let output = Command::new(loadgen_bin())
+        .args(["--listen", "tcp://127.0.0.1:0", "--spawn", "blocking"])
+        .arg(format!("--agent-bin={}", env!("CARGO_BIN_EXE_ringworker")))
+        .args(["--duration", "500ms", "--warmup", "200ms"])
+        .args(["--connect-timeout", "1m", "--heartbeat-ms", "5s"])
+        .args(["--progress", "never", "--progress-interval", "2s"])
+        .arg(format!("--json={}", report.display()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let r = json(&report);
+    assert_eq!(r["warmup_s"], 0.2, "{r}");
+    let measured = r["duration_s"].as_f64().unwrap();
+    // Sending stops once 500 ms have passed (not 500 s, nor 500 minutes).
+    assert!((0.5..60.0).contains(&measured), "{r}");
+    assert!(
+        !stderr.contains("measuring"),
+        "--progress never prints no progress: {stderr}"
+    );
+    let _ = std::fs::remove_file(report);
+
+    for (flag, value) in [
+        ("--duration", "10x"),
+        ("--duration", "0s"),
+        ("--warmup", "soon"),
+        ("--connect-timeout", "2 fortnights"),
+        ("--progress-interval", "0"),
+        ("--heartbeat-ms", "1.5"),
+        ("--sleep-ms", "2s..5ms"),
+    ] {
+        let output = Command::new(loadgen_bin())
+            .args(["--listen", "tcp://127.0.0.1:0", flag, value])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{flag} {value}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{flag} {value}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!(
+                "ringworker-loadgen: invalid value '{value}' for '{flag} "
+            )),
+            "{flag} {value}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn the_measured_window_and_the_warm_up_are_reported_apart() {
+    let report = temp_path("measured.json");
+    let output = Command::new(loadgen_bin())
+        .args(["--listen", "tcp://127.0.0.1:0", "--spawn", "blocking"])
+        .arg(format!("--agent-bin={}", env!("CARGO_BIN_EXE_ringworker")))
+        .args(["--sessions", "2", "--concurrency", "8"])
+        .args(["--warmup", "1s", "--duration", "1.5", "--progress", "never"])
+        .arg(format!("--json={}", report.display()))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let r = json(&report);
+    let n = |key: &str| r[key].as_u64().unwrap_or_else(|| panic!("{key}: {r}"));
+    let f = |key: &str| r[key].as_f64().unwrap_or_else(|| panic!("{key}: {r}"));
+    let (measured, warmup, ok) = (n("tasks_measured"), n("tasks_warmup"), n("tasks_ok"));
+    assert!(measured > 0 && warmup > 0, "{r}");
+    // The rate is the measured tasks over the measured window.
+    let from_rate = f("tasks_per_sec") * f("duration_s");
+    assert!(
+        (from_rate - measured as f64).abs() <= 1.0,
+        "tasks_per_sec x duration_s = {from_rate}, tasks_measured {measured}"
+    );
+    // tasks_ok covers the whole run: every answered task is in exactly
+    // one of the two windows.
+    assert!(ok >= measured, "{r}");
+    assert_eq!(
+        ok + n("tasks_failed") + n("tasks_wrong"),
+        measured + warmup,
+        "{r}"
+    );
+    assert_eq!(f("warmup_s"), 1.0);
+    assert!(f("duration_s") >= 1.5, "{r}");
+    // The text says the same.
+    // 1234567 as 1,234,567.
+    let grouped = |n: u64| {
+        let digits = n.to_string();
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
+    };
+    assert!(
+        stdout.contains(&format!(
+            "  warm-up         1.00 s, {} tasks excluded from the rates and latency\n",
+            grouped(warmup)
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "  measured        {:.2} s, {} tasks (the rates and latency below)\n",
+            f("duration_s"),
+            grouped(measured)
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "ok {ok}  failed 0  wrong 0  lost 0  (whole run, warm-up included)"
+        )),
+        "{stdout}"
+    );
+    // Every key AGENT.md names is still there.
+    for key in [
+        "sessions",
+        "duration_s",
+        "tasks_ok",
+        "tasks_failed",
+        "tasks_wrong",
+        "tasks_lost",
+        "tasks_per_sec",
+        "payload_mib_per_sec",
+        "wire_mib_per_sec",
+        "latency_us",
+        "accounting_mismatches",
+        "loadgen_cpu_s",
+        "agent_cpu_s",
+    ] {
+        assert!(r.get(key).is_some(), "{key}: {r}");
+    }
+    let _ = std::fs::remove_file(report);
+}
+
+#[test]
+fn progress_lines_reach_a_log_while_the_run_goes_on() {
+    use std::io::BufRead;
+    // stderr is a pipe, as in CI: plain lines at each phase and every second.
+    let mut child = Command::new(loadgen_bin())
+        .args(["--listen", "tcp://127.0.0.1:0", "--spawn", "blocking"])
+        .arg(format!("--agent-bin={}", env!("CARGO_BIN_EXE_ringworker")))
+        .args([
+            "--warmup",
+            "1s",
+            "--duration",
+            "3s",
+            "--progress-interval",
+            "1s",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    let mut measuring_while_running = 0;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                if line.starts_with("ringworker-loadgen: measuring ")
+                    && child.try_wait().unwrap().is_none()
+                {
+                    measuring_while_running += 1;
+                }
+                seen.push(line);
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                panic!("the loadgen ran past 60 s: {seen:#?}");
+            }
+        }
+    }
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{seen:#?}");
+    let phases: Vec<&str> = seen
+        .iter()
+        .filter_map(|l| l.strip_prefix("ringworker-loadgen: "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|p| ["connecting", "warm-up", "measuring", "draining"].contains(p))
+        .collect();
+    let mut order = phases.clone();
+    order.dedup();
+    assert_eq!(
+        order,
+        ["connecting", "warm-up", "measuring", "draining"],
+        "each phase in turn: {seen:#?}"
+    );
+    assert!(
+        measuring_while_running >= 2,
+        "lines every second while measuring, before the end: {seen:#?}"
+    );
+    for line in seen.iter().filter(|l| l.contains(" measuring ")) {
+        for part in ["elapsed ", "  eta ", " tasks/s  done ", "  in flight "] {
+            assert!(line.contains(part), "{part:?} in {line:?}");
+        }
+    }
+    assert!(
+        seen.iter().all(|l| !l.contains('\r')),
+        "plain lines, no carriage returns: {seen:#?}"
+    );
+    assert!(!stdout.contains("measuring"), "progress stays off stdout");
+}
+
+#[test]
+fn completions_and_the_man_page_are_printed() {
+    let print = |args: &[&str]| {
+        let output = Command::new(loadgen_bin()).args(args).output().unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(output.stderr.is_empty(), "{args:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let bash = print(&["completions", "bash"]);
+    assert!(bash.contains("--duration") && bash.contains("--handler-unverified"));
+    // bash loads it and has a completion for the command.
+    let script = temp_path("completion.bash");
+    std::fs::write(&script, &bash).unwrap();
+    let loaded = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {} && complete -p ringworker-loadgen",
+            script.display()
+        ))
+        .output()
+        .expect("bash is needed to load the completion script");
+    assert!(
+        loaded.status.success()
+            && String::from_utf8_lossy(&loaded.stdout).contains("ringworker-loadgen"),
+        "{}",
+        String::from_utf8_lossy(&loaded.stderr)
+    );
+    let _ = std::fs::remove_file(script);
+    let zsh = print(&["completions", "zsh"]);
+    assert!(zsh.starts_with("#compdef ringworker-loadgen"), "{zsh}");
+    assert!(zsh.contains("--warmup"));
+    let fish = print(&["completions", "fish"]);
+    assert!(fish.contains("complete -c ringworker-loadgen"), "{fish}");
+    assert!(fish.contains("-l progress"), "{fish}");
+
+    let page = print(&["manpage"]);
+    assert!(page.contains(".TH ringworker-loadgen 1"), "{page}");
+    for part in [
+        ".SH NAME",
+        ".SH SYNOPSIS",
+        ".SH OPTIONS",
+        "\\-\\-duration",
+        "\\-\\-handler\\-unverified",
+        "completions",
+    ] {
+        assert!(page.contains(part), "{part:?} in the man page");
+    }
+    // Run options and tools do not mix.
+    let output = Command::new(loadgen_bin())
+        .args(["--listen", "tcp://127.0.0.1:0", "manpage"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
 }
