@@ -22,6 +22,7 @@ use super::frame::{
     FLAG_ACK_REQUESTED, FLAG_FAILED, HEADER_LEN, LEN_COUNTED_HEADER, MAX_HANDLER_NAME,
 };
 use super::hello::{codes, ErrorBody, GoodbyeBody, Hello, Welcome, PROTOCOL_VERSION};
+use crate::format::{peer_text, MAX_PEER_TEXT};
 
 /// How soon a manager that sent EOF while tasks run is probed again with a
 /// PING ([`WorkerMachine::probe_peer`]); the interval doubles up to
@@ -659,8 +660,14 @@ impl WorkerMachine {
         match (self.phase, header.kind) {
             (_, FrameKind::Error) => {
                 let body: Option<ErrorBody> = serde_json::from_slice(at.body(&self.recv)).ok();
+                // The manager's text is kept and logged: capped and escaped.
                 let (code, message) = body
-                    .map(|b| (b.code, b.message))
+                    .map(|b| {
+                        (
+                            peer_text(&b.code, MAX_HANDLER_NAME),
+                            peer_text(&b.message, MAX_PEER_TEXT),
+                        )
+                    })
                     .unwrap_or_else(|| ("unknown".to_owned(), "unparseable ERROR body".to_owned()));
                 let during_handshake = self.phase == Phase::AwaitingWelcome;
                 self.close(CloseReason::PeerError {
@@ -1139,7 +1146,9 @@ fn parse_welcome(body: &[u8]) -> Result<Welcome, (&'static str, String)> {
             "WELCOME body is not a JSON object".to_owned(),
         ));
     }
-    let welcome: Welcome = serde_json::from_value(value).map_err(invalid)?;
+    let mut welcome: Welcome = serde_json::from_value(value).map_err(invalid)?;
+    // Logged and shown in /status: capped and escaped.
+    welcome.manager = peer_text(&welcome.manager, MAX_PEER_TEXT);
     if welcome.protocol != PROTOCOL_VERSION {
         return Err((
             codes::UNSUPPORTED_VERSION,
@@ -1149,13 +1158,27 @@ fn parse_welcome(body: &[u8]) -> Result<Welcome, (&'static str, String)> {
             ),
         ));
     }
+    if welcome.max_body < MIN_PEER_MAX_BODY {
+        return Err((
+            codes::BAD_FRAME,
+            format!(
+                "WELCOME max_body {} is below {MIN_PEER_MAX_BODY}: too small for this worker's \
+                 ERROR and FAILED bodies",
+                welcome.max_body
+            ),
+        ));
+    }
     Ok(welcome)
 }
 
+/// The smallest `max_body` a WELCOME may announce (PROTOCOL.md "Handshake"):
+/// below it the worker's own ERROR and FAILED bodies, cut to fit, would be
+/// empty or meaningless.
+pub const MIN_PEER_MAX_BODY: u32 = 64;
+
 /// Split a TASK body into the handler name and payload ranges, checking the
 /// rules of PROTOCOL.md "Tasks". A name must be 1..=64 printable ASCII
-/// characters; this worker reads "printable" strictly as graphic (0x21..=0x7E),
-/// so a space is refused.
+/// characters (0x20..=0x7E, the space included).
 pub fn split_task_body(
     body: &[u8],
 ) -> Result<(std::ops::Range<usize>, std::ops::Range<usize>), String> {
@@ -1170,8 +1193,10 @@ fn task_name_len(body: &[u8]) -> Option<usize> {
     let (&name_len, rest) = body.split_first()?;
     let name_len = name_len as usize;
     let name = rest.get(..name_len)?;
-    (name_len != 0 && name_len <= MAX_HANDLER_NAME && name.iter().all(u8::is_ascii_graphic))
-        .then_some(name_len)
+    (name_len != 0
+        && name_len <= MAX_HANDLER_NAME
+        && name.iter().all(|&b| (0x20..=0x7e).contains(&b)))
+    .then_some(name_len)
 }
 
 /// Why [`task_name_len`] refused `body`.

@@ -442,39 +442,56 @@ fn welcome_with_invalid_json_is_bad_frame() {
 }
 
 #[test]
-fn a_manager_max_body_of_zero_or_below_the_json_is_respected() {
-    // Bodies the manager announced it would refuse are never sent: FAILED
-    // and ERROR bodies shrink (to nothing at 0), GOODBYE goes out empty.
-    for max_body in [0u32, 20] {
-        let (mut m, t0) = welcomed_with(config(4), max_body, 0);
-        let payload = b"abcdefghijklmnopqrstuvwxyz";
-        m.handle_input(&task(1, payload), t0);
-        expect_task(&mut m, t0, 1);
-        m.complete_task(1, TaskOutcome::Ok(payload), t0).unwrap();
-        let out = take(&mut m);
-        assert_eq!(kinds(&out), [FrameKind::Result]);
-        assert_eq!(out[0].flags, FLAG_FAILED, "result_too_large");
-        assert!(
-            out[0].body.len() <= max_body as usize,
-            "max_body {max_body}: {out:?}"
-        );
-        m.start_drain(t0);
+fn a_welcome_max_body_too_small_for_error_bodies_is_bad_frame() {
+    // PROTOCOL.md "Handshake": below 64 the worker's own ERROR and FAILED
+    // bodies could not be sent; such a WELCOME is refused.
+    for max_body in [0u32, 20, 63] {
+        let t0 = Instant::now();
+        let mut m = WorkerMachine::new(config(4), t0);
         let _ = take(&mut m);
-        assert!(m.write_goodbye(123_456, 654_321));
-        let out = take(&mut m);
-        assert_eq!(kinds(&out), [FrameKind::Goodbye]);
-        assert!(out[0].body.is_empty(), "max_body {max_body}: {out:?}");
+        m.handle_input(&welcome(max_body, 0), t0);
+        match poll(&mut m, t0) {
+            Some(Ev::Closed(CloseReason::ProtocolViolation { code, message })) => {
+                assert_eq!(code, codes::BAD_FRAME);
+                assert!(message.contains("max_body"), "{message}");
+            }
+            other => panic!("max_body {max_body}: expected bad_frame, got {other:?}"),
+        }
+        assert_eq!(kinds(&take(&mut m)), [FrameKind::Error]);
     }
-    let t0 = Instant::now();
-    let mut m = WorkerMachine::new(config(4), t0);
+}
+
+#[test]
+fn at_the_smallest_max_body_error_and_failed_bodies_are_json_that_fits() {
+    let (mut m, t0) = welcomed_with(config(4), 64, 0);
+    let payload = [b'x'; 100];
+    m.handle_input(&task(1, &payload), t0);
+    expect_task(&mut m, t0, 1);
+    m.complete_task(1, TaskOutcome::Ok(&payload), t0).unwrap();
+    let out = take(&mut m);
+    assert_eq!(kinds(&out), [FrameKind::Result]);
+    assert_eq!(out[0].flags, FLAG_FAILED, "result_too_large");
+    assert!(out[0].body.len() <= 64, "{out:?}");
+    let failed: ErrorBody = serde_json::from_slice(&out[0].body).expect("FAILED body is JSON");
+    assert_eq!(failed.code, codes::RESULT_TOO_LARGE);
+    m.start_drain(t0);
     let _ = take(&mut m);
-    m.handle_input(&welcome(0, 0), t0);
-    let _ = poll(&mut m, t0);
+    assert!(m.write_goodbye(123_456, 654_321));
+    let out = take(&mut m);
+    assert_eq!(kinds(&out), [FrameKind::Goodbye]);
+    assert!(
+        out[0].body.len() <= 64 && !out[0].body.is_empty(),
+        "{out:?}"
+    );
+    // An ERROR of the worker's own fits too, and is still JSON.
+    let (mut m, t0) = welcomed_with(config(4), 64, 0);
     m.handle_input(&task_frame(1, 0, "a\x01", b""), t0);
     let _ = poll(&mut m, t0);
     let out = take(&mut m);
     assert_eq!(kinds(&out), [FrameKind::Error]);
-    assert!(out[0].body.is_empty(), "max_body 0: no ERROR body either");
+    assert!(out[0].body.len() <= 64, "{out:?}");
+    let error: ErrorBody = serde_json::from_slice(&out[0].body).expect("ERROR body is JSON");
+    assert_eq!(error.code, codes::BAD_FRAME);
 }
 
 #[test]
@@ -620,8 +637,53 @@ fn task_name_with_non_printable_byte_is_bad_frame() {
 }
 
 #[test]
-fn task_name_with_a_space_is_bad_frame() {
-    assert_task_body_is_bad_frame(&[4, b'e', b'c', b' ', b'o']);
+fn task_name_with_a_space_is_accepted() {
+    // PROTOCOL.md: printable ASCII is 0x20..=0x7E, the space included.
+    let (mut m, t0) = welcomed(4);
+    m.handle_input(&task_frame(7, 0, "resize image", b"p"), t0);
+    match poll(&mut m, t0) {
+        Some(Ev::Task {
+            handler, payload, ..
+        }) => {
+            assert_eq!(handler, "resize image");
+            assert_eq!(payload, b"p");
+        }
+        other => panic!("expected the task, got {other:?}"),
+    }
+    // Below the space and DEL above the tilde stay refused.
+    assert_task_body_is_bad_frame(&[4, b'e', b'c', 0x1f, b'o']);
+    assert_task_body_is_bad_frame(&[4, b'e', b'c', 0x7f, b'o']);
+}
+
+#[test]
+fn error_text_from_the_manager_is_capped_and_escaped() {
+    let t0 = Instant::now();
+    let mut m = WorkerMachine::new(config(4), t0);
+    let _ = take(&mut m);
+    let message = format!("line one\nFAKE LOG LINE{}", "x".repeat(500));
+    let body = ErrorBody::new("bad\ncode", message).to_json();
+    m.handle_input(&frame(FrameKind::Error, 0, 0, &body), t0);
+    let Some(Ev::Closed(CloseReason::PeerError { code, message, .. })) = poll(&mut m, t0) else {
+        panic!("expected the manager's ERROR");
+    };
+    assert_eq!(code, "bad\\ncode");
+    assert!(message.starts_with("line one\\nFAKE LOG LINE"), "{message}");
+    assert!(!message.contains('\n'));
+    assert!(message.len() < 300, "{} bytes kept", message.len());
+    assert!(message.ends_with(" bytes]"), "the cut is marked");
+}
+
+#[test]
+fn the_welcome_manager_name_is_escaped() {
+    let t0 = Instant::now();
+    let mut m = WorkerMachine::new(config(4), t0);
+    let _ = take(&mut m);
+    let body = br#"{"protocol":1,"manager":"m1\nINFO forged","max_body":1024,"heartbeat_ms":0}"#;
+    m.handle_input(&frame(FrameKind::Welcome, 0, 0, body), t0);
+    match poll(&mut m, t0) {
+        Some(Ev::Welcomed(welcome)) => assert_eq!(welcome.manager, "m1\\nINFO forged"),
+        other => panic!("expected Welcomed, got {other:?}"),
+    }
 }
 
 #[test]
