@@ -7,6 +7,10 @@
 //! [`CONNECTION_DEADLINE`] for the whole exchange, so a client that opens
 //! many connections or sends an endless header cannot hold the listener or
 //! grow its memory. One request per connection (`Connection: close`).
+//!
+//! `/metrics` is gzipped when the request's `Accept-Encoding` allows gzip, as
+//! Prometheus' scrapes do (`Content-Encoding: gzip`, `Vary: Accept-Encoding`);
+//! everything else, and a client that does not ask, gets identity bytes.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -242,11 +246,24 @@ fn respond(head: &[u8], telemetry: &Telemetry) -> Vec<u8> {
     }
     let path = target.split(|&b| b == b'?').next().unwrap_or_default();
     let full = match path {
-        b"/metrics" => response(
-            200,
-            "text/plain; version=0.0.4; charset=utf-8",
-            telemetry.render_metrics().as_bytes(),
-        ),
+        b"/metrics" => {
+            let text = telemetry.render_metrics();
+            let content_type = "text/plain; version=0.0.4; charset=utf-8";
+            match accepts_gzip(head).then(|| gzip(text.as_bytes())).flatten() {
+                Some(body) => response_with(
+                    200,
+                    content_type,
+                    &["Content-Encoding: gzip", "Vary: Accept-Encoding"],
+                    &body,
+                ),
+                None => response_with(
+                    200,
+                    content_type,
+                    &["Vary: Accept-Encoding"],
+                    text.as_bytes(),
+                ),
+            }
+        }
         b"/healthz" => response(200, "text/plain", b"ok\n"),
         b"/readyz" => {
             if telemetry.ready() {
@@ -278,7 +295,56 @@ fn respond(head: &[u8], telemetry: &Telemetry) -> Vec<u8> {
     }
 }
 
+/// Whether the request head's `Accept-Encoding` allows gzip: `gzip` (or
+/// `x-gzip`, or `*` when gzip is not named) with a quality above 0.
+fn accepts_gzip(head: &[u8]) -> bool {
+    let Ok(head) = std::str::from_utf8(head) else {
+        return false;
+    };
+    let mut gzip = None;
+    let mut any = None;
+    for line in head.split("\r\n").skip(1) {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        if !name.trim().eq_ignore_ascii_case("accept-encoding") {
+            continue;
+        }
+        for item in value.split(',') {
+            let mut parts = item.split(';');
+            let coding = parts.next().unwrap_or_default().trim();
+            let quality = parts
+                .filter_map(|p| p.trim().split_once('='))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+                .map_or(Some(1.0), |(_, q)| q.trim().parse::<f32>().ok());
+            let accepted = quality.is_some_and(|q| q > 0.0);
+            if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+                gzip = Some(accepted);
+            } else if coding == "*" {
+                any = Some(accepted);
+            }
+        }
+    }
+    gzip.or(any).unwrap_or(false)
+}
+
+/// `body` gzipped at the fastest level: a scrape is compressed once and read
+/// once, and the fast level already shrinks the exposition about tenfold.
+fn gzip(body: &[u8]) -> Option<Vec<u8>> {
+    use flate2::write::GzEncoder;
+    let mut encoder = GzEncoder::new(
+        Vec::with_capacity(body.len() / 8),
+        flate2::Compression::fast(),
+    );
+    encoder.write_all(body).ok()?;
+    encoder.finish().ok()
+}
+
 fn response(status: u16, content_type: &str, body: &[u8]) -> Vec<u8> {
+    response_with(status, content_type, &[], body)
+}
+
+fn response_with(status: u16, content_type: &str, headers: &[&str], body: &[u8]) -> Vec<u8> {
     let reason = match status {
         200 => "OK",
         404 => "Not Found",
@@ -287,11 +353,47 @@ fn response(status: u16, content_type: &str, body: &[u8]) -> Vec<u8> {
         503 => "Service Unavailable",
         _ => "",
     };
-    let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+    let mut out = format!("HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n");
+    for header in headers {
+        out.push_str(header);
+        out.push_str("\r\n");
+    }
+    out.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
-    )
-    .into_bytes();
+    ));
+    let mut out = out.into_bytes();
     out.extend_from_slice(body);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::accepts_gzip;
+
+    #[test]
+    fn gzip_only_when_the_request_allows_it() {
+        let head = |encoding: &str| format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{encoding}");
+        for (encoding, wanted) in [
+            ("Accept-Encoding: gzip", true),
+            ("accept-encoding: deflate, GZIP;q=0.5", true),
+            ("Accept-Encoding: x-gzip", true),
+            ("Accept-Encoding: *", true),
+            ("Accept-Encoding: gzip;q=0", false),
+            ("Accept-Encoding: gzip; q=0.000", false),
+            ("Accept-Encoding: *, gzip;q=0", false),
+            ("Accept-Encoding: identity", false),
+            ("Accept-Encoding: br, deflate", false),
+            ("Accept-Encoding: gzip;q=oops", false),
+            ("X-Accept-Encoding: gzip", false),
+            ("User-Agent: gzip", false),
+            ("", false),
+        ] {
+            assert_eq!(
+                accepts_gzip(head(encoding).as_bytes()),
+                wanted,
+                "{encoding:?}"
+            );
+        }
+    }
 }
