@@ -1,5 +1,6 @@
 //! The agent: picks the runtime, starts its sessions, turns signals into a
-//! graceful drain, and reports how the run ended.
+//! graceful drain (SIGTERM, SIGINT) or a reload (SIGHUP), and reports how
+//! the run ended.
 //!
 //! Everything below (dialling, reconnecting, the protocol) happens inside the
 //! runtime; this module only wires a [`Config`] to a [`RuntimeMode`].
@@ -137,17 +138,42 @@ impl Agent {
 /// process group, so one stop arrives twice within microseconds.
 pub const REPEATED_SIGNAL_WINDOW: Duration = Duration::from_millis(250);
 
+/// The signals the agent handles, caught from the moment this returns: a
+/// SIGTERM or SIGHUP that arrives while the agent starts waits for
+/// [`spawn_signal_thread`] instead of ending the process.
+pub fn catch_signals() -> std::io::Result<signal_hook::iterator::Signals> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+}
+
 /// SIGTERM / SIGINT: the first starts a drain; one more within
 /// [`REPEATED_SIGNAL_WINDOW`] is the same request; a later one exits at once
-/// with status 130.
+/// with status 130. Without a configuration to reload, SIGHUP is logged
+/// and otherwise ignored.
 pub fn install_signal_handlers(stop: StopHandle) -> std::io::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    spawn_signal_thread(catch_signals()?, stop, || {
+        tracing::info!("SIGHUP: no configuration to reload; nothing changed");
+    })
+}
+
+/// Handle the signals [`catch_signals`] caught on a thread of their own:
+/// SIGTERM / SIGINT as [`install_signal_handlers`] says, SIGHUP by calling
+/// `reload` (on that thread; the agent keeps running whatever it does).
+pub fn spawn_signal_thread(
+    mut signals: signal_hook::iterator::Signals,
+    stop: StopHandle,
+    mut reload: impl FnMut() + Send + 'static,
+) -> std::io::Result<()> {
+    use signal_hook::consts::SIGHUP;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             let mut first: Option<std::time::Instant> = None;
             for signal in signals.forever() {
+                if signal == SIGHUP {
+                    reload();
+                    continue;
+                }
                 match first {
                     None => {
                         first = Some(std::time::Instant::now());

@@ -16,7 +16,10 @@
 //!   counted in one `send_raw` / `recv_raw` per engine.
 //! - [`transport`]: endpoints (`tcp://`, `tls://`, `unix://`), dialling, and
 //!   TLS configuration ([`transport::tls`]).
-//! - [`agent`], [`config`]: the `ringworker run` command around a runtime.
+//! - [`agent`], [`config`]: the `ringworker run` command around a runtime;
+//!   [`logging`]: its logs on stderr, text or JSON; [`reload`]: SIGHUP
+//!   re-reads the config file and applies what can change live;
+//!   [`notify`]: readiness, status and watchdog pings for systemd.
 //! - [`stats`], [`format`]: live counters and their human form;
 //!   [`metrics`], [`http`]: Prometheus metrics and the HTTP listener
 //!   (`/metrics`, `/healthz`, `/readyz`, `/status`) on a thread of its own.
@@ -58,9 +61,12 @@ pub mod fuzzing;
 pub mod handlers;
 pub mod http;
 pub mod link;
+pub mod logging;
 pub mod manager;
 pub mod metrics;
+pub mod notify;
 pub mod protocol;
+pub mod reload;
 pub mod runtime;
 pub mod session;
 pub mod stats;

@@ -4,14 +4,17 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use ringworker::agent::{install_signal_handlers, Agent};
+use ringworker::agent::{catch_signals, spawn_signal_thread, Agent};
 use std::sync::Arc;
 
 use ringworker::config::{self, Config, LogFormat, MetricsAddr, RunArgs};
 use ringworker::demo::{self, DemoArgs};
 use ringworker::handlers::HandlerRegistry;
 use ringworker::http::HttpServer;
+use ringworker::logging::{self, init_logging};
 use ringworker::metrics::Telemetry;
+use ringworker::notify::Notifier;
+use ringworker::reload::Reloader;
 
 /// A Linux worker agent: dials a manager, runs the tasks it sends, answers
 /// with every byte counted.
@@ -54,27 +57,23 @@ RINGWORKER_LOG=debug (an EnvFilter) raises the log level.
 
 Signals: SIGTERM or SIGINT drains every session (DRAIN, the tasks in flight finished, \
 GOODBYE) and exits; a second signal exits at once (one within 250 ms of the first is the \
-same request: `timeout` signals the agent and then its process group).
+same request: `timeout` signals the agent and then its process group). SIGHUP re-reads the \
+--config file (flags and RINGWORKER_* still win over it) and never stops the agent: \
+log_format applies at once; every other key that changed is named in one log line as \
+taking effect only after a restart, and keeps its running value; a file that no longer \
+parses is logged as an error and the running configuration stays.
+
+systemd (Type=notify, NOTIFY_SOCKET set): READY=1 once the first session has completed \
+its handshake; STATUS= with the sessions connected and the tasks done; WATCHDOG=1 every \
+half WATCHDOG_USEC while every runtime loop turns (a wedged loop stops the pings and \
+systemd restarts the agent); STOPPING=1 when the drain starts; RELOADING=1 then READY=1 \
+around a SIGHUP reload.
 
 Exit status: 0 after a clean drain; 1 when the manager refused the agent (unauthorized, \
 unsupported_version), when the drain timed out with tasks abandoned, or when the metrics \
 address cannot be bound; 2 for bad options or configuration; 130 on a second signal.
 
 Endpoints (--metrics-addr): /metrics (Prometheus), /healthz, /readyz, /status (JSON).";
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RINGWORKER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
-}
 
 fn main() -> ExitCode {
     let cli: Cli = config::parse_args_or_exit("ringworker");
@@ -162,6 +161,19 @@ fn run(args: &RunArgs) -> ExitCode {
     if let Some(key) = config.tls.as_ref().and(config.tls_key.as_deref()) {
         ringworker::transport::tls::warn_if_exposed(key);
     }
+    // Signals first: a SIGTERM that arrives while the sessions start must
+    // drain them, and a SIGHUP must not end the process (its default).
+    let signals = match catch_signals() {
+        Ok(signals) => signals,
+        Err(err) => {
+            fatal(
+                &config,
+                &Notifier::default(),
+                format_args!("cannot install signal handlers: {err}"),
+            );
+            return ExitCode::from(1);
+        }
+    };
     // Each session is a socket: allow as many as the hard limit permits.
     if let Ok(limit) = rlimit::increase_nofile_limit(u64::MAX) {
         tracing::debug!(limit, "open-file limit raised to the hard limit");
@@ -178,10 +190,11 @@ fn run(args: &RunArgs) -> ExitCode {
     let mut agent = match Agent::new(&config, HandlerRegistry::with_builtins()) {
         Ok(agent) => agent,
         Err(err) => {
-            fatal(&config, format_args!("{err}"));
+            fatal(&config, &Notifier::default(), format_args!("{err}"));
             return ExitCode::from(1);
         }
     };
+    let notifier = Notifier::from_env(agent.stats(), &config.manager);
     let _http = match config.metrics_addr {
         MetricsAddr::Off => None,
         MetricsAddr::Listen(addr) => {
@@ -194,6 +207,7 @@ fn run(args: &RunArgs) -> ExitCode {
                 Err(err) => {
                     fatal(
                         &config,
+                        &notifier,
                         format_args!(
                             "cannot listen on {addr} for metrics: {err} (choose another --metrics-addr, or `off`)"
                         ),
@@ -203,27 +217,36 @@ fn run(args: &RunArgs) -> ExitCode {
             }
         }
     };
-    // Signals first: a SIGTERM that arrives while the sessions start must
-    // drain them, not kill the process with the default action.
-    if let Err(err) = install_signal_handlers(agent.stop_handle()) {
+    let mut reloader = Reloader::new(args.clone(), config.clone(), notifier.clone());
+    if let Err(err) = spawn_signal_thread(signals, agent.stop_handle(), move || reloader.reload()) {
         fatal(
             &config,
-            format_args!("cannot install signal handlers: {err}"),
+            &notifier,
+            format_args!("cannot start the signal thread: {err}"),
+        );
+        return ExitCode::from(1);
+    }
+    if let Err(err) = notifier.start(&agent.stop_handle()) {
+        fatal(
+            &config,
+            &notifier,
+            format_args!("cannot start the systemd notifier: {err}"),
         );
         return ExitCode::from(1);
     }
     if let Err(err) = agent.run(&config) {
-        fatal(&config, format_args!("{err}"));
+        fatal(&config, &notifier, format_args!("{err}"));
         return ExitCode::from(1);
     }
     let report = agent.wait();
     if let Some(reason) = &report.fatal {
-        fatal(&config, format_args!("{reason}"));
+        fatal(&config, &notifier, format_args!("{reason}"));
         return ExitCode::from(1);
     }
     if report.abandoned_tasks > 0 {
         fatal(
             &config,
+            &notifier,
             format_args!(
                 "drain timed out: {} task(s) abandoned",
                 report.abandoned_tasks
@@ -235,9 +258,11 @@ fn run(args: &RunArgs) -> ExitCode {
 }
 
 /// The last line of a run that ends in failure, on stderr: `ringworker: why`,
-/// or with `--log-format json` a JSON log line like every other.
-fn fatal(config: &Config, why: std::fmt::Arguments<'_>) {
-    match config.log_format {
+/// or with JSON logs (as configured, or switched to by a reload) a JSON log
+/// line like every other. Under systemd it is the unit's status too.
+fn fatal(config: &Config, notifier: &Notifier, why: std::fmt::Arguments<'_>) {
+    notifier.status(&format!("failed: {why}"));
+    match logging::current_format(config.log_format) {
         LogFormat::Text => ringworker::tell!("ringworker: {why}"),
         LogFormat::Json => tracing::error!(fatal = true, "{why}"),
     }
