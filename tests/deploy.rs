@@ -55,7 +55,12 @@ fn systemd_unit_verifies_and_is_hardened_with_io_uring_allowed() {
         "systemd-analyze verify:\n{output}"
     );
     for line in [
+        "Type=notify",
         "Restart=on-failure",
+        "LoadCredential=token:/etc/ringworker/token",
+        "Environment=RINGWORKER_TOKEN_FILE=%d/token",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "ConfigurationDirectoryMode=0755",
         "DynamicUser=yes",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
@@ -72,6 +77,29 @@ fn systemd_unit_verifies_and_is_hardened_with_io_uring_allowed() {
     for syscall in ["io_uring_setup", "io_uring_enter", "io_uring_register"] {
         assert!(filter.contains(syscall), "the filter must allow {syscall}");
     }
+    // A config or permission error (exit 2) and a refused token (exit 1)
+    // are retried, not left failed for good.
+    assert!(
+        !unit
+            .lines()
+            .any(|l| l.starts_with("RestartPreventExitStatus=")),
+        "every failure restarts"
+    );
+    let seconds = |key: &str| -> u64 {
+        let value = unit
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("{key} missing"));
+        match value.strip_suffix("min") {
+            Some(minutes) => minutes.parse::<u64>().unwrap() * 60,
+            None => value.trim_end_matches('s').parse().unwrap(),
+        }
+    };
+    // READY=1 waits for the first handshake: long enough for a manager
+    // that starts late, never for ever (the boot waits for this unit).
+    assert!((60..=600).contains(&seconds("TimeoutStartSec=")));
+    // The loops beat every second and the agent pings at half the period.
+    assert!((10..=120).contains(&seconds("WatchdogSec=")));
     let stop: u64 = unit
         .lines()
         .find_map(|l| l.strip_prefix("TimeoutStopSec="))
@@ -319,6 +347,8 @@ fn completions_and_man_page_come_from_the_cli_definition() {
         "RINGWORKER_DRAIN_TIMEOUT",
         "Exit status: 0 after a clean drain",
         "SIGTERM",
+        "SIGHUP re\\-reads",
+        "READY=1",
     ] {
         assert!(text.contains(needle), "ringworker-run(1) lacks {needle}");
     }
