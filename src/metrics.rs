@@ -45,6 +45,15 @@ pub const AGENT_TASKS_IN_FLIGHT: &str = "ringworker_agent_tasks_in_flight";
 /// Always 1; `runtime` is the runtime in use, `requested` the one asked for.
 pub const RUNTIME_INFO: &str = "ringworker_runtime_info";
 
+/// The series exported once per session; `session_metrics = false` drops
+/// them.
+pub const PER_SESSION: [&str; 4] = [
+    SESSION_BYTES_SENT,
+    SESSION_BYTES_RECEIVED,
+    SESSION_CONNECTED,
+    TASKS_IN_FLIGHT,
+];
+
 /// The `process_*` series every scrape carries, as client libraries name
 /// them (name, type, help).
 pub const PROCESS_METRICS: [(&str, &str, &str); 8] = [
