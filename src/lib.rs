@@ -61,6 +61,7 @@ pub mod fuzzing;
 pub mod handlers;
 pub mod http;
 pub mod link;
+pub mod log_limit;
 pub mod logging;
 pub mod manager;
 pub mod metrics;

@@ -434,26 +434,42 @@ impl WorkerSession {
     /// the totals line.
     pub fn log_end(&self, broken: Option<&str>) {
         let index = self.index;
+        // Repeated lines of one kind (a manager that refuses every session
+        // the same way) are counted, not repeated: log_limit.
+        let now = Instant::now();
         match (&self.closed, broken) {
             (Some(reason), None) if reason.is_graceful() => {}
-            (Some(reason), None) => tracing::warn!(session = index, "session {index}: {reason}"),
+            (Some(reason), None) => {
+                crate::log_limit::warn_session(index, &reason.to_string(), now);
+            }
             (_, Some(why)) => {
                 let lost = self.in_flight();
                 self.stats.set_last_error(Some(why.to_owned()));
                 if lost > 0 {
-                    tracing::warn!(
-                        session = index,
-                        lost,
-                        "session {index}: {why}; {lost} tasks in flight lost to it"
-                    );
+                    let what = format!("{why}; {lost} tasks in flight lost to it");
+                    crate::log_limit::warn_session(index, &what, now);
                 } else {
-                    tracing::warn!(session = index, lost, "session {index}: {why}");
+                    crate::log_limit::warn_session(index, why, now);
                 }
             }
             (None, None) => {}
         }
-        // No structured field: the text line ends as AGENT.md shows it.
-        tracing::info!("{}", self.summary_line());
+        // Text lines end as AGENT.md shows them, so the totals are fields
+        // only where fields have keys of their own (JSON logs).
+        let json = crate::logging::current_format(crate::config::LogFormat::Text)
+            == crate::config::LogFormat::Json;
+        if json {
+            tracing::info!(
+                session = index,
+                bytes_sent = self.stats.bytes_sent(),
+                bytes_received = self.stats.bytes_received(),
+                tasks = self.tasks_this_connection,
+                "{}",
+                self.summary_line()
+            );
+        } else {
+            tracing::info!("{}", self.summary_line());
+        }
     }
 
     /// The line logged when the connection ends (AGENT.md).

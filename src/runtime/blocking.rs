@@ -150,7 +150,7 @@ fn supervise(
         match BlockingStream::connect(&plan.endpoint, plan.connect_timeout) {
             Err(err) => {
                 let message = format!("cannot reach manager {}: {err}", plan.endpoint);
-                tracing::warn!(session = index, "session {index}: {message}");
+                crate::log_limit::warn_session(index, &message, Instant::now());
                 stats.set_last_error(Some(message));
             }
             Ok(stream) => {

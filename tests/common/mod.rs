@@ -2,6 +2,8 @@
 //! runtime against a manager listening on loopback or a Unix socket.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

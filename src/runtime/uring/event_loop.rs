@@ -859,7 +859,7 @@ impl EventLoop {
 
     fn dial_failed(&mut self, slot_id: u32, message: String, now: Instant) {
         let s = &mut self.slots[slot_id as usize];
-        tracing::warn!(session = s.index, "session {}: {message}", s.index);
+        crate::log_limit::warn_session(s.index, &message, now);
         s.stats.set_last_error(Some(message));
         self.back_off(slot_id, now);
     }
@@ -1023,7 +1023,7 @@ impl EventLoop {
             }
             None => {
                 if let Some(why) = &s.broken {
-                    tracing::warn!(session = s.index, "session {}: {why}", s.index);
+                    crate::log_limit::warn_session(s.index, why, now);
                     s.stats.set_last_error(Some(why.clone()));
                 }
                 uptime = Duration::ZERO;
