@@ -437,6 +437,9 @@ fn help_explains_every_option() {
     ] {
         assert!(help.contains(option), "--help lacks {option}");
     }
+    for topic in ["SIGHUP", "RELOADING=1", "READY=1", "WATCHDOG=1"] {
+        assert!(help.contains(topic), "--help lacks {topic}");
+    }
 }
 
 #[test]
