@@ -1,11 +1,14 @@
-//! The HTTP listener's endpoints against a live agent. (One test per binary
-//! here: the metrics recorder is process-wide.)
+//! The HTTP listener's endpoints against a live agent: health, readiness,
+//! status, the metrics (process-wide, per-session and `process_*` series),
+//! and gzip when the scraper asks for it. (One test per binary here: the
+//! metrics recorder is process-wide.)
 
 // Tests unwrap freely: a panic is a failed test with its location.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
+use std::io::{Read, Write};
 use std::sync::Arc;
 
 use common::{accept, http_get, plan, start, tcp_listener, TIMEOUT};
@@ -87,8 +90,128 @@ fn endpoints_report_health_readiness_status_and_metrics() {
         .unwrap();
     let value: u64 = line.split(' ').nth(1).unwrap().parse().unwrap();
     assert_eq!(value, stats.bytes_sent_total());
+    let sample = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} missing from:\n{metrics}"))
+            .parse()
+            .unwrap()
+    };
+    // Process-wide series, exported whatever session_metrics says.
+    assert_eq!(sample("ringworker_sessions_connected"), 2.0);
+    assert_eq!(sample("ringworker_sessions_configured"), 2.0);
+    assert_eq!(sample("ringworker_agent_tasks_in_flight"), 0.0);
+    let runtime = metrics
+        .lines()
+        .find(|l| l.starts_with("ringworker_runtime_info{"))
+        .unwrap();
+    assert!(
+        runtime.contains("runtime=\"blocking\"")
+            && runtime.contains("requested=\"auto\"")
+            && runtime.ends_with("} 1"),
+        "{runtime}"
+    );
+    // The standard process series, typed as Prometheus' clients type them.
+    assert!(metrics.contains("# TYPE process_cpu_seconds_total counter\n"));
+    assert!(metrics.contains("# TYPE process_resident_memory_bytes gauge\n"));
+    assert!(sample("process_resident_memory_bytes") > 1024.0 * 1024.0);
+    // This process's descriptors: the HTTP listener and the scrape's
+    // socket at least.
+    assert!(sample("process_open_fds") >= 2.0);
+    assert!(sample("process_max_fds") >= sample("process_open_fds"));
+    assert!(sample("process_cpu_seconds_total") > 0.0);
+    assert!(sample("process_threads") >= 2.0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let started = sample("process_start_time_seconds");
+    assert!(
+        started <= now + 1.0 && started > now - 3600.0,
+        "started {started}, now {now}"
+    );
+
+    // gzip when asked: Content-Encoding and a Content-Length of the
+    // compressed body, which inflates to the same exposition.
+    let (head, gzipped) = raw_get(&addr, "/metrics", "Accept-Encoding: gzip\r\n");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(header(&head, "content-encoding").as_deref(), Some("gzip"));
+    assert_eq!(header(&head, "vary").as_deref(), Some("Accept-Encoding"));
+    assert_eq!(
+        header(&head, "content-length")
+            .unwrap()
+            .parse::<usize>()
+            .unwrap(),
+        gzipped.len()
+    );
+    let mut inflated = String::new();
+    flate2::read::GzDecoder::new(&gzipped[..])
+        .read_to_string(&mut inflated)
+        .unwrap();
+    let (head, plain) = raw_get(&addr, "/metrics", "");
+    assert_eq!(header(&head, "content-encoding"), None, "{head}");
+    assert_eq!(
+        header(&head, "content-length")
+            .unwrap()
+            .parse::<usize>()
+            .unwrap(),
+        plain.len()
+    );
+    let plain = String::from_utf8(plain).unwrap();
+    assert!(
+        gzipped.len() < plain.len() / 2,
+        "gzip shrinks the exposition"
+    );
+    // The agent is idle: the ringworker series are the same in both (the
+    // order of series is not fixed; process_* values move between scrapes).
+    let stable = |text: &str| {
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| !l.contains("process_"))
+            .map(str::to_owned)
+            .collect();
+        lines.sort();
+        lines
+    };
+    assert_eq!(stable(&inflated), stable(&plain));
+    assert!(inflated.contains("process_resident_memory_bytes "));
+    // A client that refuses gzip gets identity bytes.
+    let (head, body) = raw_get(&addr, "/metrics", "Accept-Encoding: gzip;q=0, identity\r\n");
+    assert_eq!(header(&head, "content-encoding"), None, "{head}");
+    assert!(String::from_utf8(body)
+        .unwrap()
+        .contains("ringworker_build_info"));
+    // Other paths are never compressed.
+    let (head, _) = raw_get(&addr, "/status", "Accept-Encoding: gzip\r\n");
+    assert_eq!(header(&head, "content-encoding"), None, "{head}");
+
     assert_eq!(http_get(&addr, "/nope").unwrap().0, 404);
     agent.request_stop();
     drop(conn);
     assert!(agent.wait().is_clean());
+}
+
+/// GET with extra header lines: (head, body bytes).
+fn raw_get(addr: &str, path: &str, headers: &str) -> (String, Vec<u8>) {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let end = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8(response[..end].to_vec()).unwrap();
+    (head, response[end + 4..].to_vec())
+}
+
+fn header(head: &str, name: &str) -> Option<String> {
+    head.lines().skip(1).find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.eq_ignore_ascii_case(name)
+            .then(|| value.trim().to_owned())
+    })
 }

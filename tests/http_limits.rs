@@ -1,6 +1,7 @@
 //! The HTTP listener under a slow or hostile client: a flood of idle
-//! connections and an endless header. (Its own test binary: the metrics
-//! recorder is process-wide.)
+//! connections and an endless header; and what it exports with
+//! `session_metrics = false`. (Its own test binary: the metrics recorder is
+//! process-wide, so every agent here runs with the per-session series off.)
 
 // Tests unwrap freely: a panic is a failed test with its location.
 #![allow(clippy::unwrap_used)]
@@ -14,21 +15,32 @@ use std::time::Duration;
 
 use common::{http_get, plan, start, tcp_listener};
 use ringworker::http::HttpServer;
-use ringworker::metrics::Telemetry;
+use ringworker::manager::ManagerEvent;
+use ringworker::metrics::{Telemetry, TelemetryOptions};
 use ringworker::runtime::{RuntimeKind, RuntimeMode};
 use ringworker::transport::BlockingListener;
 
 /// A blocking agent (its manager's listener kept open) and an HTTP listener
 /// serving its telemetry; the last item is the listener's address.
 fn agent_with_http() -> (BlockingListener, Box<dyn RuntimeMode>, HttpServer, String) {
+    agent_with_sessions(1)
+}
+
+fn agent_with_sessions(
+    sessions: u32,
+) -> (BlockingListener, Box<dyn RuntimeMode>, HttpServer, String) {
     let listener = tcp_listener();
     let agent = start(
         RuntimeKind::Blocking,
-        plan(listener.local_endpoint().unwrap(), 1, 8),
+        plan(listener.local_endpoint().unwrap(), sessions, 8),
     );
+    let options = TelemetryOptions {
+        session_metrics: false,
+        requested_runtime: "blocking",
+    };
     let server = HttpServer::start(
         "127.0.0.1:0".parse().unwrap(),
-        Arc::new(Telemetry::new(agent.stats())),
+        Arc::new(Telemetry::with_options(agent.stats(), options)),
     )
     .unwrap();
     let addr = server.addr().to_string();
@@ -114,5 +126,59 @@ fn the_head_limit_is_eight_kib_however_it_arrives() {
         );
     }
     agent.request_stop();
+    assert!(agent.wait().is_clean());
+}
+
+/// With `session_metrics = false` no per-session series is exported, while
+/// the process-wide ones (connected sessions, tasks in flight, the task
+/// counters and histogram, runtime and build info, process_*) are.
+#[test]
+fn without_session_metrics_only_process_wide_series_are_exported() {
+    let (listener, mut agent, _server, addr) = agent_with_sessions(3);
+    let mut conns: Vec<_> = (0..3).map(|_| common::accept(&listener).0).collect();
+    assert!(common::wait_until(common::TIMEOUT, || {
+        let (_, metrics) = http_get(&addr, "/metrics").unwrap();
+        metrics.contains("\nringworker_sessions_connected 3\n")
+    }));
+    for (id, conn) in conns.iter_mut().enumerate() {
+        conn.send_task(id as u64 + 1, "echo", b"abc", false)
+            .unwrap();
+        assert!(matches!(
+            conn.next_event(common::TIMEOUT).unwrap(),
+            ManagerEvent::Result { failed: false, .. }
+        ));
+    }
+    let (status, metrics) = http_get(&addr, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    for series in ringworker::metrics::PER_SESSION {
+        assert!(
+            !metrics.contains(series),
+            "{series} exported with session_metrics off:\n{metrics}"
+        );
+    }
+    assert!(!metrics.contains("session=\""), "{metrics}");
+    assert!(
+        !metrics.contains("ringworker_tasks_in_flight{"),
+        "{metrics}"
+    );
+    for wanted in [
+        "\nringworker_sessions_connected 3\n",
+        "\nringworker_sessions_configured 3\n",
+        "\nringworker_agent_tasks_in_flight 0\n",
+        "ringworker_tasks_total{handler=\"echo\",outcome=\"ok\"} 3\n",
+        "ringworker_task_duration_seconds_bucket{",
+        "\nringworker_bytes_sent_total ",
+        "\nringworker_reconnects_total 0\n",
+        "ringworker_build_info{",
+        "requested=\"blocking\"",
+        "\nprocess_resident_memory_bytes ",
+    ] {
+        assert!(
+            metrics.contains(wanted),
+            "{wanted} missing from:\n{metrics}"
+        );
+    }
+    agent.request_stop();
+    drop(conns);
     assert!(agent.wait().is_clean());
 }
