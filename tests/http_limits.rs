@@ -29,6 +29,9 @@ fn agent_with_http() -> (BlockingListener, Box<dyn RuntimeMode>, HttpServer, Str
 fn agent_with_sessions(
     sessions: u32,
 ) -> (BlockingListener, Box<dyn RuntimeMode>, HttpServer, String) {
+    // The recorder first, as the agent's main does: sessions register their
+    // histograms when they are created.
+    ringworker::metrics::recorder();
     let listener = tcp_listener();
     let agent = start(
         RuntimeKind::Blocking,
