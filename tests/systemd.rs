@@ -14,7 +14,7 @@ use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use common::{tcp_listener, TIMEOUT};
@@ -81,6 +81,16 @@ fn accept_from(
     child: &mut Child,
     config: ManagerConfig,
 ) -> (ManagerConn, Hello) {
+    accept_maybe_tls(listener, child, config, None)
+}
+
+/// [`accept_from`], serving TLS when `tls` is given.
+fn accept_maybe_tls(
+    listener: &BlockingListener,
+    child: &mut Child,
+    config: ManagerConfig,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> (ManagerConn, Hello) {
     listener.set_nonblocking(true).unwrap();
     let deadline = Instant::now() + TIMEOUT;
     let stream = loop {
@@ -104,7 +114,10 @@ fn accept_from(
         }
     };
     listener.set_nonblocking(false).unwrap();
-    let mut conn = ManagerConn::new(stream, config);
+    let mut conn = match tls {
+        Some(tls) => ManagerConn::new_tls(stream, config, tls).unwrap(),
+        None => ManagerConn::new(stream, config),
+    };
     let hello = conn.handshake(TIMEOUT).expect("the agent says HELLO");
     (conn, hello)
 }
@@ -172,14 +185,23 @@ fn assert_mode_and_owner(path: &Path, mode: u32, uid: u32) {
     );
 }
 
-/// What systemd does before it starts the unit's ExecStart under
+/// What systemd does (for the unit and its drop-ins) before it starts the unit's ExecStart under
 /// `DynamicUser=yes`: copy each `LoadCredential=` file into the
 /// credentials directory (0500, files 0400, owned by the service user), and
 /// build the environment from `Environment=` with `%d` expanded.
 /// Returns the command ExecStart names, with `/` mapped to `root`.
 fn command_as_the_unit_starts_it(root: &Path, uid: u32) -> Command {
-    let unit = std::fs::read_to_string(root.join("etc/systemd/system/ringworker.service")).unwrap();
-    let settings = service_settings(&unit);
+    let system = root.join("etc/systemd/system");
+    let unit = std::fs::read_to_string(system.join("ringworker.service")).unwrap();
+    let mut settings = service_settings(&unit);
+    // Drop-ins add to the unit, in the order of their names.
+    if let Ok(dir) = std::fs::read_dir(system.join("ringworker.service.d")) {
+        let mut dropins: Vec<PathBuf> = dir.map(|entry| entry.unwrap().path()).collect();
+        dropins.sort();
+        for dropin in dropins {
+            settings.extend(service_settings(&std::fs::read_to_string(dropin).unwrap()));
+        }
+    }
     let setting = |key: &str| -> Vec<&str> {
         settings
             .iter()
@@ -228,9 +250,9 @@ fn command_as_the_unit_starts_it(root: &Path, uid: u32) -> Command {
     command
 }
 
-#[test]
-fn the_installed_unit_runs_the_agent_unprivileged_with_the_token_as_a_credential() {
-    let root = temp_dir("installed");
+/// `DESTDIR=root scripts/install.sh` with the binary under test; returns
+/// what it printed.
+fn install_into(root: &Path) -> String {
     let output = Command::new("bash")
         .arg(repo().join("scripts/install.sh"))
         .env("DESTDIR", &root)
@@ -242,7 +264,26 @@ fn the_installed_unit_runs_the_agent_unprivileged_with_the_token_as_a_credential
         "install.sh: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `install -m 0600 /dev/stdin PATH`, the token on its standard input.
+fn install_secret(path: &Path, secret: &[u8]) {
+    let mut install = Command::new("install")
+        .args(["-m", "0600", "/dev/stdin"])
+        .arg(path)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    install.stdin.take().unwrap().write_all(secret).unwrap();
+    assert!(install.wait().unwrap().success());
+    assert_mode_and_owner(path, 0o600, 0);
+}
+
+#[test]
+fn the_installed_unit_runs_the_agent_unprivileged_with_the_token_as_a_credential() {
+    let root = temp_dir("installed");
+    let stdout = install_into(&root);
     assert!(
         stdout.contains("install -m 0600 /dev/stdin /etc/ringworker/token"),
         "install.sh says how to place the token:\n{stdout}"
@@ -280,20 +321,7 @@ fn the_installed_unit_runs_the_agent_unprivileged_with_the_token_as_a_credential
     std::fs::write(&config, edited).unwrap();
     assert_mode_and_owner(&config, 0o644, 0);
     let token = root.join("etc/ringworker/token");
-    let mut install = Command::new("install")
-        .args(["-m", "0600", "/dev/stdin"])
-        .arg(&token)
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    install
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"s3cret-token\n")
-        .unwrap();
-    assert!(install.wait().unwrap().success());
-    assert_mode_and_owner(&token, 0o600, 0);
+    install_secret(&token, b"s3cret-token\n");
 
     let uid = service_uid();
     // Control: the service user cannot read the token file itself, so the
@@ -336,6 +364,123 @@ fn the_installed_unit_runs_the_agent_unprivileged_with_the_token_as_a_credential
         );
     }
     let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn the_tls_drop_in_hands_root_only_certificates_to_the_unprivileged_agent() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let root = temp_dir("tls");
+    install_into(&root);
+    install_secret(&root.join("etc/ringworker/token"), b"tls-token\n");
+    // A fleet CA, the manager's certificate and the worker's.
+    let pki = temp_dir("tls-pki");
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![name.to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca, &ca_key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (manager_cert, manager_key) = leaf("127.0.0.1");
+    let (worker_cert, worker_key) = leaf("worker-1.fleet.example");
+    for (name, text) in [
+        ("ca.pem", ca.pem()),
+        ("manager.pem", manager_cert),
+        ("manager.key", manager_key),
+        ("worker.pem", worker_cert),
+        ("worker.key", worker_key),
+    ] {
+        std::fs::write(pki.join(name), text).unwrap();
+    }
+    // The steps tls.conf gives: root-only files, and the drop-in.
+    let tls = root.join("etc/ringworker/tls");
+    let run = |args: &[&std::ffi::OsStr]| {
+        let status = Command::new("install").args(args).status().unwrap();
+        assert!(status.success(), "install {args:?}");
+    };
+    run(&[
+        "-d".as_ref(),
+        "-m".as_ref(),
+        "0700".as_ref(),
+        tls.as_os_str(),
+    ]);
+    run(&[
+        "-m".as_ref(),
+        "0600".as_ref(),
+        pki.join("ca.pem").as_os_str(),
+        pki.join("worker.pem").as_os_str(),
+        pki.join("worker.key").as_os_str(),
+        tls.as_os_str(),
+    ]);
+    let dropin = root.join("etc/systemd/system/ringworker.service.d/tls.conf");
+    run(&[
+        "-D".as_ref(),
+        "-m".as_ref(),
+        "0644".as_ref(),
+        repo()
+            .join("deploy/systemd/ringworker.service.d/tls.conf")
+            .as_os_str(),
+        dropin.as_os_str(),
+    ]);
+    assert_mode_and_owner(&tls, 0o700, 0);
+    assert_mode_and_owner(&tls.join("worker.key"), 0o600, 0);
+    // agent.toml as shipped, but for the manager's address: its tls_* paths
+    // name files the service user cannot read; the drop-in's environment
+    // points at the credentials instead.
+    let listener = tcp_listener();
+    let port = listener.local_endpoint().unwrap().to_string();
+    let port = port.rsplit(':').next().unwrap();
+    let config = root.join("etc/ringworker/agent.toml");
+    let edited: String = std::fs::read_to_string(&config)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            if line.starts_with("manager = ") {
+                format!("manager = \"tls://127.0.0.1:{port}\"\n")
+            } else if line.starts_with("metrics_addr = ") {
+                "metrics_addr = \"127.0.0.1:0\"\n".to_owned()
+            } else {
+                format!("{line}\n")
+            }
+        })
+        .collect();
+    assert!(edited.contains("tls_key = \"/etc/ringworker/tls/worker.key\""));
+    std::fs::write(&config, edited).unwrap();
+    let server = ringworker::transport::tls::server_config(
+        &pki.join("manager.pem"),
+        &pki.join("manager.key"),
+        Some(&pki.join("ca.pem")),
+    )
+    .unwrap();
+    let mut child = command_as_the_unit_starts_it(&root, service_uid())
+        .spawn()
+        .unwrap();
+    let manager = ManagerConfig {
+        token: Some("tls-token".into()),
+        ..ManagerConfig::default()
+    };
+    let (mut conn, hello) = accept_maybe_tls(&listener, &mut child, manager, Some(server));
+    assert_eq!(hello.token.as_deref(), Some("tls-token"));
+    assert!(conn.is_tls());
+    assert_eq!(
+        conn.peer_certificates().map(<[_]>::len),
+        Some(1),
+        "the worker presents its certificate (mutual TLS)"
+    );
+    echo(&mut conn, 1);
+    let status = stop(&mut child, conn);
+    assert!(
+        status.success(),
+        "exit {status}:\n{}",
+        stderr_of(&mut child)
+    );
+    let _ = std::fs::remove_dir_all(&root);
+    let _ = std::fs::remove_dir_all(&pki);
 }
 
 /// Datagrams arriving on a test `NOTIFY_SOCKET`, each with its arrival time.
