@@ -255,7 +255,7 @@ fn command_as_the_unit_starts_it(root: &Path, uid: u32) -> Command {
 fn install_into(root: &Path) -> String {
     let output = Command::new("bash")
         .arg(repo().join("scripts/install.sh"))
-        .env("DESTDIR", &root)
+        .env("DESTDIR", root)
         .env("RINGWORKER_BIN", env!("CARGO_BIN_EXE_ringworker"))
         .output()
         .unwrap();
