@@ -172,6 +172,7 @@ impl Link {
                 if t.layer.wants_write() {
                     return;
                 }
+                self.session.output_written();
                 if self.session.closed().is_some() {
                     if t.failure.is_none() && !t.layer.is_handshaking() {
                         t.layer.close();

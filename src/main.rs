@@ -69,9 +69,10 @@ half WATCHDOG_USEC while every runtime loop turns (a wedged loop stops the pings
 systemd restarts the agent); STOPPING=1 when the drain starts; RELOADING=1 then READY=1 \
 around a SIGHUP reload.
 
-Exit status: 0 after a clean drain; 1 when the manager refused the agent (unauthorized, \
-unsupported_version), when the drain timed out with tasks abandoned, or when the metrics \
-address cannot be bound; 2 for bad options or configuration; 130 on a second signal.
+Exit status: 0 after a clean drain (every accepted task's RESULT written); 1 when the \
+manager refused the agent (unauthorized, unsupported_version), when the drain timed out \
+with tasks abandoned or RESULTs undelivered (--drain-timeout bounds the whole drain), or \
+when the metrics address cannot be bound; 2 for bad options or configuration; 130 on a second signal.
 
 Endpoints (--metrics-addr): /metrics (Prometheus), /healthz, /readyz, /status (JSON).";
 
@@ -243,13 +244,13 @@ fn run(args: &RunArgs) -> ExitCode {
         fatal(&config, &notifier, format_args!("{reason}"));
         return ExitCode::from(1);
     }
-    if report.abandoned_tasks > 0 {
+    if report.abandoned_tasks > 0 || report.undelivered_results > 0 {
         fatal(
             &config,
             &notifier,
             format_args!(
-                "drain timed out: {} task(s) abandoned",
-                report.abandoned_tasks
+                "drain timed out: {} task(s) abandoned, {} RESULT(s) undelivered",
+                report.abandoned_tasks, report.undelivered_results
             ),
         );
         return ExitCode::from(1);

@@ -378,6 +378,17 @@ impl WorkerSession {
         self.machine.take_output(spare)
     }
 
+    /// The output taken last has been written in full (see
+    /// [`WorkerSession::results_unwritten`]).
+    pub fn output_written(&mut self) {
+        self.machine.output_written();
+    }
+
+    /// RESULTs queued or under way and not yet known to be written.
+    pub fn results_unwritten(&self) -> u64 {
+        self.machine.results_unwritten()
+    }
+
     /// The bytes to write next, for runtimes that write in place.
     pub fn pending_output(&self) -> &[u8] {
         self.machine.pending_output()
@@ -391,6 +402,7 @@ impl WorkerSession {
     /// Everything handed out so far is on the wire. This is when GOODBYE is
     /// written, so its counters are exact.
     pub fn on_flushed(&mut self, now: Instant) {
+        self.machine.output_written();
         if self.machine.phase() == Phase::GoodbyeDue && !self.machine.has_output() {
             let received = self
                 .bytes_fed

@@ -270,6 +270,11 @@ pub struct WorkerMachine {
     /// are run normally.
     refuse_tasks: bool,
     tasks_refused_draining: u64,
+    /// RESULT frames in `out`, not handed to the driver yet.
+    results_queued: u64,
+    /// RESULT frames in the output the driver took last, until it says that
+    /// output was written ([`WorkerMachine::output_written`]).
+    results_taken: u64,
     /// [`WorkerMachine::poll_input`] handed out a task and the driver's
     /// input holds more bytes it has not decoded yet.
     more_input: bool,
@@ -357,6 +362,8 @@ impl WorkerMachine {
             drain_sent: false,
             refuse_tasks: false,
             tasks_refused_draining: 0,
+            results_queued: 0,
+            results_taken: 0,
             more_input: false,
             result_start: 0,
         };
@@ -795,6 +802,7 @@ impl WorkerMachine {
         self.tasks_refused_draining += 1;
         let body = self.failure_body(codes::DRAINING, "worker is draining");
         encode_frame(&mut self.out, FrameKind::Result, FLAG_FAILED, id, &body);
+        self.results_queued += 1;
         self.last_sent = now;
     }
 
@@ -830,6 +838,7 @@ impl WorkerMachine {
                 encode_frame(&mut self.out, FrameKind::Result, FLAG_FAILED, id, &body);
             }
         }
+        self.results_queued += 1;
         self.last_sent = now;
         self.check_drained();
         Ok(())
@@ -910,6 +919,7 @@ impl WorkerMachine {
                 self.result_too_large(id, body_len);
             }
         }
+        self.results_queued += 1;
         self.last_sent = now;
         self.check_drained();
         Ok(body_len)
@@ -1046,9 +1056,27 @@ impl WorkerMachine {
 
     /// Hand the queued output to the driver, taking `spare` (cleared) as the
     /// new output buffer, so buffers cycle without allocation.
+    ///
+    /// Call order: the driver takes output again only once what it took
+    /// before was written in full (one send at a time), so the RESULTs taken
+    /// before count as written from here on.
     pub fn take_output(&mut self, mut spare: Vec<u8>) -> Vec<u8> {
         spare.clear();
+        self.results_taken = std::mem::take(&mut self.results_queued);
         std::mem::replace(&mut self.out, spare)
+    }
+
+    /// The output taken last has been written in full.
+    pub fn output_written(&mut self) {
+        self.results_taken = 0;
+    }
+
+    /// RESULT frames queued or taken and not yet known to be written: what
+    /// a drain that runs out of time reports as undelivered. A RESULT in a
+    /// send that was under way counts as undelivered, whatever part of it
+    /// the socket took.
+    pub fn results_unwritten(&self) -> u64 {
+        self.results_queued + self.results_taken
     }
 
     /// Drop the first `n` bytes of the output after a driver wrote them in place.

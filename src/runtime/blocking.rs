@@ -22,8 +22,9 @@ use crossbeam_channel::{bounded, never, select, Receiver, RecvError, Sender};
 use rand::SeedableRng;
 
 use super::{
-    drain_timeout_message, AgentPlan, Backoff, ByteCounters, RecvChunk, RunReport, RuntimeError,
-    RuntimeKind, RuntimeMode, StopHandle, DRAIN_FLUSH_GRACE,
+    drain::{DrainTally, StopDrain},
+    AgentPlan, Backoff, ByteCounters, RecvChunk, RunReport, RuntimeError, RuntimeKind, RuntimeMode,
+    StopHandle,
 };
 use crate::link::Link;
 use crate::protocol::{CloseReason, Phase};
@@ -48,7 +49,7 @@ pub struct BlockingRuntime {
     /// Dropped on stop: every supervisor waiting on it wakes.
     stop_tx: Arc<Mutex<Option<Sender<()>>>>,
     stop_rx: Receiver<()>,
-    supervisors: Vec<JoinHandle<u64>>,
+    supervisors: Vec<JoinHandle<DrainTally>>,
     started: bool,
 }
 
@@ -128,18 +129,19 @@ impl RuntimeMode for BlockingRuntime {
     }
 }
 
-/// One session: dial, run, back off, until stopped. Returns abandoned tasks.
+/// One session: dial, run, back off, until stopped. Returns what its drains
+/// left unfinished.
 fn supervise(
     index: u32,
     plan: &AgentPlan,
     agent: &Arc<AgentStats>,
     stop: &StopHandle,
     stop_rx: &Receiver<()>,
-) -> u64 {
+) -> DrainTally {
     let stats = agent.sessions[index as usize].clone();
     let mut backoff = Backoff::new(plan.reconnect);
     let mut rng = rand::rngs::SmallRng::from_os_rng();
-    let mut abandoned = 0;
+    let mut unfinished = DrainTally::default();
     let mut first_dial = true;
     while !stop.is_requested() {
         if !first_dial {
@@ -158,7 +160,7 @@ fn supervise(
                 let counters = ByteCounters::new(stats.clone());
                 let outcome =
                     run_connection(index, stream, plan, agent, &stats, counters, stop, stop_rx);
-                abandoned += outcome.abandoned;
+                unfinished += outcome.unfinished;
                 backoff.connection_ended(outcome.uptime);
                 if let Some(reason) = outcome.reason.as_ref().filter(|r| r.is_refusal()) {
                     let message = format!(
@@ -187,7 +189,7 @@ fn supervise(
         }
     }
     stats.set_state(SessionState::Stopped);
-    abandoned
+    unfinished
 }
 
 /// What a reader thread hands the core.
@@ -201,7 +203,8 @@ struct ConnectionOutcome {
     reason: Option<CloseReason>,
     /// Time since WELCOME (zero if the handshake never completed).
     uptime: Duration,
-    abandoned: u64,
+    /// What the drain left unfinished when its deadline passed.
+    unfinished: DrainTally,
 }
 
 /// Run one connection to its end.
@@ -219,7 +222,7 @@ fn run_connection(
     let mut outcome = ConnectionOutcome {
         reason: None,
         uptime: Duration::ZERO,
-        abandoned: 0,
+        unfinished: DrainTally::default(),
     };
     let (reader_stream, writer_stream) = match (stream.try_clone(), stream.try_clone()) {
         (Ok(r), Ok(w)) => (r, w),
@@ -291,8 +294,7 @@ fn run_connection(
     // Bytes handed to the session; the reader has counted them first.
     let mut fed = 0u64;
     let mut stop_seen = false;
-    let mut drain_deadline: Option<Instant> = None;
-    let mut drain_grace = false;
+    let mut drain: Option<StopDrain> = None;
     let beat = agent.register_loop();
 
     while broken.is_none() {
@@ -323,7 +325,8 @@ fn run_connection(
                     // The reader has counted a chunk the session has not
                     // seen. GOODBYE reports every byte read, so the TASKs in
                     // it are answered first: the chunk is already on its way.
-                    let event = chunk_rx.recv_timeout(LINGER).map_err(|_| RecvError);
+                    let until = StopDrain::cap(drain.as_ref(), now + LINGER);
+                    let event = chunk_rx.recv_deadline(until).map_err(|_| RecvError);
                     // (A timeout here means the reader is gone as well.)
                     match take_read_event(&mut session, event, &recycle_tx, &mut fed) {
                         Ok(eof) => reader_done |= eof,
@@ -345,28 +348,26 @@ fn run_connection(
         }
         if !stop_seen && stop.is_requested() {
             stop_seen = true;
-            drain_deadline = Some(now + plan.drain_timeout);
+            drain = Some(StopDrain::start(now, plan.drain_timeout));
             session.start_drain(now);
             continue;
         }
-        if let Some(deadline) = drain_deadline {
-            if now >= deadline {
-                if session.in_flight() == 0 && !drain_grace {
-                    // Nothing to abandon: let DRAIN and GOODBYE go out.
-                    drain_grace = true;
-                    drain_deadline = Some(now + DRAIN_FLUSH_GRACE);
-                    continue;
+        if let Some(stopping) = drain.filter(|d| d.is_over(now)) {
+            // A write that finished meanwhile delivered its RESULTs.
+            if writer_busy {
+                if let Ok(Ok(_)) = written_rx.try_recv() {
+                    writer_busy = false;
+                    session.output_written();
                 }
-                outcome.abandoned = session.in_flight() as u64;
-                let why = drain_timeout_message(plan.drain_timeout, outcome.abandoned);
-                tracing::error!(
-                    session = index,
-                    abandoned = outcome.abandoned,
-                    "session {index}: {why}"
-                );
-                stats.set_last_error(Some(why));
-                break;
             }
+            let in_flight = if session.closed().is_none() {
+                session.in_flight()
+            } else {
+                0
+            };
+            outcome.unfinished =
+                stopping.timed_out(index, in_flight, session.results_unwritten(), stats);
+            break;
         }
         let read_rx = if session.wants_read() && !reader_done {
             &chunk_rx
@@ -374,7 +375,7 @@ fn run_connection(
             &never_read
         };
         let stop_branch = if stop_seen { &never_stop } else { stop_rx };
-        let deadline = match (session.poll_timeout(), drain_deadline) {
+        let deadline = match (session.poll_timeout(), drain.map(|d| d.deadline())) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -393,6 +394,7 @@ fn run_connection(
             recv(written_rx) -> result => match result {
                 Ok(Ok(buf)) => {
                     writer_busy = false;
+                    session.output_written();
                     spare = buf;
                 }
                 Ok(Err(err)) => {
@@ -413,14 +415,20 @@ fn run_connection(
 
     // Close: finish writing, half-close, read what the manager still sends
     // (so its last bytes are counted and it sees no reset), then tear down.
+    // A stopping connection waits for nothing past its drain deadline.
     drop(write_tx);
-    if writer_busy {
-        let _ = written_rx.recv_timeout(LINGER);
+    let timed_out =
+        !outcome.unfinished.is_clean() || drain.is_some_and(|d| d.is_over(Instant::now()));
+    if writer_busy && !timed_out {
+        let until = StopDrain::cap(drain.as_ref(), Instant::now() + LINGER);
+        if let Ok(Ok(_)) = written_rx.recv_deadline(until) {
+            session.output_written();
+        }
     }
     let linger = session.closed().is_some_and(|r| r.wants_linger());
-    if broken.is_none() && outcome.abandoned == 0 && linger {
+    if broken.is_none() && !timed_out && linger {
         let _ = stream.shutdown(Shutdown::Write);
-        let linger_until = Instant::now() + LINGER;
+        let linger_until = StopDrain::cap(drain.as_ref(), Instant::now() + LINGER);
         if !reader_done {
             while let Ok(ReadEvent::Data(buf, _)) = chunk_rx.recv_deadline(linger_until) {
                 let _ = recycle_tx.try_send(buf);

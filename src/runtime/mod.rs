@@ -8,6 +8,7 @@
 //! `recv_raw` per runtime, through [`ByteCounters`].
 
 pub mod blocking;
+pub mod drain;
 pub mod uring;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -246,22 +247,6 @@ impl StopHandle {
 /// 1.66 µs page-aligned and 1.50 µs half a page in (BENCHMARKS.md).
 pub const RECV_PAGE_OFFSET: usize = 2048;
 
-/// When the drain timeout passes with every task answered, only DRAIN and
-/// GOODBYE are left to write (`--drain-timeout 0` with nothing in flight):
-/// they get this long before the connection is closed without them.
-pub const DRAIN_FLUSH_GRACE: Duration = Duration::from_secs(2);
-
-/// The one line logged when a drain runs out of time.
-pub fn drain_timeout_message(timeout: Duration, abandoned: u64) -> String {
-    if abandoned > 0 {
-        format!("drain timed out after {timeout:?}: {abandoned} tasks abandoned")
-    } else {
-        format!(
-            "drain timed out after {timeout:?}: every task was answered, but GOODBYE could not \
-             be written within {DRAIN_FLUSH_GRACE:?} more"
-        )
-    }
-}
 const PAGE: usize = 4096;
 
 /// Heap memory for receives whose usable part starts [`RECV_PAGE_OFFSET`]
@@ -298,17 +283,21 @@ impl RecvChunk {
     }
 }
 
-/// Join an engine's threads, each returning the tasks it abandoned, into
-/// the run's report (`what` names the threads in the log if one panicked).
+/// Join an engine's threads, each returning what its drains left
+/// unfinished, into the run's report (`what` names the threads in the log if
+/// one panicked).
 pub(crate) fn join_threads(
-    handles: impl IntoIterator<Item = std::thread::JoinHandle<u64>>,
+    handles: impl IntoIterator<Item = std::thread::JoinHandle<drain::DrainTally>>,
     stop: &StopHandle,
     what: &str,
 ) -> RunReport {
     let mut report = RunReport::default();
     for handle in handles {
         match handle.join() {
-            Ok(abandoned) => report.abandoned_tasks += abandoned,
+            Ok(tally) => {
+                report.abandoned_tasks += tally.abandoned_tasks;
+                report.undelivered_results += tally.undelivered_results;
+            }
             Err(_) => tracing::error!("a {what} thread panicked"),
         }
     }
@@ -321,6 +310,9 @@ pub(crate) fn join_threads(
 pub struct RunReport {
     /// Tasks still running when the drain deadline passed.
     pub abandoned_tasks: u64,
+    /// RESULTs produced but not known to be written when the drain deadline
+    /// passed.
+    pub undelivered_results: u64,
     /// Why the agent stopped on its own (the manager refused it).
     pub fatal: Option<String>,
 }
@@ -328,7 +320,7 @@ pub struct RunReport {
 impl RunReport {
     /// Exit cleanly only after a clean drain.
     pub fn is_clean(&self) -> bool {
-        self.abandoned_tasks == 0 && self.fatal.is_none()
+        self.abandoned_tasks == 0 && self.undelivered_results == 0 && self.fatal.is_none()
     }
 }
 

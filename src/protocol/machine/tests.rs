@@ -2045,3 +2045,37 @@ fn poll_input_matches_poll_event_for_every_split() {
         assert_eq!(run(Some(cut)), whole, "split at {cut}");
     }
 }
+
+#[test]
+fn results_count_as_unwritten_until_the_output_holding_them_is_written() {
+    let (mut m, t0) = welcomed(8);
+    for id in 1..=3 {
+        m.handle_input(&task(id, b"x"), t0);
+        expect_task(&mut m, t0, id);
+    }
+    m.complete_task(1, TaskOutcome::Ok(b"x"), t0).unwrap();
+    m.complete_task(2, TaskOutcome::Ok(b"x"), t0).unwrap();
+    assert_eq!(m.results_unwritten(), 2);
+    let first = m.take_output(Vec::new());
+    assert_eq!(m.results_unwritten(), 2, "taken is not written");
+    m.complete_task(
+        3,
+        TaskOutcome::Failed {
+            code: "x",
+            message: "y",
+        },
+        t0,
+    )
+    .unwrap();
+    assert_eq!(m.results_unwritten(), 3);
+    // Taking again means the first output was written in full.
+    let _second = m.take_output(first);
+    assert_eq!(m.results_unwritten(), 1);
+    m.output_written();
+    assert_eq!(m.results_unwritten(), 0);
+    // A TASK refused while draining is a RESULT to deliver too.
+    m.start_drain(t0);
+    m.handle_input(&task(9, b"x"), t0);
+    let _ = poll(&mut m, t0);
+    assert_eq!(m.results_unwritten(), 1);
+}

@@ -34,7 +34,8 @@ use super::resolver::Resolver;
 use super::timers::Timers;
 use crate::link::Link;
 use crate::runtime::{
-    drain_timeout_message, AgentPlan, Backoff, ByteCounters, StopHandle, DRAIN_FLUSH_GRACE,
+    drain::{DrainTally, StopDrain},
+    AgentPlan, Backoff, ByteCounters, StopHandle,
 };
 use crate::session::WorkerSession;
 use crate::stats::{AgentStats, SessionState, LOOP_BEAT_INTERVAL};
@@ -156,16 +157,15 @@ struct Slot {
     backoff: Backoff,
     retry_at: Instant,
     deadline: Option<Instant>,
-    drain_deadline: Option<Instant>,
-    /// The drain deadline was moved once, by [`DRAIN_FLUSH_GRACE`], because
-    /// nothing was in flight any more.
-    drain_grace: bool,
+    /// The drain after a stop request: its deadline ends every wait.
+    drain: Option<StopDrain>,
     /// When a closed session's last send must have completed by.
     flush_deadline: Option<Instant>,
     linger_until: Option<Instant>,
     eof: bool,
     broken: Option<String>,
-    abandoned: u64,
+    /// What the drain left unfinished when its deadline passed.
+    unfinished: DrainTally,
     dialled_once: bool,
     /// A connect of this slot counts against [`MAX_DIALS`].
     dialling: bool,
@@ -179,7 +179,7 @@ struct Slot {
 /// What a finished loop reports.
 #[derive(Debug, Default)]
 pub struct LoopReport {
-    pub abandoned_tasks: u64,
+    pub unfinished: DrainTally,
 }
 
 /// The per-thread loop.
@@ -293,13 +293,12 @@ impl EventLoop {
                     backoff: Backoff::new(plan.reconnect),
                     retry_at: now,
                     deadline: None,
-                    drain_deadline: None,
-                    drain_grace: false,
+                    drain: None,
                     flush_deadline: None,
                     linger_until: None,
                     eof: false,
                     broken: None,
-                    abandoned: 0,
+                    unfinished: DrainTally::default(),
                     dialled_once: false,
                     dialling: false,
                     dial_queued: false,
@@ -536,14 +535,18 @@ impl EventLoop {
             // send the manager is not taking gets LINGER, as for the last
             // frames of a closed session, so a stop cannot hang on it.
             if !s.send_inflight && session.has_output() {
-                let at = *s.flush_deadline.get_or_insert(now + LINGER);
+                let at = *s
+                    .flush_deadline
+                    .get_or_insert(StopDrain::cap(s.drain.as_ref(), now + LINGER));
                 self.send_output(slot_id);
                 self.schedule(slot_id, Some(at));
             } else if !s.send_inflight {
                 s.broken = Some(why.to_owned());
                 self.begin_teardown(slot_id);
             } else {
-                let at = *s.flush_deadline.get_or_insert(now + LINGER);
+                let at = *s
+                    .flush_deadline
+                    .get_or_insert(StopDrain::cap(s.drain.as_ref(), now + LINGER));
                 if now >= at {
                     s.broken = Some(why.to_owned());
                     self.begin_teardown(slot_id);
@@ -553,30 +556,21 @@ impl EventLoop {
             }
             return;
         }
-        if stopping && s.drain_deadline.is_none() {
-            s.drain_deadline = Some(now + drain_timeout);
+        if stopping && s.drain.is_none() {
+            s.drain = Some(StopDrain::start(now, drain_timeout));
             session.start_drain(now);
         }
-        if let Some(deadline) = s.drain_deadline {
-            if now >= deadline && session.closed().is_none() {
-                if session.in_flight() == 0 && !s.drain_grace {
-                    // Nothing to abandon: let DRAIN and GOODBYE go out.
-                    s.drain_grace = true;
-                    s.drain_deadline = Some(now + DRAIN_FLUSH_GRACE);
-                } else {
-                    s.abandoned = session.in_flight() as u64;
-                    let why = drain_timeout_message(drain_timeout, s.abandoned);
-                    tracing::error!(
-                        session = s.index,
-                        abandoned = s.abandoned,
-                        "session {}: {why}",
-                        s.index
-                    );
-                    s.stats.set_last_error(Some(why));
-                    self.begin_teardown(slot_id);
-                    return;
-                }
-            }
+        if let Some(drain) = s.drain.filter(|d| d.is_over(now)) {
+            // The whole drain ends here, finished or not.
+            let in_flight = if session.closed().is_none() {
+                session.in_flight()
+            } else {
+                0
+            };
+            s.unfinished +=
+                drain.timed_out(s.index, in_flight, session.results_unwritten(), &s.stats);
+            self.begin_teardown(slot_id);
+            return;
         }
         if session.poll_timeout().is_some_and(|t| now >= t) {
             if s.body_recv && s.body_waitall {
@@ -608,7 +602,9 @@ impl EventLoop {
             if s.send_inflight {
                 // The last frames (GOODBYE, ERROR) are being written; a
                 // manager that stopped reading gets LINGER to take them.
-                let at = *s.flush_deadline.get_or_insert(now + LINGER);
+                let at = *s
+                    .flush_deadline
+                    .get_or_insert(StopDrain::cap(s.drain.as_ref(), now + LINGER));
                 if now >= at {
                     s.broken = Some("the manager did not read the last frames".to_owned());
                     self.begin_teardown(slot_id);
@@ -624,7 +620,7 @@ impl EventLoop {
                         let _ = socket.shutdown(Shutdown::Write);
                     }
                     s.phase = SlotPhase::Linger;
-                    s.linger_until = Some(now + LINGER);
+                    s.linger_until = Some(StopDrain::cap(s.drain.as_ref(), now + LINGER));
                     self.mark_dirty(slot_id);
                 } else {
                     self.begin_teardown(slot_id);
@@ -633,7 +629,7 @@ impl EventLoop {
             return;
         }
         let wants_read = session.wants_read() && !s.eof;
-        let timeout = match (session.poll_timeout(), s.drain_deadline) {
+        let timeout = match (session.poll_timeout(), s.drain.map(|d| d.deadline())) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -1031,8 +1027,7 @@ impl EventLoop {
             }
         }
         s.backoff.connection_ended(uptime);
-        s.drain_deadline = None;
-        s.drain_grace = false;
+        s.drain = None;
         s.flush_deadline = None;
         s.linger_until = None;
         if let Some(reason) = refusal {
@@ -1210,6 +1205,11 @@ impl EventLoop {
             done.clear();
             s.spare = done;
             s.send_off = 0;
+            // Its RESULTs are written, whatever the loop does next (a
+            // drain deadline may be judged before the slot is driven).
+            if let Some(session) = s.session.as_mut() {
+                session.output_written();
+            }
         }
     }
 
@@ -1262,7 +1262,10 @@ impl EventLoop {
     /// Stop: cancel what is left, wait (bounded) for it, release the buffers.
     fn shutdown(mut self) -> LoopReport {
         let report = LoopReport {
-            abandoned_tasks: self.slots.iter().map(|s| s.abandoned).sum(),
+            unfinished: self.slots.iter().fold(DrainTally::default(), |mut sum, s| {
+                sum += s.unfinished;
+                sum
+            }),
         };
         if self.wake_armed {
             let entry = opcode::AsyncCancel::new(user_data(Op::Wake, 0, 0))

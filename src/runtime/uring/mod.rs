@@ -35,7 +35,7 @@ pub struct UringRuntime {
     plan: Arc<AgentPlan>,
     stats: Arc<AgentStats>,
     stop: StopHandle,
-    loops: Vec<JoinHandle<u64>>,
+    loops: Vec<JoinHandle<super::drain::DrainTally>>,
     started: bool,
 }
 
@@ -97,11 +97,11 @@ impl RuntimeMode for UringRuntime {
                     move || match EventLoop::new(plan, stats, stop, sessions, wake_rx) {
                         Ok(event_loop) => {
                             let _ = ready_tx.send(Ok(()));
-                            event_loop.run().abandoned_tasks
+                            event_loop.run().unfinished
                         }
                         Err(err) => {
                             let _ = ready_tx.send(Err(err.to_string()));
-                            0
+                            super::drain::DrainTally::default()
                         }
                     },
                 )
