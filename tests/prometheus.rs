@@ -1,7 +1,9 @@
 //! The agent's metrics through a real Prometheus (Debian's `prometheus`
 //! package, which `.ci/run` installs): scraped totals equal the agent's own,
 //! rates move under load, `up` is 1, `promtool check metrics` is clean, and
-//! a token never shows in metrics, status or logs.
+//! a token never shows in metrics, status or logs. Every query of the Grafana
+//! dashboard runs against what Prometheus scraped, with the per-session
+//! series on and off. (Prometheus asks for gzip: these scrapes are gzipped.)
 
 // Tests unwrap freely: a panic is a failed test with its location.
 #![allow(clippy::unwrap_used)]
@@ -13,9 +15,14 @@ use common::loadgen_bin;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{free_port, http_get, url_encode, wait_until};
+use ringworker::http::HttpServer;
+use ringworker::metrics::{Telemetry, TelemetryOptions};
+use ringworker::runtime::RuntimeKind;
+use ringworker::transport::Endpoint;
 
 /// A child process killed (by its own PID) when the test ends, pass or fail.
 struct Reaped(Child);
@@ -56,6 +63,51 @@ fn query(prometheus: &str, expr: &str) -> Option<f64> {
     }
     let json: serde_json::Value = serde_json::from_str(&body).ok()?;
     json["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
+/// An instant query's result series, or Prometheus' error.
+fn query_all(prometheus: &str, expr: &str) -> Result<Vec<serde_json::Value>, String> {
+    let (status, body) = http_get(
+        prometheus,
+        &format!("/api/v1/query?query={}", url_encode(expr)),
+    )
+    .map_err(|e| e.to_string())?;
+    let json: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+    if status != 200 || json["status"] != "success" {
+        return Err(format!("{status}: {body}"));
+    }
+    Ok(json["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default())
+}
+
+/// Every panel query of the Grafana dashboard, with its variables filled:
+/// (panel title, needs per-session series, expression).
+fn dashboard_queries() -> Vec<(String, bool, String)> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/dashboards/grafana-ringworker.json"
+    );
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        let title = panel["title"].as_str().unwrap().to_owned();
+        let per_session = panel["description"]
+            .as_str()
+            .unwrap()
+            .contains("Needs session_metrics on");
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$instance", ".*")
+                .replace("$__rate_interval", "15s");
+            queries.push((title.clone(), per_session, expr));
+        }
+    }
+    queries
 }
 
 fn start_prometheus(dir: &Path, targets: &str) -> (Reaped, String) {
@@ -177,6 +229,20 @@ fn prometheus_scrapes_exact_totals_and_live_rates() {
         "promtool: {complaints}"
     );
 
+    // Every dashboard query is valid PromQL over what was scraped; with the
+    // per-session series on, the per-session panel has data too.
+    for (title, per_session, expr) in dashboard_queries() {
+        let result = query_all(&prom, &expr);
+        assert!(result.is_ok(), "{title}: {expr}: {result:?}");
+        if per_session && expr.contains("topk") {
+            assert!(
+                wait_until(Duration::from_secs(10), || query_all(&prom, &expr)
+                    .is_ok_and(|r| !r.is_empty())),
+                "{title}: no data for {expr}"
+            );
+        }
+    }
+
     let status = loadgen.0.wait().unwrap();
     assert!(
         status.success(),
@@ -228,5 +294,87 @@ fn prometheus_scrapes_exact_totals_and_live_rates() {
             "the token leaked into {what}"
         );
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// With `session_metrics = false`, every dashboard panel that does not say it
+/// needs the per-session series shows data, and those that do show nothing.
+#[test]
+fn dashboard_panels_show_data_with_session_metrics_off() {
+    let dir = temp_dir("sessions-off");
+    let socket = dir.join("manager.sock");
+    // The loadgen is the manager; the agent runs in this process, its
+    // telemetry with the per-session series off.
+    let mut loadgen = Reaped(
+        Command::new(loadgen_bin())
+            .arg(format!("--listen=unix://{}", socket.display()))
+            .args(["--sessions", "3", "--handler", "echo:3,sha256:1"])
+            .args(["--payload", "16..512", "--concurrency", "4"])
+            .args(["--duration", "40", "--warmup", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || socket.exists()),
+        "the loadgen listens"
+    );
+    ringworker::metrics::recorder();
+    let mut agent = common::start(
+        RuntimeKind::Blocking,
+        common::plan(Endpoint::Unix(socket.clone()), 3, 8),
+    );
+    let options = TelemetryOptions {
+        session_metrics: false,
+        requested_runtime: "blocking",
+    };
+    let server = HttpServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(Telemetry::with_options(agent.stats(), options)),
+    )
+    .unwrap();
+    let metrics_addr = server.addr().to_string();
+    let (_prometheus, prom) = start_prometheus(&dir, &metrics_addr);
+    assert!(
+        wait_until(Duration::from_secs(30), || query(
+            &prom,
+            "rate(ringworker_bytes_sent_total[15s])"
+        )
+        .is_some_and(|r| r > 0.0)),
+        "traffic is scraped"
+    );
+    let (_, scrape) = http_get(&metrics_addr, "/metrics").unwrap();
+    assert!(!scrape.contains("session=\""), "{scrape}");
+    for (title, per_session, expr) in dashboard_queries() {
+        if per_session {
+            let result = query_all(&prom, &expr);
+            assert!(
+                result.as_ref().is_ok_and(Vec::is_empty),
+                "{title}: {expr}: {result:?} with session_metrics off"
+            );
+        } else {
+            assert!(
+                wait_until(Duration::from_secs(15), || query_all(&prom, &expr)
+                    .is_ok_and(|r| !r.is_empty())),
+                "{title}: no data for {expr}: {:?}",
+                query_all(&prom, &expr)
+            );
+        }
+    }
+    // The alerts' process-wide series are there too.
+    assert_eq!(query(&prom, "ringworker_sessions_connected"), Some(3.0));
+    assert_eq!(
+        query(
+            &prom,
+            "ringworker_runtime_info{runtime=\"blocking\",requested=\"blocking\"}"
+        ),
+        Some(1.0)
+    );
+    drop(server);
+    let _ = loadgen.0.kill();
+    let _ = loadgen.0.wait();
+    agent.request_stop();
+    let _ = agent.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
