@@ -527,6 +527,8 @@ impl Engine {
                 self.wire_at_end = Some(self.wire_bytes());
                 self.measured = now.saturating_duration_since(warmup_end);
                 self.warmup = now.saturating_duration_since(start).min(self.spec.warmup);
+                // Every change of phase is shown, however short the phase.
+                self.show_progress(Phase::Draining, None, Some(1.0));
             }
             if let Some(since) = finishing_since {
                 let outstanding: u32 = self
@@ -916,6 +918,7 @@ impl Engine {
     /// Read until every connection has closed (after GOODBYE) or `timeout`.
     pub fn drain(&mut self, timeout: Duration) -> io::Result<()> {
         let deadline = Instant::now() + timeout;
+        self.show_progress(Phase::Draining, None, Some(1.0));
         let mut events = Events::with_capacity(1024);
         while self.conns.iter().any(|c| c.phase != ConnPhase::Closed) {
             let now = Instant::now();
