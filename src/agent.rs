@@ -44,6 +44,7 @@ pub fn plan_from_config(config: &Config, handlers: HandlerRegistry) -> AgentPlan
         },
         drain_timeout: config.drain_timeout,
         connect_timeout: CONNECT_TIMEOUT,
+        tcp: config.tcp,
         tls: config.tls.clone(),
     }
 }

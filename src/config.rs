@@ -156,6 +156,15 @@ pub struct RunArgs {
     /// TOML file with the same keys (manager, runtime, sessions, ...); flags and RINGWORKER_* override it
     #[arg(long, env = "RINGWORKER_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// Idle seconds before TCP keepalive probes start on a tcp:// or tls:// manager connection (probes every third of it, three of them); 0 turns keepalive off [default: 30]
+    #[arg(long, env = "RINGWORKER_TCP_KEEPALIVE", value_name = "SECS")]
+    pub tcp_keepalive: Option<u64>,
+    /// Seconds sent data may stay unacknowledged before the connection is dropped (TCP_USER_TIMEOUT); 0 leaves the kernel's default [default: 60]
+    #[arg(long, env = "RINGWORKER_TCP_USER_TIMEOUT", value_name = "SECS")]
+    pub tcp_user_timeout: Option<u64>,
+    /// Log level filter (error, warn, info, debug, trace, or EnvFilter directives); RINGWORKER_LOG overrides it; SIGHUP applies a changed file value [default: info]
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
     /// Log format on stderr [default: text]
     #[arg(long, env = "RINGWORKER_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -203,6 +212,12 @@ pub struct FileConfig {
     pub reconnect_min: Option<u64>,
     #[serde(alias = "reconnect-max")]
     pub reconnect_max: Option<u64>,
+    #[serde(alias = "tcp-keepalive")]
+    pub tcp_keepalive: Option<u64>,
+    #[serde(alias = "tcp-user-timeout")]
+    pub tcp_user_timeout: Option<u64>,
+    #[serde(alias = "log-level")]
+    pub log_level: Option<String>,
     #[serde(alias = "log-format")]
     pub log_format: Option<LogFormat>,
     #[serde(alias = "drain-timeout")]
@@ -276,6 +291,11 @@ pub struct Config {
     pub session_metrics: bool,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    /// Keepalive and `TCP_USER_TIMEOUT` on manager connections.
+    pub tcp: crate::transport::TcpTuning,
+    /// The log filter: `RINGWORKER_LOG` if set, else the file's or flag's
+    /// `log_level`, else `info`.
+    pub log_level: String,
     pub log_format: LogFormat,
     pub drain_timeout: Duration,
     pub tls_ca: Option<PathBuf>,
@@ -297,6 +317,41 @@ pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
 /// state and metrics; beyond this, run more agents.
 pub const MAX_SESSIONS: u32 = 100_000;
 pub const DEFAULT_MAX_BODY: u32 = 16 * 1024 * 1024;
+/// Largest `max_body` accepted: a frame is held whole, so this is memory
+/// per session ([`Config::memory_bound`]).
+pub const MAX_MAX_BODY: u32 = 1 << 30;
+/// Most tasks a session may hold at once.
+pub const MAX_IN_FLIGHT: u32 = 65_536;
+
+/// The most memory the agent's sessions can be made to hold, from its
+/// validated limits (see [`Config::memory_bound`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryBound {
+    /// One session: its frame buffer (one frame of `max_body` and a read
+    /// chunk), and twice its output (the buffer being sent and the one
+    /// filling, each up to the 256 KiB pause mark plus one RESULT of up to
+    /// `max_body`).
+    pub per_session: u64,
+    /// Shared by the sessions: the uring runtime's receive buffers (256 ×
+    /// 64 KiB per event loop, faulted in as they are used); the blocking
+    /// runtime's are counted per session.
+    pub shared: u64,
+    pub total: u64,
+}
+
+impl fmt::Display for MemoryBound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use crate::format::format_bytes;
+        write!(
+            f,
+            "{} per session (3 x max_body + 640 KiB + 16 B per task in flight) + {} of \
+             receive buffers = {}",
+            format_bytes(self.per_session),
+            format_bytes(self.shared),
+            format_bytes(self.total)
+        )
+    }
+}
 
 impl Config {
     /// Merge flags/env (already merged by clap) over the file over defaults.
@@ -330,10 +385,10 @@ impl Config {
             return Err(ConfigError::Invalid("threads must be at least 1".into()));
         }
         let max_in_flight = args.max_in_flight.or(file.max_in_flight).unwrap_or(64);
-        if max_in_flight == 0 {
-            return Err(ConfigError::Invalid(
-                "max_in_flight must be at least 1".into(),
-            ));
+        if !(1..=MAX_IN_FLIGHT).contains(&max_in_flight) {
+            return Err(ConfigError::Invalid(format!(
+                "max_in_flight {max_in_flight} must be between 1 and {MAX_IN_FLIGHT}"
+            )));
         }
         let max_body = args
             .max_body
@@ -341,10 +396,10 @@ impl Config {
             .map_or(DEFAULT_MAX_BODY as u64, |b| b.0);
         let max_body = u32::try_from(max_body)
             .ok()
-            .filter(|&b| b >= 128)
+            .filter(|&b| (128..=MAX_MAX_BODY).contains(&b))
             .ok_or_else(|| {
                 ConfigError::Invalid(format!(
-                    "max_body {max_body} must be between 128 and 4294967295 bytes"
+                    "max_body {max_body} must be between 128 bytes and 1 GiB ({MAX_MAX_BODY})"
                 ))
             })?;
         let worker_id = args
@@ -423,6 +478,27 @@ impl Config {
             }
             _ => None,
         };
+        let seconds = |value: u64| (value > 0).then(|| Duration::from_secs(value));
+        let tcp = crate::transport::TcpTuning {
+            keepalive: seconds(args.tcp_keepalive.or(file.tcp_keepalive).unwrap_or(30)),
+            user_timeout: seconds(
+                args.tcp_user_timeout
+                    .or(file.tcp_user_timeout)
+                    .unwrap_or(60),
+            ),
+        };
+        let log_level = std::env::var(crate::logging::LOG_ENV)
+            .ok()
+            .filter(|value| !value.trim().is_empty())
+            .or_else(|| args.log_level.clone())
+            .or(file.log_level)
+            .unwrap_or_else(|| crate::logging::DEFAULT_FILTER.to_owned());
+        if let Err(err) = tracing_subscriber::EnvFilter::try_new(&log_level) {
+            return Err(ConfigError::Invalid(format!(
+                "log_level {log_level:?} is not a log filter (error, warn, info, debug, trace, \
+                 or directives such as `info,ringworker=debug`): {err}"
+            )));
+        }
         Ok(Config {
             manager,
             runtime: args.runtime.or(file.runtime).unwrap_or(RuntimeChoice::Auto),
@@ -441,6 +517,8 @@ impl Config {
                 .unwrap_or(true),
             reconnect_min,
             reconnect_max,
+            tcp,
+            log_level,
             log_format: args
                 .log_format
                 .or(file.log_format)
@@ -456,6 +534,27 @@ impl Config {
         })
     }
 
+    /// The worst-case memory its limits allow: a manager sending the largest
+    /// frames to every session at once while reading nothing. Tasks in
+    /// flight add no more (built-in handlers answer into the output, whose
+    /// growth pauses reading); `max_in_flight` ids cost 16 bytes each.
+    pub fn memory_bound(&self) -> MemoryBound {
+        const KIB: u64 = 1024;
+        let per_session =
+            3 * u64::from(self.max_body) + 640 * KIB + 16 * u64::from(self.max_in_flight);
+        // The blocking runtime's two read chunks per session are in the 640 KiB.
+        let shared = match self.runtime {
+            RuntimeChoice::Blocking => 0,
+            _ => self.threads as u64 * 256 * 64 * KIB,
+        };
+        let total = u64::from(self.sessions) * per_session + shared;
+        MemoryBound {
+            per_session,
+            shared,
+            total,
+        }
+    }
+
     /// What an operator should hear about once logging is set up: settings
     /// that work but weaken something (one line each).
     pub fn warnings(&self) -> Vec<String> {
@@ -466,6 +565,26 @@ impl Config {
                  using it because allow_insecure_token_file is set",
                 path.display()
             ));
+        }
+        let bound = self.memory_bound();
+        if let Some(memory) = memory_total() {
+            if bound.total > memory {
+                warnings.push(format!(
+                    "the limits allow {} sessions x {bound}, more than this machine's {} of \
+                     memory: lower max_body or sessions",
+                    self.sessions,
+                    crate::format::format_bytes(memory)
+                ));
+            }
+        }
+        if let (Some(_), Endpoint::Tcp { host, .. }) = (&self.token, &self.manager) {
+            if !is_loopback_host(host) {
+                warnings.push(format!(
+                    "the token goes to {} in clear text: tcp:// is not encrypted; use tls:// \
+                     for a manager that is not on this host",
+                    self.manager
+                ));
+            }
         }
         warnings
     }
@@ -507,6 +626,10 @@ impl Config {
         line("session_metrics", self.session_metrics.to_string());
         line("reconnect_min", self.reconnect_min.as_millis().to_string());
         line("reconnect_max", self.reconnect_max.as_millis().to_string());
+        let seconds = |value: Option<Duration>| value.map_or(0, |d| d.as_secs()).to_string();
+        line("tcp_keepalive", seconds(self.tcp.keepalive));
+        line("tcp_user_timeout", seconds(self.tcp.user_timeout));
+        line("log_level", quote(&self.log_level));
         line(
             "log_format",
             quote(match self.log_format {
@@ -527,8 +650,30 @@ impl Config {
         if let Some(name) = &self.tls_server_name {
             line("tls_server_name", quote(name));
         }
+        out.push_str(&format!(
+            "# memory bound: {} sessions x {}\n",
+            self.sessions,
+            self.memory_bound()
+        ));
         out
     }
+}
+
+/// The machine's memory (`MemTotal` of `/proc/meminfo`), bytes.
+fn memory_total() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:"))?;
+    let kib: u64 = line.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// `localhost`, or an address in 127.0.0.0/8 or `::1` (brackets allowed).
+fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Parse a binary's command line with clap; on a usage error, print one line
@@ -649,6 +794,12 @@ pub const FILE_KEYS: &[&str] = &[
     "reconnect-min",
     "reconnect_max",
     "reconnect-max",
+    "tcp_keepalive",
+    "tcp-keepalive",
+    "tcp_user_timeout",
+    "tcp-user-timeout",
+    "log_level",
+    "log-level",
     "log_format",
     "log-format",
     "drain_timeout",
@@ -1005,7 +1156,7 @@ mod tests {
         let path = dir.join("token");
         std::fs::write(&path, "hunter2-secret\n").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let mut flags = args(Some("tcp://h:1"));
+        let mut flags = args(Some("tcp://127.0.0.1:1"));
         flags.token_file = Some(path.clone());
         let err = Config::merge(&flags, FileConfig::default())
             .unwrap_err()
@@ -1073,5 +1224,86 @@ mod tests {
         assert!(token_mode_is_private(0o600, 1000, Some(1001)));
         assert!(!token_mode_is_private(0o604, 1000, Some(1000)));
         assert!(!token_mode_is_private(0o640 | 0o020, 1000, Some(1000)));
+    }
+
+    #[test]
+    fn a_token_over_cleartext_tcp_to_another_host_is_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("rw-token-tcp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("token");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let warnings_for = |manager: &str| {
+            let mut flags = args(Some(manager));
+            flags.token_file = Some(path.clone());
+            Config::merge(&flags, FileConfig::default())
+                .unwrap()
+                .warnings()
+        };
+        let far = warnings_for("tcp://manager.example:7000");
+        assert!(far.len() == 1 && far[0].contains("clear text"), "{far:?}");
+        for near in [
+            "tcp://127.0.0.1:7000",
+            "tcp://127.1.2.3:7000",
+            "tcp://[::1]:7000",
+            "tcp://localhost:7000",
+            "unix:///run/manager.sock",
+        ] {
+            assert!(warnings_for(near).is_empty(), "{near}");
+        }
+        // No token, nothing to warn about.
+        let config = Config::merge(
+            &args(Some("tcp://manager.example:7000")),
+            FileConfig::default(),
+        )
+        .unwrap();
+        assert!(config.warnings().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_memory_bound_follows_the_limits_and_the_limits_are_capped() {
+        let mut flags = args(Some("tcp://127.0.0.1:7000"));
+        flags.threads = Some(2);
+        flags.runtime = Some(RuntimeChoice::Uring);
+        let config = Config::merge(&flags, FileConfig::default()).unwrap();
+        let bound = config.memory_bound();
+        assert_eq!(
+            bound.per_session,
+            3 * 16 * 1024 * 1024 + 640 * 1024 + 16 * 64
+        );
+        assert_eq!(bound.shared, 2 * 16 * 1024 * 1024);
+        assert_eq!(bound.total, bound.per_session + bound.shared);
+        assert!(config
+            .effective_toml()
+            .contains("# memory bound: 1 sessions x 48.6 MiB per session"));
+        flags.sessions = Some(1000);
+        flags.runtime = Some(RuntimeChoice::Blocking);
+        let many = Config::merge(&flags, FileConfig::default())
+            .unwrap()
+            .memory_bound();
+        assert_eq!(many.shared, 0);
+        assert_eq!(many.total, 1000 * bound.per_session);
+        flags.max_in_flight = Some(MAX_IN_FLIGHT + 1);
+        assert!(Config::merge(&flags, FileConfig::default()).is_err());
+        flags.max_in_flight = Some(MAX_IN_FLIGHT);
+        assert!(Config::merge(&flags, FileConfig::default()).is_ok());
+        flags.max_body = Some(ByteSize(u64::from(MAX_MAX_BODY) + 1));
+        let err = Config::merge(&flags, FileConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("1 GiB"), "{err}");
+        // A bound past the machine's memory is warned about.
+        flags.max_body = Some(ByteSize(u64::from(MAX_MAX_BODY)));
+        flags.sessions = Some(100_000);
+        let huge = Config::merge(&flags, FileConfig::default()).unwrap();
+        assert!(
+            huge.warnings()
+                .iter()
+                .any(|w| w.contains("more than this machine's")),
+            "{:?}",
+            huge.warnings()
+        );
     }
 }

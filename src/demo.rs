@@ -84,6 +84,8 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<bool> {
         session_metrics: true,
         reconnect_min: Duration::from_millis(100),
         reconnect_max: Duration::from_secs(2),
+        tcp: Default::default(),
+        log_level: crate::logging::DEFAULT_FILTER.to_owned(),
         log_format: LogFormat::Text,
         drain_timeout: Duration::from_secs(10),
         tls_ca: None,

@@ -95,11 +95,12 @@ impl LogHandle {
 static HANDLE: OnceLock<LogHandle> = OnceLock::new();
 
 /// Install the process's logger on stderr in `format`, filtered by
-/// `RINGWORKER_LOG` (default `info`). Returns its handle; `None` when a
-/// logger was installed already (the first one stays).
-pub fn init_logging(format: LogFormat) -> Option<&'static LogHandle> {
+/// `directives` (the configuration's `log_level`, or [`filter_from_env`]).
+/// Returns its handle; `None` when a logger was installed already (the
+/// first one stays).
+pub fn init_logging(format: LogFormat, directives: &str) -> Option<&'static LogHandle> {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let (subscriber, handle) = build(format, &filter_from_env(), std::io::stderr, ansi);
+    let (subscriber, handle) = build(format, directives, std::io::stderr, ansi);
     tracing_subscriber::util::SubscriberInitExt::try_init(subscriber).ok()?;
     Some(HANDLE.get_or_init(|| handle))
 }

@@ -81,7 +81,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run(&args),
         Command::Demo(args) => {
-            init_logging(LogFormat::Text);
+            init_logging(LogFormat::Text, &logging::filter_from_env());
             match demo::run(&args) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,
@@ -155,10 +155,15 @@ fn run(args: &RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(config.log_format);
+    init_logging(config.log_format, &config.log_level);
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
+    tracing::info!(
+        "memory bound: {} sessions x {}",
+        config.sessions,
+        config.memory_bound()
+    );
     if let Some(key) = config.tls.as_ref().and(config.tls_key.as_deref()) {
         ringworker::transport::tls::warn_if_exposed(key);
     }

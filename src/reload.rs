@@ -2,9 +2,9 @@
 //! agent runs.
 //!
 //! The file is resolved again with the flags and environment of the start,
-//! so they still win over it. What applies live: `log_format`. The level
-//! filter comes from `RINGWORKER_LOG`, which a running process cannot see
-//! change, so it stays. Every other key that now differs from the running
+//! so they still win over it. What applies live: `log_format` and
+//! `log_level` (unless `RINGWORKER_LOG` is set: the environment of a running
+//! process does not change, and it wins over the file). Every other key that now differs from the running
 //! configuration is named in one line as needing a restart, and keeps its
 //! running value. A file that no longer reads or validates is logged as an
 //! error and the running configuration stays. A reload never stops the
@@ -16,7 +16,7 @@ use crate::config::{Config, LogFormat, RunArgs};
 use crate::notify::Notifier;
 
 /// The keys a reload applies without a restart.
-pub const LIVE_KEYS: &[&str] = &["log_format"];
+pub const LIVE_KEYS: &[&str] = &["log_format", "log_level"];
 
 /// One key whose value differs between two configurations; values as they
 /// appear in the config file (strings quoted).
@@ -155,6 +155,9 @@ impl Reloader {
             if change.key == "log_format" {
                 self.set_log_format(new.log_format);
             }
+            if change.key == "log_level" {
+                self.set_log_level(&new.log_level);
+            }
         }
         let list = |changes: &[Change]| {
             changes
@@ -196,6 +199,16 @@ impl Reloader {
                 list(&diff.restart)
             );
         }
+    }
+
+    fn set_log_level(&mut self, directives: &str) {
+        if let Some(handle) = crate::logging::handle() {
+            if let Err(why) = handle.set_filter(directives) {
+                tracing::error!("SIGHUP: {why}; the running log level stays");
+                return;
+            }
+        }
+        self.running.log_level = directives.to_owned();
     }
 
     fn set_log_format(&mut self, format: LogFormat) {
@@ -241,6 +254,22 @@ mod tests {
                 "sessions 1 -> 3"
             ]
         );
+    }
+
+    #[test]
+    fn the_log_level_applies_live() {
+        let running = config("manager = \"tcp://127.0.0.1:7000\"\n");
+        let new = config("manager = \"tcp://127.0.0.1:7000\"\nlog_level = \"debug\"\n");
+        let diff = diff(&running, &new);
+        assert_eq!(
+            diff.live,
+            [Change {
+                key: "log_level".into(),
+                from: "\"info\"".into(),
+                to: "\"debug\"".into()
+            }]
+        );
+        assert!(diff.restart.is_empty(), "{diff:?}");
     }
 
     #[test]

@@ -149,7 +149,7 @@ fn supervise(
         }
         first_dial = false;
         stats.set_state(SessionState::Connecting);
-        match BlockingStream::connect(&plan.endpoint, plan.connect_timeout) {
+        match BlockingStream::connect(&plan.endpoint, plan.connect_timeout, &plan.tcp) {
             Err(err) => {
                 let message = format!("cannot reach manager {}: {err}", plan.endpoint);
                 crate::log_limit::warn_session(index, &message, Instant::now());

@@ -58,6 +58,8 @@ pub struct AgentPlan {
     pub drain_timeout: Duration,
     /// Longest wait for a dial to complete.
     pub connect_timeout: Duration,
+    /// Keepalive and `TCP_USER_TIMEOUT` for tcp:// and tls:// managers.
+    pub tcp: crate::transport::TcpTuning,
     /// TLS settings for a `tls://` manager (`None` for tcp:// and unix://).
     pub tls: Option<crate::transport::tls::ClientTls>,
 }

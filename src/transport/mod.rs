@@ -26,6 +26,67 @@ pub enum Endpoint {
     Unix(PathBuf),
 }
 
+/// How a TCP connection to the manager is set up, so that a manager that
+/// vanished without a FIN or RST (a dead host, a dropped NAT entry) is
+/// noticed even with heartbeats off: keepalive probes on an idle
+/// connection, and `TCP_USER_TIMEOUT` on one whose data goes unacknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpTuning {
+    /// Idle time before the first keepalive probe (`None`: no keepalive).
+    /// Probes follow every third of it (at least 1 s), three of them.
+    pub keepalive: Option<Duration>,
+    /// How long sent data (probes included) may stay unacknowledged before
+    /// the kernel drops the connection (`None`: the kernel's default, many
+    /// minutes).
+    pub user_timeout: Option<Duration>,
+}
+
+/// Keepalive probes sent before the connection is declared dead.
+pub const KEEPALIVE_PROBES: u32 = 3;
+
+impl Default for TcpTuning {
+    /// 30 s of idleness, then probes every 10 s; 60 s unacknowledged at most.
+    fn default() -> Self {
+        TcpTuning {
+            keepalive: Some(Duration::from_secs(30)),
+            user_timeout: Some(Duration::from_secs(60)),
+        }
+    }
+}
+
+impl TcpTuning {
+    /// Set `TCP_NODELAY`, keepalive and `TCP_USER_TIMEOUT` on a manager socket.
+    pub fn apply(&self, socket: socket2::SockRef<'_>) -> io::Result<()> {
+        socket.set_tcp_nodelay(true)?;
+        if let Some(idle) = self.keepalive {
+            let every = (idle / 3).max(Duration::from_secs(1));
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(idle)
+                .with_interval(every)
+                .with_retries(KEEPALIVE_PROBES);
+            socket.set_tcp_keepalive(&keepalive)?;
+        }
+        if let Some(timeout) = self.user_timeout {
+            socket.set_tcp_user_timeout(Some(timeout))?;
+        }
+        Ok(())
+    }
+
+    /// The longest a silently dead manager can go unnoticed on an idle
+    /// connection: the keepalive idle time and its probes, or the user
+    /// timeout once the probes go unanswered, whichever ends first.
+    pub fn dead_peer_bound(&self) -> Option<Duration> {
+        let probes = self
+            .keepalive
+            .map(|idle| idle + (idle / 3).max(Duration::from_secs(1)) * KEEPALIVE_PROBES);
+        match (probes, self.user_timeout, self.keepalive) {
+            (Some(probes), Some(user), Some(idle)) => Some(probes.min(idle + user)),
+            (Some(probes), None, _) => Some(probes),
+            _ => None,
+        }
+    }
+}
+
 /// Why an endpoint string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -138,7 +199,11 @@ pub enum BlockingStream {
 
 impl BlockingStream {
     /// Dial `endpoint`, trying each resolved address within `timeout`.
-    pub fn connect(endpoint: &Endpoint, timeout: Duration) -> io::Result<BlockingStream> {
+    pub fn connect(
+        endpoint: &Endpoint,
+        timeout: Duration,
+        tuning: &TcpTuning,
+    ) -> io::Result<BlockingStream> {
         match endpoint {
             // TLS runs over the TCP stream, inside the runtime (see `tls`).
             Endpoint::Tcp { .. } | Endpoint::Tls { .. } => {
@@ -146,7 +211,7 @@ impl BlockingStream {
                 for addr in endpoint.socket_addrs()? {
                     match TcpStream::connect_timeout(&addr, timeout) {
                         Ok(stream) => {
-                            stream.set_nodelay(true)?;
+                            tuning.apply(socket2::SockRef::from(&stream))?;
                             return Ok(BlockingStream::Tcp(stream));
                         }
                         Err(err) => last_error = Some(err),

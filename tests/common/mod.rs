@@ -59,6 +59,7 @@ pub fn plan(endpoint: Endpoint, sessions: u32, max_in_flight: u32) -> AgentPlan 
         },
         drain_timeout: Duration::from_secs(10),
         connect_timeout: Duration::from_secs(5),
+        tcp: Default::default(),
         tls: None,
     }
 }

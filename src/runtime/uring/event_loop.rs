@@ -796,7 +796,10 @@ impl EventLoop {
             }
         };
         if matches!(endpoint, Endpoint::Tcp { .. } | Endpoint::Tls { .. }) {
-            let _ = socket.set_tcp_nodelay(true);
+            if let Err(err) = self.plan.tcp.apply(socket2::SockRef::from(&socket)) {
+                self.dial_failed(slot_id, format!("cannot set up a socket: {err}"), now);
+                return;
+            }
         }
         let s = &mut self.slots[slot_id as usize];
         s.generation = (s.generation + 1) & 0x00FF_FFFF;
