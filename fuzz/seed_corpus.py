@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""Write the hand-made seed inputs of the session, handshake, manager and
+tls targets into fuzz/corpus/<target>/<sha1>. Each seed is a short program
+in the byte code its target parses (src/fuzzing.rs): valid sessions first,
+then edge cases. Run from anywhere; existing files are kept."""
+
+import hashlib
+import os
+import random
+import struct
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
+
+
+def write(target, data):
+    d = os.path.join(ROOT, target)
+    os.makedirs(d, exist_ok=True)
+    name = hashlib.sha1(data).hexdigest()
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data)
+
+
+# ---- session: [config, peer, ops...] --------------------------------------
+# config: bits 0-2 max_in_flight-1, bits 3-4 max_body choice, bit 7 no WELCOME
+# peer: bits 0-1 WELCOME max_body choice, bits 2-3 heartbeat choice
+# ops: 0 raw(n, seed, bytes) | 1-4 frames(count-1, frame..., seed, seed)
+#      5/6 advance(ms) | 7 to deadline | 8/9 flush | 10 drain | 11 eof
+# frame: kind(0-8 task, 9-10 ping, 11 pong, 12 drain, 13 goodbye, 14 error,
+#        15 odd), flags, id, then for a task: handler index
+#        (echo crc32c sha256 sink sleep nosuch echo), len, fill or sleep ms
+H = {"echo": 0, "crc32c": 1, "sha256": 2, "sink": 3, "sleep": 4, "nosuch": 5}
+
+
+def task(handler, length=10, fill=7, ack=False, id=1, ms=5):
+    b = [0, 1 if ack else 0, id, H[handler], length]
+    if handler == "sleep" and length % 4 != 3:
+        b.append(ms)
+    else:
+        b.append(fill)
+    return b
+
+
+def frames(*fs, seeds=(0x85, 0x85)):
+    out = [1, len(fs) - 1]
+    for f in fs:
+        out += f
+    return out + list(seeds)
+
+
+def ping(id=3):
+    return [9, 0, id]
+
+
+def drain_frame():
+    return [12, 0, 0]
+
+
+def goodbye_frame():
+    return [13, 0, 0]
+
+
+def error_frame():
+    return [14, 0, 0]
+
+
+def odd(which=0, id=1):
+    return [15, 0, id, which]
+
+
+FLUSH, DEADLINE, DRAIN, EOF = [8], [7], [10], [11]
+
+
+def adv(ms):
+    return [5, ms]
+
+
+def raw(bs, seed=0x85):
+    return [0, len(bs), seed] + list(bs)
+
+
+session = []
+for mif in (0, 3, 7):
+    for body in (0, 1, 2, 3):
+        cfg = mif | (body << 3)
+        session.append([cfg, 2] + frames(task("echo", id=1), task("crc32c", id=2, ack=True),
+                                         task("sha256", id=3)) + FLUSH + DRAIN + FLUSH + FLUSH)
+for split in (0x00, 0x01, 0x40, 0x41, 0x7f, 0x80, 0x81, 0xc0):
+    session.append([3, 6] + frames(task("echo", 200, id=1), task("sleep", id=2, ms=20),
+                                   task("sink", id=3), ping(), seeds=(split, split ^ 0x41))
+                   + adv(30) + FLUSH + EOF + FLUSH + FLUSH)
+# max_in_flight 1 with sleeps: tasks held back, then released by the clock
+session.append([0, 2] + frames(task("sleep", id=1, ms=10), task("echo", id=2),
+                               task("sleep", id=3, ms=10), task("echo", id=4))
+               + adv(5) + FLUSH + adv(10) + FLUSH + DEADLINE + FLUSH + adv(20) + FLUSH)
+# duplicate ids, unknown handler, bad sleep payload, too large results
+session.append([1, 0] + frames(task("sleep", id=5, ms=50), task("echo", id=5)) + FLUSH)
+session.append([2, 0] + frames(task("nosuch", id=1), task("sleep", 3, id=2)) + FLUSH)
+session.append([0x1a, 0] + frames(task("echo", 255, id=1), task("echo", 90, id=2)) + FLUSH)
+# drains: the manager's, ours, EOF with tasks running
+session.append([3, 2] + frames(task("sleep", id=1, ms=30), drain_frame(), task("echo", id=2))
+               + FLUSH + adv(40) + FLUSH + FLUSH)
+session.append([3, 2] + frames(task("sleep", id=1, ms=30)) + DRAIN + frames(task("echo", id=2))
+               + adv(40) + FLUSH + FLUSH)
+session.append([3, 2] + frames(task("sleep", id=1, ms=60)) + EOF + adv(255) + FLUSH
+               + DEADLINE + FLUSH + adv(255) + FLUSH)
+# heartbeats: silence until the manager is presumed gone
+session.append([3, 4] + FLUSH + adv(25) + FLUSH + adv(25) + adv(25) + adv(25) + FLUSH)
+session.append([3, 8] + DEADLINE + FLUSH + DEADLINE + DEADLINE + DEADLINE + FLUSH)
+# no WELCOME: a raw WELCOME, bad ones, a TASK before WELCOME, handshake timeout
+welcome = b'{"protocol":1,"manager":"raw","max_body":4096,"heartbeat_ms":0}'
+wf = struct.pack(">IBBHQ", 12 + len(welcome), 2, 0, 0, 0) + welcome
+session.append([0x83, 0] + raw(wf, 0x01) + frames(task("echo", id=9)) + FLUSH)
+session.append([0x83, 0] + raw(wf[:20], 0x00) + raw(wf[20:], 0x00) + FLUSH)
+session.append([0x83, 0] + frames(task("echo", id=9)) + FLUSH)
+session.append([0x83, 0] + adv(255) + adv(255) + adv(255) + adv(255) + adv(255) + FLUSH)
+# peer GOODBYE / ERROR / frames a worker never receives / garbage
+session.append([3, 2] + frames(task("echo"), goodbye_frame(), task("echo", id=2)) + FLUSH)
+session.append([3, 2] + frames(task("sleep", id=1), error_frame()) + adv(10) + FLUSH)
+for w in range(3):
+    session.append([3, 2] + frames(odd(w)) + FLUSH)
+session.append([3, 2] + raw(b"\x00\x00\x00\x05garbage") + FLUSH)
+session.append([3, 2] + raw(b"\xff\xff\xff\xff\x10\x00\x00\x00") + FLUSH)
+# a long mixed stream read in tiny pieces, with output piling up unflushed
+rnd = random.Random(7)
+for n in range(6):
+    prog = [rnd.randrange(0, 0x20), rnd.randrange(0, 16)]
+    for _ in range(30):
+        k = rnd.randrange(10)
+        if k < 6:
+            h = rnd.choice(list(H))
+            prog += frames(task(h, rnd.randrange(0, 256), rnd.randrange(256),
+                                rnd.random() < 0.3, rnd.randrange(24), rnd.randrange(40)),
+                           seeds=(rnd.randrange(256), rnd.randrange(256)))
+        elif k < 8:
+            prog += adv(rnd.randrange(60))
+        else:
+            prog += FLUSH
+    session.append(prog + DRAIN + FLUSH + adv(100) + FLUSH + FLUSH)
+
+for s in session:
+    write("session", bytes(s))
