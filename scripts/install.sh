@@ -7,17 +7,21 @@
 #                        tests); nothing outside DIR is written
 #   RINGWORKER_BIN=PATH  install this binary instead of building one with
 #                        `cargo build --profile dist`
+#   RINGWORKER_LOADGEN_BIN=PATH  likewise for ringworker-loadgen (with
+#                        RINGWORKER_BIN and without this, no loadgen is installed)
 # Modes: the config directory 0755 and agent.toml 0644, because the service
 # runs as a dynamic user that owns neither; agent.toml holds no secret. The
 # token stays 0600 root: systemd hands the agent a copy as a credential.
 set -euo pipefail
 bin=${RINGWORKER_BIN:+$(realpath "$RINGWORKER_BIN")}
+loadgen=${RINGWORKER_LOADGEN_BIN:+$(realpath "$RINGWORKER_LOADGEN_BIN")}
 cd "$(dirname "$0")/.."
 prefix=${1:-/usr/local}
 root=${DESTDIR:-}
 if [ -z "$bin" ]; then
-  cargo build --profile dist --locked -p ringworker
+  cargo build --profile dist --locked -p ringworker -p ringworker-loadgen
   bin=target/dist/ringworker
+  loadgen=target/dist/ringworker-loadgen
 fi
 install -D -m 0755 "$bin" "$root$prefix/bin/ringworker"
 install -d "$root$prefix/share/bash-completion/completions" "$root$prefix/share/zsh/site-functions" \
@@ -29,6 +33,13 @@ install -d "$root$prefix/share/bash-completion/completions" "$root$prefix/share/
 for sub in run demo check-config completions manpage; do
   "$bin" manpage "$sub" > "$root$prefix/share/man/man1/ringworker-$sub.1"
 done
+if [ -n "$loadgen" ]; then
+  install -D -m 0755 "$loadgen" "$root$prefix/bin/ringworker-loadgen"
+  "$loadgen" completions bash > "$root$prefix/share/bash-completion/completions/ringworker-loadgen"
+  "$loadgen" completions zsh > "$root$prefix/share/zsh/site-functions/_ringworker-loadgen"
+  "$loadgen" completions fish > "$root$prefix/share/fish/vendor_completions.d/ringworker-loadgen.fish"
+  "$loadgen" manpage > "$root$prefix/share/man/man1/ringworker-loadgen.1"
+fi
 # The unit names the binary where PREFIX put it.
 unit=$(mktemp)
 trap 'rm -f "$unit"' EXIT

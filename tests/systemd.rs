@@ -257,6 +257,7 @@ fn install_into(root: &Path) -> String {
         .arg(repo().join("scripts/install.sh"))
         .env("DESTDIR", root)
         .env("RINGWORKER_BIN", env!("CARGO_BIN_EXE_ringworker"))
+        .env("RINGWORKER_LOADGEN_BIN", common::loadgen_bin())
         .output()
         .unwrap();
     assert!(
@@ -291,6 +292,12 @@ fn the_installed_unit_runs_the_agent_unprivileged_with_the_token_as_a_credential
     for (path, mode) in [
         ("usr/local/bin/ringworker", 0o755),
         ("usr/local/share/man/man1/ringworker-run.1", 0o644),
+        ("usr/local/bin/ringworker-loadgen", 0o755),
+        ("usr/local/share/man/man1/ringworker-loadgen.1", 0o644),
+        (
+            "usr/local/share/bash-completion/completions/ringworker-loadgen",
+            0o644,
+        ),
         ("etc/systemd/system/ringworker.service", 0o644),
         ("etc/default/ringworker", 0o644),
         ("etc/ringworker", 0o755),
