@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use ringworker::agent::{catch_signals, spawn_signal_thread, Agent};
 use std::sync::Arc;
 
-use ringworker::config::{self, Config, LogFormat, MetricsAddr, RunArgs};
+use ringworker::config::{self, Config, LogFormat, MetricsAddr, Settings};
 use ringworker::demo::{self, DemoArgs};
 use ringworker::handlers::HandlerRegistry;
 use ringworker::http::HttpServer;
@@ -29,12 +29,12 @@ struct Cli {
 enum Command {
     /// Run the agent: dial the manager and serve tasks until SIGTERM / SIGINT
     #[command(after_long_help = RUN_AFTER_HELP)]
-    Run(Box<RunArgs>),
+    Run(Box<Settings>),
     /// Zero-setup tour: an embedded manager on loopback drives an agent with a verified workload
     Demo(DemoArgs),
     /// Validate a config file and print the effective configuration (secrets redacted): the
     /// file under the RINGWORKER_* environment and any `run` flags given, as `run` would see it
-    CheckConfig(Box<RunArgs>),
+    CheckConfig(Box<Settings>),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions {
         /// The shell
@@ -147,7 +147,7 @@ fn write_stdout(bytes: &[u8]) -> ExitCode {
     }
 }
 
-fn run(args: &RunArgs) -> ExitCode {
+fn run(args: &Settings) -> ExitCode {
     let config = match Config::resolve(args) {
         Ok(config) => config,
         Err(err) => {
@@ -274,7 +274,7 @@ fn fatal(config: &Config, notifier: &Notifier, why: std::fmt::Arguments<'_>) {
     }
 }
 
-fn check_config(args: &RunArgs) -> ExitCode {
+fn check_config(args: &Settings) -> ExitCode {
     let Some(path) = args.config.as_deref() else {
         ringworker::tell!("ringworker: check-config needs --config PATH (or RINGWORKER_CONFIG)");
         return ExitCode::from(2);

@@ -12,7 +12,7 @@
 
 use std::fmt;
 
-use crate::config::{Config, LogFormat, RunArgs};
+use crate::config::{Config, LogFormat, Settings};
 use crate::notify::Notifier;
 
 /// The keys a reload applies without a restart.
@@ -104,7 +104,7 @@ fn keys_of(config: &Config) -> Vec<(String, String)> {
 /// Re-reads the configuration on request and applies what it can.
 #[derive(Debug)]
 pub struct Reloader {
-    args: RunArgs,
+    args: Settings,
     /// What runs: the start's configuration with the live keys applied since.
     running: Config,
     notifier: Notifier,
@@ -113,7 +113,7 @@ pub struct Reloader {
 impl Reloader {
     /// `args` are the start's flags and environment; `running` the
     /// configuration they gave.
-    pub fn new(args: RunArgs, running: Config, notifier: Notifier) -> Reloader {
+    pub fn new(args: Settings, running: Config, notifier: Notifier) -> Reloader {
         Reloader {
             args,
             running,
@@ -222,10 +222,10 @@ impl Reloader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{parse_file, FileConfig};
+    use crate::config::parse_file;
 
     fn config(file: &str) -> Config {
-        Config::merge(&RunArgs::default(), parse_file(file).unwrap()).unwrap()
+        Config::merge(&Settings::default(), parse_file(file).unwrap()).unwrap()
     }
 
     #[test]
@@ -274,13 +274,13 @@ mod tests {
 
     #[test]
     fn flags_still_win_over_the_file_on_a_reload() {
-        let args = RunArgs {
+        let args = Settings {
             manager: Some("tcp://127.0.0.1:7000".into()),
             sessions: Some(4),
             threads: Some(1),
-            ..RunArgs::default()
+            ..Settings::default()
         };
-        let running = Config::merge(&args, FileConfig::default()).unwrap();
+        let running = Config::merge(&args, Settings::default()).unwrap();
         let new = Config::merge(
             &args,
             parse_file("manager = \"tcp://10.0.0.1:1\"\nsessions = 9\n").unwrap(),
