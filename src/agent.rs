@@ -17,10 +17,7 @@ use crate::runtime::{
 use crate::session::SessionConfig;
 use crate::stats::AgentStats;
 
-/// How long a dial may take before it counts as failed.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long the manager has to answer HELLO.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub use crate::connection::{CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT};
 
 /// Build the runtime-independent plan from a configuration.
 pub fn plan_from_config(config: &Config, handlers: HandlerRegistry) -> AgentPlan {

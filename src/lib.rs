@@ -14,6 +14,8 @@
 //!   sans-IO); the one thing the engines drive.
 //! - [`runtime`]: the [`runtime::RuntimeMode`] API and its engines; bytes are
 //!   counted in one `send_raw` / `recv_raw` per engine.
+//! - [`connection`]: the lifecycle rules both runtimes carry out, without
+//!   I/O: dial back-off, the stop drain and its deadline, linger, refusal.
 //! - [`transport`]: endpoints (`tcp://`, `tls://`, `unix://`), dialling, and
 //!   TLS configuration ([`transport::tls`]).
 //! - [`agent`], [`config`]: the `ringworker run` command around a runtime;
@@ -54,6 +56,7 @@ macro_rules! tell {
 
 pub mod agent;
 pub mod config;
+pub mod connection;
 pub mod demo;
 pub mod format;
 #[doc(hidden)]

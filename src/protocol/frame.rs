@@ -479,7 +479,10 @@ impl FrameBuffer {
 
 /// A receive buffer that held a large frame and is now empty gives its
 /// memory back once it is larger than this.
-const SHRINK_ABOVE: usize = 256 * 1024;
+/// A buffer grown above this by a large frame or large output is given back
+/// once what goes through it is small again (the frame buffer here, the
+/// uring runtime's send buffers).
+pub const SHRINK_ABOVE: usize = 256 * 1024;
 
 #[cfg(test)]
 mod tests {

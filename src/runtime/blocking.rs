@@ -22,21 +22,17 @@ use crossbeam_channel::{bounded, never, select, Receiver, RecvError, Sender};
 use rand::SeedableRng;
 
 use super::{
-    drain::{DrainTally, StopDrain},
     AgentPlan, Backoff, ByteCounters, RecvChunk, RunReport, RuntimeError, RuntimeKind, RuntimeMode,
     StopHandle,
 };
+use crate::connection::drain::{DrainTally, StopDrain};
+use crate::connection::{closing_deadline, refusal, READ_CHUNK};
 use crate::link::Link;
 use crate::protocol::{CloseReason, Phase};
 use crate::session::WorkerSession;
 use crate::stats::{AgentStats, SessionState, SessionStats, LOOP_BEAT_INTERVAL};
 use crate::transport::BlockingStream;
 
-/// Bytes asked for by each read.
-const READ_CHUNK: usize = 64 * 1024;
-/// How long to keep reading after our last frame, so that the manager's
-/// final bytes are read (and counted) rather than answered with a reset.
-const LINGER: Duration = Duration::from_secs(2);
 /// Stack size of the per-connection reader and writer threads.
 const IO_THREAD_STACK: usize = 128 * 1024;
 
@@ -162,11 +158,7 @@ fn supervise(
                     run_connection(index, stream, plan, agent, &stats, counters, stop, stop_rx);
                 unfinished += outcome.unfinished;
                 backoff.connection_ended(outcome.uptime);
-                if let Some(reason) = outcome.reason.as_ref().filter(|r| r.is_refusal()) {
-                    let message = format!(
-                        "manager {} refused session {index}: {reason}",
-                        plan.endpoint
-                    );
+                if let Some(message) = refusal(&plan.endpoint, index, outcome.reason.as_ref()) {
                     tracing::error!(session = index, "{message}");
                     stop.fail(message);
                     break;
@@ -325,7 +317,7 @@ fn run_connection(
                     // The reader has counted a chunk the session has not
                     // seen. GOODBYE reports every byte read, so the TASKs in
                     // it are answered first: the chunk is already on its way.
-                    let until = StopDrain::cap(drain.as_ref(), now + LINGER);
+                    let until = closing_deadline(now, drain.as_ref());
                     let event = chunk_rx.recv_deadline(until).map_err(|_| RecvError);
                     // (A timeout here means the reader is gone as well.)
                     match take_read_event(&mut session, event, &recycle_tx, &mut fed) {
@@ -420,7 +412,7 @@ fn run_connection(
     let timed_out =
         !outcome.unfinished.is_clean() || drain.is_some_and(|d| d.is_over(Instant::now()));
     if writer_busy && !timed_out {
-        let until = StopDrain::cap(drain.as_ref(), Instant::now() + LINGER);
+        let until = closing_deadline(Instant::now(), drain.as_ref());
         if let Ok(Ok(_)) = written_rx.recv_deadline(until) {
             session.output_written();
         }
@@ -428,7 +420,7 @@ fn run_connection(
     let linger = session.closed().is_some_and(|r| r.wants_linger());
     if broken.is_none() && !timed_out && linger {
         let _ = stream.shutdown(Shutdown::Write);
-        let linger_until = StopDrain::cap(drain.as_ref(), Instant::now() + LINGER);
+        let linger_until = closing_deadline(Instant::now(), drain.as_ref());
         if !reader_done {
             while let Ok(ReadEvent::Data(buf, _)) = chunk_rx.recv_deadline(linger_until) {
                 let _ = recycle_tx.try_send(buf);

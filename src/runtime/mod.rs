@@ -1,6 +1,8 @@
 //! The I/O engines behind one API, [`RuntimeMode`], and what they share:
-//! the plan they run ([`AgentPlan`]), byte counting ([`ByteCounters`]), the
-//! stop signal ([`StopHandle`]) and the reconnect policy ([`Backoff`]).
+//! the plan they run ([`AgentPlan`]), byte counting ([`ByteCounters`]) and
+//! the stop signal ([`StopHandle`]). The lifecycle rules both engines carry
+//! out (back-off, the drain deadline, linger, refusal) live in
+//! [`crate::connection`].
 //!
 //! A runtime owns sockets and threads and nothing else: every protocol
 //! decision is made by [`crate::session::WorkerSession`], which both engines
@@ -8,20 +10,18 @@
 //! `recv_raw` per runtime, through [`ByteCounters`].
 
 pub mod blocking;
-pub mod drain;
 pub mod uring;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rand::Rng;
-
 use crate::handlers::HandlerRegistry;
 use crate::session::SessionConfig;
 use crate::stats::{AgentStats, SessionStats};
 use crate::transport::Endpoint;
 
+pub use crate::connection::backoff::{Backoff, ReconnectPolicy};
 pub use blocking::BlockingRuntime;
 pub use uring::UringRuntime;
 
@@ -62,70 +62,6 @@ pub struct AgentPlan {
     pub tcp: crate::transport::TcpTuning,
     /// TLS settings for a `tls://` manager (`None` for tcp:// and unix://).
     pub tls: Option<crate::transport::tls::ClientTls>,
-}
-
-/// Exponential back-off with full jitter between dial attempts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReconnectPolicy {
-    /// The base delay (`--reconnect-min`).
-    pub min: Duration,
-    /// The cap (`--reconnect-max`).
-    pub max: Duration,
-    /// A connection that stayed up this long resets the back-off.
-    pub stable_after: Duration,
-}
-
-impl Default for ReconnectPolicy {
-    fn default() -> Self {
-        ReconnectPolicy {
-            min: Duration::from_millis(100),
-            max: Duration::from_secs(30),
-            stable_after: Duration::from_secs(10),
-        }
-    }
-}
-
-/// The delay before each redial of one session.
-///
-/// The n-th consecutive retry (n from 1) waits a uniformly random time in
-/// `[0, min(max, min * 2^n)]`: the cap is applied first, then the jitter, so
-/// many sessions that lose their manager together spread out instead of
-/// redialling in step.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    policy: ReconnectPolicy,
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn new(policy: ReconnectPolicy) -> Self {
-        Backoff { policy, attempt: 0 }
-    }
-
-    /// The ceiling of the next delay (before jitter).
-    pub fn next_cap(&self) -> Duration {
-        let factor = 1u32.checked_shl(self.attempt + 1).unwrap_or(u32::MAX);
-        self.policy
-            .min
-            .checked_mul(factor)
-            .unwrap_or(self.policy.max)
-            .min(self.policy.max)
-    }
-
-    /// The delay before the next dial; each call backs off further.
-    pub fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
-        let cap = self.next_cap();
-        self.attempt = self.attempt.saturating_add(1).min(31);
-        let nanos = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX);
-        Duration::from_nanos(rng.random_range(0..=nanos))
-    }
-
-    /// The connection was up for `uptime`: reset when it was stable.
-    pub fn connection_ended(&mut self, uptime: Duration) {
-        if uptime >= self.policy.stable_after {
-            self.attempt = 0;
-        }
-    }
 }
 
 /// Counts the bytes of one session's socket. Runtimes call it from their one
@@ -289,7 +225,7 @@ impl RecvChunk {
 /// unfinished, into the run's report (`what` names the threads in the log if
 /// one panicked).
 pub(crate) fn join_threads(
-    handles: impl IntoIterator<Item = std::thread::JoinHandle<drain::DrainTally>>,
+    handles: impl IntoIterator<Item = std::thread::JoinHandle<crate::connection::drain::DrainTally>>,
     stop: &StopHandle,
     what: &str,
 ) -> RunReport {
@@ -372,7 +308,6 @@ pub trait RuntimeMode: Send {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
 
     #[test]
     fn recv_chunk_starts_half_a_page_in() {
@@ -383,50 +318,6 @@ mod tests {
             chunk.space()[len - 1] = 7;
             assert_eq!(chunk.data(len)[len - 1], 7);
             assert_eq!(chunk.data(len + 10).len(), len);
-        }
-    }
-
-    #[test]
-    fn backoff_caps_before_jitter_and_grows_to_the_max() {
-        let policy = ReconnectPolicy {
-            min: Duration::from_millis(100),
-            max: Duration::from_secs(2),
-            stable_after: Duration::from_secs(10),
-        };
-        let mut backoff = Backoff::new(policy);
-        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let mut caps = Vec::new();
-        for _ in 0..8 {
-            let cap = backoff.next_cap();
-            let delay = backoff.next_delay(&mut rng);
-            assert!(delay <= cap);
-            caps.push(cap.as_millis());
-        }
-        assert_eq!(caps, [200, 400, 800, 1600, 2000, 2000, 2000, 2000]);
-        backoff.connection_ended(Duration::from_secs(1));
-        assert_eq!(
-            backoff.next_cap().as_millis(),
-            2000,
-            "a short connection keeps backing off"
-        );
-        backoff.connection_ended(Duration::from_secs(10));
-        assert_eq!(
-            backoff.next_cap().as_millis(),
-            200,
-            "a stable connection resets"
-        );
-    }
-
-    #[test]
-    fn backoff_never_overflows() {
-        let mut backoff = Backoff::new(ReconnectPolicy {
-            min: Duration::from_secs(3600),
-            max: Duration::from_secs(30),
-            stable_after: Duration::from_secs(1),
-        });
-        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        for _ in 0..100 {
-            assert!(backoff.next_delay(&mut rng) <= Duration::from_secs(30));
         }
     }
 

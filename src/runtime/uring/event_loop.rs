@@ -32,11 +32,11 @@ use rand::SeedableRng;
 use super::bufring::BufRing;
 use super::resolver::Resolver;
 use super::timers::Timers;
+use crate::connection::drain::{DrainTally, StopDrain};
+use crate::connection::{closing_deadline, refusal, READ_CHUNK};
 use crate::link::Link;
-use crate::runtime::{
-    drain::{DrainTally, StopDrain},
-    AgentPlan, Backoff, ByteCounters, StopHandle,
-};
+use crate::protocol::frame::SHRINK_ABOVE;
+use crate::runtime::{AgentPlan, Backoff, ByteCounters, StopHandle};
 use crate::session::WorkerSession;
 use crate::stats::{AgentStats, SessionState, LOOP_BEAT_INTERVAL};
 use crate::transport::Endpoint;
@@ -48,7 +48,7 @@ pub const RING_ENTRIES: u32 = 1024;
 const BUF_GROUP: u16 = 7;
 /// Buffers in each loop's ring, and their size.
 pub const BUF_ENTRIES: u16 = 256;
-pub const BUF_LEN: usize = 64 * 1024;
+pub const BUF_LEN: usize = READ_CHUNK;
 /// A frame with at least this much left to arrive is received straight into
 /// its buffer.
 const LARGE_FRAME_REMAINDER: usize = 64 * 1024;
@@ -64,8 +64,6 @@ const DIRECT_MAX: usize = 4 * 1024 * 1024;
 /// read-then-write loop does), instead of both sides taking turns with the
 /// whole window.
 const EARLY_SEND: usize = 32 * 1024;
-/// How long to keep reading after our last frame before closing.
-const LINGER: Duration = Duration::from_secs(2);
 /// How long shutdown waits for cancelled operations to complete.
 const REAP_DEADLINE: Duration = Duration::from_secs(2);
 /// Connects in flight per loop, at most: an agent starting 10,000 sessions
@@ -76,9 +74,6 @@ const REAP_DEADLINE: Duration = Duration::from_secs(2);
 const MAX_DIALS: usize = 256;
 /// How often a slot looks again while the manager's name is first looked up.
 const RESOLVE_POLL: Duration = Duration::from_millis(20);
-/// A send buffer grown above this is freed once the output through it is
-/// small again (as [`crate::protocol::frame::FrameBuffer`] does).
-const SHRINK_ABOVE: usize = 256 * 1024;
 
 /// Kinds of operation, in the top byte of `user_data`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -537,7 +532,7 @@ impl EventLoop {
             if !s.send_inflight && session.has_output() {
                 let at = *s
                     .flush_deadline
-                    .get_or_insert(StopDrain::cap(s.drain.as_ref(), now + LINGER));
+                    .get_or_insert(closing_deadline(now, s.drain.as_ref()));
                 self.send_output(slot_id);
                 self.schedule(slot_id, Some(at));
             } else if !s.send_inflight {
@@ -546,7 +541,7 @@ impl EventLoop {
             } else {
                 let at = *s
                     .flush_deadline
-                    .get_or_insert(StopDrain::cap(s.drain.as_ref(), now + LINGER));
+                    .get_or_insert(closing_deadline(now, s.drain.as_ref()));
                 if now >= at {
                     s.broken = Some(why.to_owned());
                     self.begin_teardown(slot_id);
@@ -604,7 +599,7 @@ impl EventLoop {
                 // manager that stopped reading gets LINGER to take them.
                 let at = *s
                     .flush_deadline
-                    .get_or_insert(StopDrain::cap(s.drain.as_ref(), now + LINGER));
+                    .get_or_insert(closing_deadline(now, s.drain.as_ref()));
                 if now >= at {
                     s.broken = Some("the manager did not read the last frames".to_owned());
                     self.begin_teardown(slot_id);
@@ -620,7 +615,7 @@ impl EventLoop {
                         let _ = socket.shutdown(Shutdown::Write);
                     }
                     s.phase = SlotPhase::Linger;
-                    s.linger_until = Some(StopDrain::cap(s.drain.as_ref(), now + LINGER));
+                    s.linger_until = Some(closing_deadline(now, s.drain.as_ref()));
                     self.mark_dirty(slot_id);
                 } else {
                     self.begin_teardown(slot_id);
@@ -1010,14 +1005,14 @@ impl EventLoop {
         s.send_inflight = false;
         s.recv_armed = false;
         let uptime;
-        let refusal;
+        let refused;
         match s.session.take() {
             Some(session) => {
                 session.log_end(s.broken.as_deref());
                 uptime = session
                     .welcomed_at()
                     .map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
-                refusal = session.closed().filter(|r| r.is_refusal()).cloned();
+                refused = refusal(&self.plan.endpoint, s.index, session.closed());
                 s.stats.set_in_flight(0);
             }
             None => {
@@ -1026,18 +1021,14 @@ impl EventLoop {
                     s.stats.set_last_error(Some(why.clone()));
                 }
                 uptime = Duration::ZERO;
-                refusal = None;
+                refused = None;
             }
         }
         s.backoff.connection_ended(uptime);
         s.drain = None;
         s.flush_deadline = None;
         s.linger_until = None;
-        if let Some(reason) = refusal {
-            let message = format!(
-                "manager {} refused session {}: {reason}",
-                self.plan.endpoint, s.index
-            );
+        if let Some(message) = refused {
             tracing::error!(session = s.index, "{message}");
             self.stop.fail(message);
             self.stop_seen = true;

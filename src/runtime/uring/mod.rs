@@ -35,7 +35,7 @@ pub struct UringRuntime {
     plan: Arc<AgentPlan>,
     stats: Arc<AgentStats>,
     stop: StopHandle,
-    loops: Vec<JoinHandle<super::drain::DrainTally>>,
+    loops: Vec<JoinHandle<crate::connection::drain::DrainTally>>,
     started: bool,
 }
 
@@ -101,7 +101,7 @@ impl RuntimeMode for UringRuntime {
                         }
                         Err(err) => {
                             let _ = ready_tx.send(Err(err.to_string()));
-                            super::drain::DrainTally::default()
+                            crate::connection::drain::DrainTally::default()
                         }
                     },
                 )
