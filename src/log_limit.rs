@@ -143,7 +143,10 @@ mod tests {
             assert_eq!(limiter.check("refused", at), Verdict::Suppress);
         }
         // Another kind is not held back by the first.
-        assert_eq!(limiter.check("timed out", t0 + Duration::from_secs(1)), log0);
+        assert_eq!(
+            limiter.check("timed out", t0 + Duration::from_secs(1)),
+            log0
+        );
         assert_eq!(
             limiter.check("refused", t0 + Duration::from_secs(10)),
             Verdict::Log {
