@@ -26,7 +26,9 @@ fn run(program: &str, args: &[&str], dir: &Path) -> (bool, String) {
         .args(args)
         .current_dir(dir)
         .output()
-        .unwrap_or_else(|err| panic!("{program} is not installed ({err}); .ci/run installs it"));
+        .unwrap_or_else(|err| {
+            panic!("{program} is not installed ({err}); scripts/test installs it")
+        });
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
