@@ -139,3 +139,105 @@ for n in range(6):
 
 for s in session:
     write("session", bytes(s))
+
+# ---- handshake: [mode, ...picked fields..., split seed] --------------------
+# mode 0 WELCOME first, 1 ERROR first, 2 WELCOME then WELCOME, 3 WELCOME then
+# ERROR; the rest is read by welcome_body / error_body (src/fuzzing.rs).
+rnd = random.Random(11)
+hs = []
+hs.append([0, 0, 0, 1, 0, 1, 0, 4, 0, 0, 0x85])        # plain valid WELCOME
+hs.append([0, 0, 0, 1, 0, 3, 0, 6, 0, 2, 0x00])        # max_body 63: refused
+hs.append([0, 0, 1, 2, 0, 1, 0, 4, 0, 0, 0x41])        # protocol 2
+hs.append([0, 0x80, 0, 1, 0, 1, 0, 4, 0, 0, 0, 0, 0x85])  # damaged body
+hs.append([0, 0x01, 0, 0, 1, 0, 4, 0, 0, 0x85])        # protocol missing
+hs.append([0, 0x20, 0, 1, 7, 0, 4, 0, 0, 0x85])        # duplicate key
+hs.append([0, 0x10, 0, 1, 8, 0, 4, 0, 0, 0xc0])        # unknown field, bidi
+hs.append([1, 0, 1, 1, 0x85])                          # ERROR, plain
+hs.append([1, 0, 7, 8, 0x01])                          # ERROR with escapes
+hs.append([1, 0, 9, 0x40, 0, 9, 0x10, 0, 0x85])        # long code and message
+hs.append([1, 0x80, 1, 1, 0, 0, 0x85])                 # damaged ERROR
+hs.append([2, 0, 0, 1, 0, 1, 0, 4, 0, 0, 0x85])        # a second WELCOME
+hs.append([3, 0, 1, 1, 0x85])                          # ERROR after WELCOME
+for _ in range(40):
+    hs.append([rnd.randrange(4)] + [rnd.randrange(256) for _ in range(rnd.randrange(4, 40))])
+for h in hs:
+    write("handshake", bytes(h))
+
+# ---- manager: [config, ops...] --------------------------------------------
+# config: bit 0 token required, bits 1-2 max_body, bits 4-7 heartbeat
+# ops: 0 raw | 1-2 HELLO picked by hello_body | 3-5 worker frames |
+#      6-7 send_task(id, handler, len16, ack) | 8 ping | 9 drain |
+#      10 goodbye | 11 consume(n16)
+def hello(token_choice=1, damage=False):
+    # flags, then for each of 4 numbers: choice byte 0 (plain 1)
+    b = [1, 0x80 if damage else 0, 0, 0, 0, 0]
+    b += [1, 2]                    # worker, runtime: "manager-1"
+    b += [0, token_choice]         # handlers ["echo","sleep"], token choice
+    if damage:
+        b += [0, 0, 0]
+    return b + [0x85]
+
+
+def wframes(*fs, seed=0x85):
+    return [3, len(fs) - 1] + [x for f in fs for x in f] + [seed]
+
+
+def result(id, n=10, failed=False):
+    return [0, id, n, 0, 1 if failed else 0]
+
+
+def send(id, handler=0, n=100, ack=0):
+    return [6, id, handler, n >> 8, n & 0xff, ack]
+
+
+mg = []
+for cfg in (0, 1, 2, 4, 6, 0x12, 0x13):
+    mg.append([cfg] + hello(1) + send(1) + send(2, ack=1) + wframes(result(1), [4, 2], result(2, 4))
+              + [8, 9] + wframes([8, 0, 0]) + [11, 0, 200] + [10])
+mg.append([1] + hello(0) + send(1))                 # token missing
+mg.append([1] + hello(2) + send(1))                 # token wrong
+mg.append([0] + hello(4) + send(1))                 # token of the wrong type
+mg.append([0] + hello(1, True) + send(1))           # damaged HELLO
+mg.append([0] + wframes(result(1)) + send(1))       # RESULT before HELLO
+mg.append([0] + hello() + send(1, 2) + send(2, 3) + send(3, 5) + send(4, 0, 0xffff))
+mg.append([0] + hello() + wframes([9, 0, 1, 1, 0x85, 0]) + send(1))   # worker ERROR
+mg.append([0] + hello() + wframes([9, 0, 1, 1, 0x85, 2]) + send(1))   # worker TASK
+mg.append([0] + hello() + [0, 8, 0x00] + list(b"\x00\x00\x00\x0c\x99\x00\x00\x00"))
+mg.append([2] + hello() + wframes(result(5, 255), result(6, 200)))      # RESULT over 64
+for _ in range(30):
+    mg.append([rnd.randrange(256)] + hello() + [rnd.randrange(256) for _ in range(rnd.randrange(10, 80))])
+for m in mg:
+    write("manager", bytes(m))
+
+# ---- tls: [heartbeat, ops...] ----------------------------------------------
+# ops: 0-1 worker writes / manager reads (damage if next byte % 4 == 0) |
+#      2-3 manager tasks | 4-6 worker reads (seed, per chunk: damage if % 8
+#      == 0) | 7 clock | 8 junk | 9 close_notify or EOF
+W = [0, 1]          # worker writes, no damage
+R = [4, 0xc0, 1]    # worker reads in one piece, no damage
+def tasks(n=2, ln=100):
+    return [2, n - 1] + [x for _ in range(n) for x in (ln >> 8, ln & 0xff, 7)]
+
+handshake_ops = W + R + W + R + W + R + W
+tl = []
+tl.append([0] + handshake_ops + tasks() + R + W + R + W)
+tl.append([1] + handshake_ops + tasks(4, 1500) + R + W + [7, 50] + R + W + [9, 0] + R + W + R)
+tl.append([0] + handshake_ops + tasks() + [9, 1] + W)
+for seed in (0x00, 0x05, 0x41, 0x80):
+    tl.append([0] + W + [4, seed, 1] * 4 + W + [4, seed, 1] + W + R + tasks(3, 700) + [4, seed] + [1] * 40 + W)
+for kind in range(5):
+    # damage in the worker's reads: flip, insert, cut, duplicate, truncate
+    tl.append([0] + handshake_ops + tasks() + [4, 0xc0, 0, 0, 30, kind, 3, 5] + W + R + W)
+    tl.append([0] + W + [4, 0xc0, 0, 0, 60, kind, 1, 9] + W + R + W)
+    # damage in what the manager reads
+    tl.append([0] + [0, 0, 0, 40, kind, 2, 7] + R + W + R)
+    tl.append([0] + handshake_ops + tasks() + R + [0, 0, 0, 10, kind, 4, 1] + R + W)
+tl.append([0] + handshake_ops + [8, 20] + list(range(20)) + W + R)
+tl.append([0] + [8, 6, 0x14, 3, 3, 0, 1, 1] + handshake_ops)   # a CCS record first
+tl.append([0] + [9, 1])                                         # EOF before anything
+tl.append([0] + W + [9, 1] + W)                                 # EOF mid-handshake
+tl.append([0] + handshake_ops + [7, 255] * 12 + W)              # handshake timeout
+for _ in range(20):
+    tl.append([rnd.randrange(2)] + handshake_ops + [rnd.randrange(256) for _ in range(rnd.randrange(10, 60))])
+for t in tl:
+    write("tls", bytes(t))

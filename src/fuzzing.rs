@@ -666,3 +666,894 @@ pub fn session(data: &[u8]) {
         );
     }
 }
+
+/// A JSON number the fuzzer picked, and its value when it is one a `u32`
+/// field accepts.
+fn json_number(input: &mut Input<'_>) -> (String, Option<u32>) {
+    const PLAIN: [u32; 10] = [0, 1, 2, 63, 64, 65, 512, 65535, 1 << 24, u32::MAX];
+    match input.byte() % 16 {
+        0..=7 => {
+            let n = input.pick(&PLAIN);
+            (n.to_string(), Some(n))
+        }
+        8 | 9 => {
+            let n = u32::from(input.u16());
+            (n.to_string(), Some(n))
+        }
+        10 => (
+            input
+                .pick(&["4294967296", "18446744073709551616", "-1"])
+                .into(),
+            None,
+        ),
+        11 => (
+            input.pick(&["1.5", "1e3", "1e400", "-0", "0.0"]).into(),
+            None,
+        ),
+        12 => (input.pick(&["\"1\"", "null", "true"]).into(), None),
+        13 => (input.pick(&["[]", "{}", "[1]", "{\"a\":1}"]).into(), None),
+        14 => (" 1 ".into(), Some(1)),
+        _ => ("1".into(), Some(1)),
+    }
+}
+
+/// A JSON value for a string field, and the string when it is one.
+fn json_string(input: &mut Input<'_>) -> (Vec<u8>, Option<String>) {
+    let text: String = match input.byte() % 16 {
+        0 => String::new(),
+        1..=4 => "manager-1".into(),
+        5 | 6 => {
+            let n = usize::from(input.byte() % 48);
+            String::from_utf8_lossy(input.bytes(n)).into_owned()
+        }
+        7 => "line\nFAKE LOG LINE\r\u{1b}[31mred\u{7}".into(),
+        8 => "\u{202e}desrever\u{2066}x\u{200f}".into(),
+        9 => "x".repeat(usize::from(input.u16() % 6000)),
+        10 => "é€😀".repeat(usize::from(input.byte())),
+        11 => return (b"12".to_vec(), None),
+        12 => return (b"null".to_vec(), None),
+        13 => return (b"[\"a\"]".to_vec(), None),
+        14 => {
+            // Bytes that are not UTF-8, unescaped inside the quotes.
+            let mut raw = b"\"bad ".to_vec();
+            raw.extend_from_slice(&[0xff, 0xfe, 0xc0, input.byte()]);
+            raw.push(b'"');
+            return (raw, None);
+        }
+        _ => "\\u0000 escapes \\ \" \u{0}".into(),
+    };
+    let quoted = serde_json::to_vec(&text).unwrap_or_default();
+    (quoted, Some(text))
+}
+
+/// Whole-body damage: the body is no longer a JSON object.
+fn json_damage(input: &mut Input<'_>, body: &mut Vec<u8>) {
+    let at = usize::from(input.u16()) % (body.len() + 1);
+    match input.byte() % 6 {
+        0 => body.truncate(at.min(body.len().saturating_sub(1))),
+        1 => body.extend_from_slice(b"x"),
+        2 => {
+            body.insert(0, b'[');
+            body.push(b']');
+        }
+        3 => {
+            *body = b"[".repeat(200);
+        }
+        4 => body.insert(at, 0xff),
+        _ => {
+            *body = input
+                .pick(&[&b""[..], b"null", b"1", b"\"{}\"", b"{"])
+                .to_vec()
+        }
+    }
+}
+
+/// A WELCOME body built field by field; `Some(valid)` when whether the
+/// worker must accept it is known.
+fn welcome_body(input: &mut Input<'_>) -> (Vec<u8>, Option<bool>) {
+    let mut fields: Vec<Vec<u8>> = Vec::new();
+    let mut known = true;
+    let mut valid = true;
+    let flags = input.byte();
+    for (i, name) in ["protocol", "manager", "max_body", "heartbeat_ms"]
+        .iter()
+        .enumerate()
+    {
+        if flags & (1 << i) != 0 && input.byte() % 4 == 0 {
+            valid = false; // a required field is missing
+            continue;
+        }
+        let mut field = format!("\"{name}\":").into_bytes();
+        if *name == "manager" {
+            let (value, text) = json_string(input);
+            valid &= text.is_some();
+            field.extend_from_slice(&value);
+        } else {
+            let (value, n) = if *name == "protocol" && input.byte() % 2 == 0 {
+                ("1".to_owned(), Some(1))
+            } else {
+                json_number(input)
+            };
+            match (*name, n) {
+                (_, None) => valid = false,
+                ("protocol", Some(n)) => valid &= n == PROTOCOL_VERSION,
+                ("max_body", Some(n)) => valid &= n >= crate::protocol::machine::MIN_PEER_MAX_BODY,
+                _ => {}
+            }
+            field.extend_from_slice(value.as_bytes());
+        }
+        fields.push(field);
+    }
+    if flags & 0x10 != 0 {
+        fields.push(br#""extra":{"nested":[1,2,{"x":null}]}"#.to_vec());
+    }
+    if flags & 0x20 != 0 {
+        // A duplicate key: which one wins is serde's business.
+        fields.push(b"\"protocol\":7".to_vec());
+        known = false;
+    }
+    if flags & 0x40 != 0 && !fields.is_empty() {
+        let at = usize::from(input.byte()) % fields.len();
+        let last = fields.len() - 1;
+        fields.swap(at, last);
+    }
+    let mut body = b"{".to_vec();
+    body.extend_from_slice(&fields.join(&b","[..]));
+    body.push(b'}');
+    if flags & 0x80 != 0 {
+        json_damage(input, &mut body);
+        valid = false;
+    }
+    (body, known.then_some(valid))
+}
+
+/// An ERROR body built field by field, and the code and message the worker
+/// must report for it (`unknown` when it does not parse).
+fn error_body(input: &mut Input<'_>) -> (Vec<u8>, Option<(String, String)>) {
+    let flags = input.byte();
+    let (code, code_text) = json_string(input);
+    let (message, message_text) = json_string(input);
+    let mut body = b"{\"code\":".to_vec();
+    body.extend_from_slice(&code);
+    body.extend_from_slice(b",\"message\":");
+    body.extend_from_slice(&message);
+    if flags & 1 != 0 {
+        body.extend_from_slice(b",\"retry\":false");
+    }
+    body.push(b'}');
+    let mut parsed = code_text.zip(message_text);
+    if flags & 0x80 != 0 {
+        json_damage(input, &mut body);
+        parsed = None;
+    }
+    (body, parsed)
+}
+
+/// The handshake with the manager's bodies picked field by field (JSON-aware
+/// mutation): a WELCOME or ERROR first, or a valid WELCOME and then one of
+/// them; then a TASK. The worker must accept exactly the valid WELCOMEs,
+/// refuse the others with an ERROR, report an ERROR's code and message
+/// capped and escaped, and keep anything it logs on one line.
+pub fn handshake(data: &[u8]) {
+    let mut input = Input::new(data);
+    let mode = input.byte() % 4;
+    let mut stream = Vec::new();
+    let valid_welcome = br#"{"protocol":1,"manager":"m","max_body":65536,"heartbeat_ms":0}"#;
+    if mode >= 2 {
+        encode_frame(&mut stream, FrameKind::Welcome, 0, 0, valid_welcome);
+    }
+    let (expect_welcome, expect_error) = if mode % 2 == 0 {
+        let (body, valid) = welcome_body(&mut input);
+        encode_frame(&mut stream, FrameKind::Welcome, 0, 0, &body);
+        (valid, None)
+    } else {
+        let (body, parsed) = error_body(&mut input);
+        encode_frame(&mut stream, FrameKind::Error, 0, 0, &body);
+        (None, Some(parsed))
+    };
+    let mut task = vec![4];
+    task.extend_from_slice(b"echoping");
+    encode_frame(&mut stream, FrameKind::Task, FLAG_ACK_REQUESTED, 1, &task);
+
+    let now = Instant::now();
+    let handlers = HandlerRegistry::with_builtins();
+    let stats = Arc::new(SessionStats::with_handlers(0, handlers.names().len()));
+    let config = SessionConfig {
+        worker_id: "fuzz".into(),
+        runtime: "fuzz",
+        max_body: 1 << 20,
+        max_in_flight: 4,
+        token: None,
+        handshake_timeout: Duration::from_secs(1),
+    };
+    let mut link = Link::plain(WorkerSession::new(0, &config, handlers, stats, now));
+    let seed = input.byte();
+    let mut at = 0;
+    let mut n = 0u8;
+    while at < stream.len() && link.wants_read() {
+        let (size, _) = chunk_plan(seed.wrapping_add(n), stream.len() - at);
+        n = n.wrapping_add(37);
+        link.on_input(&stream[at..at + size], now);
+        at += size;
+    }
+    let output = link.take_output(Vec::new());
+    let frames = decode_all(&output, "the worker's output");
+    assert_eq!(frames.first().map(|f| f.0), Some(FrameKind::Hello));
+    let result = frames
+        .iter()
+        .find(|f| f.0 == FrameKind::Result)
+        .map(|f| f.3.clone());
+    if let Some(reason) = link.closed() {
+        let line = reason.to_string();
+        assert!(
+            !line.chars().any(char::is_control),
+            "a control character in the close reason {line:?}"
+        );
+        assert!(line.len() <= 1024, "a close reason of {} bytes", line.len());
+    }
+    match (mode, link.closed()) {
+        (0, None) => {
+            assert_ne!(expect_welcome, Some(false), "an invalid WELCOME accepted");
+            assert_eq!(
+                result.as_deref(),
+                Some(&b"ping"[..]),
+                "the TASK after WELCOME"
+            );
+        }
+        (0, Some(reason)) => {
+            assert_ne!(
+                expect_welcome,
+                Some(true),
+                "a valid WELCOME refused: {reason}"
+            );
+            assert!(
+                matches!(reason, CloseReason::ProtocolViolation { .. }),
+                "{reason:?}"
+            );
+            assert_eq!(frames.last().map(|f| f.0), Some(FrameKind::Error));
+            assert!(result.is_none(), "a TASK ran after a refused WELCOME");
+        }
+        (2, Some(CloseReason::ProtocolViolation { code, .. })) => {
+            assert_eq!(*code, crate::protocol::codes::UNEXPECTED_FRAME);
+            assert!(result.is_none());
+        }
+        (
+            1 | 3,
+            Some(CloseReason::PeerError {
+                code,
+                message,
+                during_handshake,
+            }),
+        ) => {
+            assert_eq!(*during_handshake, mode == 1);
+            assert!(result.is_none(), "a TASK ran after ERROR");
+            match expect_error.flatten() {
+                Some((c, m)) => {
+                    use crate::format::{peer_text, MAX_PEER_TEXT};
+                    assert_eq!(
+                        *code,
+                        peer_text(&c, crate::protocol::frame::MAX_HANDLER_NAME)
+                    );
+                    assert_eq!(*message, peer_text(&m, MAX_PEER_TEXT));
+                }
+                None => assert_eq!(code, "unknown"),
+            }
+        }
+        (mode, other) => panic!("mode {mode} ended {other:?}"),
+    }
+}
+
+const MANAGER_TOKEN: &str = "s3cret";
+
+/// A handler name one byte over the limit.
+const LONG_NAME: &str = "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
+
+/// A HELLO body built field by field, and whether the manager must accept
+/// it (`None` when that is not known).
+fn hello_body(input: &mut Input<'_>, token_required: bool) -> (Vec<u8>, Option<bool>) {
+    let flags = input.byte();
+    let mut valid = true;
+    let mut fields: Vec<Vec<u8>> = Vec::new();
+    let numbers = ["protocol", "session", "max_body", "max_in_flight"];
+    for (i, name) in numbers.iter().enumerate() {
+        if flags & (1 << i) != 0 && input.byte() % 4 == 0 {
+            valid = false;
+            continue;
+        }
+        let (value, n) = if input.byte() % 2 == 0 {
+            ("1".to_owned(), Some(1))
+        } else {
+            json_number(input)
+        };
+        valid &= n.is_some();
+        if *name == "protocol" {
+            valid &= n == Some(PROTOCOL_VERSION);
+        }
+        fields.push(format!("\"{name}\":{value}").into_bytes());
+    }
+    for name in ["worker", "runtime"] {
+        let (value, text) = json_string(input);
+        valid &= text.is_some();
+        let mut field = format!("\"{name}\":").into_bytes();
+        field.extend_from_slice(&value);
+        fields.push(field);
+    }
+    let handlers: &[u8] = input.pick(&[
+        &b"[\"echo\",\"sleep\"]"[..],
+        b"[]",
+        b"[1]",
+        b"\"echo\"",
+        b"null",
+    ]);
+    valid &= handlers.starts_with(b"[") && handlers != b"[1]";
+    fields.push([&b"\"handlers\":"[..], handlers].concat());
+    match input.byte() % 5 {
+        0 => valid &= !token_required,
+        1 => fields.push(format!("\"token\":\"{MANAGER_TOKEN}\"").into_bytes()),
+        2 => {
+            fields.push(b"\"token\":\"s3cre\"".to_vec());
+            valid &= !token_required;
+        }
+        3 => {
+            fields.push(b"\"token\":null".to_vec());
+            valid &= !token_required;
+        }
+        _ => {
+            fields.push(b"\"token\":7".to_vec());
+            valid = false;
+        }
+    }
+    let mut body = b"{".to_vec();
+    body.extend_from_slice(&fields.join(&b","[..]));
+    body.push(b'}');
+    if flags & 0x80 != 0 {
+        json_damage(input, &mut body);
+        valid = false;
+    }
+    (body, Some(valid))
+}
+
+/// One step of a [`manager`] program.
+#[derive(Debug, Clone)]
+enum ManagerOp {
+    /// Worker bytes; the seed says how a split run chops them.
+    Bytes {
+        bytes: Vec<u8>,
+        seed: u8,
+        hello: Option<bool>,
+    },
+    Task {
+        id: u64,
+        handler: &'static str,
+        len: usize,
+        ack: bool,
+    },
+    Ping(u64),
+    Drain,
+    Goodbye,
+    /// The writer took this many bytes of the output.
+    Consume(usize),
+}
+
+fn manager_program(data: &[u8]) -> (ManagerConfig, Vec<ManagerOp>) {
+    let mut input = Input::new(data);
+    let config = input.byte();
+    let token = (config & 1 == 1).then(|| MANAGER_TOKEN.to_owned());
+    let manager_config = ManagerConfig {
+        manager_id: "fuzz".into(),
+        max_body: [64, 1024, 65536, 1 << 24][usize::from(config >> 1) & 3],
+        heartbeat_ms: u32::from(config >> 4),
+        token: token.clone(),
+    };
+    let mut ops = Vec::new();
+    while !input.is_empty() && ops.len() < 512 {
+        let op = match input.byte() % 12 {
+            0 => {
+                let n = usize::from(input.byte());
+                let seed = input.byte();
+                ManagerOp::Bytes {
+                    bytes: input.bytes(n).to_vec(),
+                    seed,
+                    hello: None,
+                }
+            }
+            1 | 2 => {
+                let (body, valid) = hello_body(&mut input, token.is_some());
+                let mut bytes = Vec::new();
+                encode_frame(&mut bytes, FrameKind::Hello, 0, 0, &body);
+                ManagerOp::Bytes {
+                    bytes,
+                    seed: input.byte(),
+                    hello: valid,
+                }
+            }
+            3..=5 => {
+                let mut bytes = Vec::new();
+                for _ in 0..1 + input.byte() % 4 {
+                    worker_frame(&mut input, &mut bytes);
+                }
+                ManagerOp::Bytes {
+                    bytes,
+                    seed: input.byte(),
+                    hello: None,
+                }
+            }
+            6 | 7 => ManagerOp::Task {
+                id: u64::from(input.byte()),
+                handler: input.pick(&["echo", "sleep", "", "two words", "é", LONG_NAME]),
+                len: usize::from(input.u16()) % 70_000,
+                ack: input.byte() & 1 == 1,
+            },
+            8 => ManagerOp::Ping(u64::from(input.byte())),
+            9 => ManagerOp::Drain,
+            10 => ManagerOp::Goodbye,
+            _ => ManagerOp::Consume(usize::from(input.u16())),
+        };
+        ops.push(op);
+    }
+    (manager_config, ops)
+}
+
+/// One frame a worker could send, from a few input bytes.
+fn worker_frame(input: &mut Input<'_>, out: &mut Vec<u8>) {
+    let kind = input.byte();
+    let id = u64::from(input.byte());
+    let _written = match kind % 10 {
+        0..=3 => {
+            let len = usize::from(input.byte()) * usize::from(input.byte() % 8 + 1);
+            let flags = input.byte() & FLAG_FAILED;
+            let body: Vec<u8> = if flags != 0 && kind & 0x80 != 0 {
+                ErrorBody::new("handler_failed", "x").to_json()
+            } else {
+                (0..len).map(|i| i as u8).collect()
+            };
+            encode_frame(out, FrameKind::Result, flags, id, &body)
+        }
+        4 => encode_frame(out, FrameKind::Ack, 0, id, &[]),
+        5 => encode_frame(out, FrameKind::Ping, 0, id, &[]),
+        6 => encode_frame(out, FrameKind::Pong, 0, id, &[]),
+        7 => encode_frame(out, FrameKind::Drain, 0, 0, &[]),
+        8 => {
+            let body: &[u8] = input.pick(&[
+                &br#"{"bytes_sent":10,"bytes_received":20}"#[..],
+                b"",
+                b"{\"bytes_sent\":-1}",
+                b"[1,2]",
+            ]);
+            encode_frame(out, FrameKind::Goodbye, 0, 0, body)
+        }
+        _ => {
+            let (body, _) = error_body(input);
+            let kind = input.pick(&[
+                FrameKind::Error,
+                FrameKind::Error,
+                FrameKind::Task,
+                FrameKind::Welcome,
+            ]);
+            encode_frame(out, kind, 0, 0, &body)
+        }
+    };
+}
+
+/// What a manager run ends with; a split run must end the same.
+#[derive(Debug, PartialEq, Eq)]
+struct ManagerOutcome {
+    events: Vec<ManagerEvent>,
+    sends: Vec<Result<(), SendError>>,
+    output: Vec<u8>,
+    phase: ManagerPhase,
+}
+
+fn run_manager(config: &ManagerConfig, ops: &[ManagerOp], split: bool) -> ManagerOutcome {
+    let mut machine = ManagerMachine::new(config.clone());
+    let mut events = Vec::new();
+    let mut sends = Vec::new();
+    let mut written = Vec::new();
+    let mut unread: Vec<u8> = Vec::new();
+    let mut seeds = Vec::new();
+    let mut ended = false;
+    let mut hello_expected: Option<Option<bool>> = None;
+    let mut fed_any = false;
+    let poll = |machine: &mut ManagerMachine,
+                events: &mut Vec<ManagerEvent>,
+                ended: &mut bool,
+                hello: &mut Option<Option<bool>>| {
+        while let Some(event) = machine.poll_event() {
+            assert!(!*ended, "{event:?} after the connection ended");
+            match &event {
+                ManagerEvent::Hello(hello_body) => {
+                    assert_eq!(machine.phase(), ManagerPhase::Active);
+                    assert_eq!(hello_body.protocol, PROTOCOL_VERSION);
+                    if let Some(token) = &config.token {
+                        assert_eq!(
+                            hello_body.token.as_deref(),
+                            Some(token.as_str()),
+                            "a HELLO with a wrong token accepted"
+                        );
+                    }
+                    assert_ne!(*hello, Some(Some(false)), "an invalid HELLO accepted");
+                    let out = decode_all(machine.pending_output(), "the manager's output");
+                    assert_eq!(out.last().map(|f| f.0), Some(FrameKind::Welcome));
+                }
+                ManagerEvent::Result { body, .. } => {
+                    assert!(body.len() <= config.max_body as usize);
+                }
+                ManagerEvent::Refused { code, .. } => {
+                    *ended = true;
+                    let out = decode_all(machine.pending_output(), "the manager's output");
+                    let last = out.last().expect("ERROR queued");
+                    assert_eq!(last.0, FrameKind::Error);
+                    let body: ErrorBody = serde_json::from_slice(&last.3).expect("ERROR body");
+                    assert_eq!(body.code, *code);
+                }
+                ManagerEvent::Goodbye { .. } | ManagerEvent::Error { .. } => *ended = true,
+                _ => {}
+            }
+            if *ended {
+                assert_eq!(machine.phase(), ManagerPhase::Closed);
+            }
+            events.push(event);
+        }
+        *hello = None;
+    };
+    for op in ops {
+        if let ManagerOp::Bytes { bytes, seed, hello } = op {
+            unread.extend_from_slice(bytes);
+            seeds.push(*seed);
+            // Only a HELLO that is the very first bytes is known to be
+            // the frame a Hello event comes from.
+            if !fed_any {
+                hello_expected = Some(*hello);
+            }
+            fed_any = true;
+            continue;
+        }
+        // The worker's bytes are read before the manager acts again.
+        if split {
+            let mut at = 0;
+            let mut n = 0;
+            while at < unread.len() {
+                let seed = seeds
+                    .get(n % seeds.len().max(1))
+                    .copied()
+                    .unwrap_or(0xc0)
+                    .wrapping_add(n as u8);
+                n += 1;
+                let (size, into_buffer) = chunk_plan(seed, unread.len() - at);
+                let chunk = &unread[at..at + size];
+                at += size;
+                if into_buffer {
+                    let space = machine.recv_space(size);
+                    space[..size].copy_from_slice(chunk);
+                    machine.commit(size);
+                } else {
+                    machine.handle_input(chunk);
+                }
+                poll(&mut machine, &mut events, &mut ended, &mut hello_expected);
+            }
+        } else {
+            machine.handle_input(&unread);
+            poll(&mut machine, &mut events, &mut ended, &mut hello_expected);
+        }
+        unread.clear();
+        seeds.clear();
+        match op {
+            ManagerOp::Bytes { .. } => {}
+            ManagerOp::Task {
+                id,
+                handler,
+                len,
+                ack,
+            } => {
+                let phase = machine.phase();
+                let payload = vec![0x5a; *len];
+                let sent = machine.send_task(*id, handler, &payload, *ack);
+                match &sent {
+                    Ok(()) => {
+                        assert_eq!(phase, ManagerPhase::Active);
+                        assert!(1 + handler.len() + len <= machine.worker_max_body() as usize);
+                        let out = decode_all(machine.pending_output(), "the manager's output");
+                        let last = out.last().expect("the TASK");
+                        assert_eq!((last.0, last.2), (FrameKind::Task, *id));
+                        assert_eq!(last.3.len(), 1 + handler.len() + len);
+                    }
+                    Err(SendError::NotReady) => assert_ne!(phase, ManagerPhase::Active),
+                    Err(_) => assert_eq!(phase, ManagerPhase::Active),
+                }
+                sends.push(sent);
+            }
+            ManagerOp::Ping(nonce) => machine.send_ping(*nonce),
+            ManagerOp::Drain => machine.send_drain(),
+            ManagerOp::Goodbye => machine.send_goodbye(),
+            ManagerOp::Consume(n) => {
+                let n = (*n).min(machine.pending_output().len());
+                written.extend_from_slice(&machine.pending_output()[..n]);
+                machine.consume_output(n);
+            }
+        }
+    }
+    written.extend_from_slice(machine.pending_output());
+    for (kind, ..) in decode_all(&written, "the manager's output") {
+        assert!(
+            matches!(
+                kind,
+                FrameKind::Welcome
+                    | FrameKind::Task
+                    | FrameKind::Ping
+                    | FrameKind::Pong
+                    | FrameKind::Drain
+                    | FrameKind::Goodbye
+                    | FrameKind::Error
+            ),
+            "a manager sent {kind}"
+        );
+    }
+    ManagerOutcome {
+        events,
+        sends,
+        output: written,
+        phase: machine.phase(),
+    }
+}
+
+/// Worker bytes (raw, or HELLOs and frames picked field by field) into the
+/// manager's state machine, between the manager's own sends, read whole
+/// and in input-chosen pieces: both runs must decode the same events and
+/// write the same bytes.
+pub fn manager(data: &[u8]) {
+    let (config, ops) = manager_program(data);
+    let split = run_manager(&config, &ops, true);
+    let whole = run_manager(&config, &ops, false);
+    assert_eq!(
+        split.events, whole.events,
+        "events differ with the reads split"
+    );
+    assert_eq!(split.sends, whole.sends);
+    assert_eq!(split.phase, whole.phase);
+    assert!(
+        split.output == whole.output,
+        "output differs with the reads split"
+    );
+}
+
+/// The two ends of the [`tls`] target: a client configuration that trusts
+/// one self-signed certificate for `localhost`, and a manager configuration
+/// that serves it (TLS 1.3, no tickets, as [`crate::transport::tls`] sets
+/// them). The certificate is made by the caller (the fuzz crate and the
+/// tests use rcgen), so no key is built into the library.
+#[derive(Clone)]
+pub struct TlsPeers {
+    client: Arc<rustls::ClientConfig>,
+    server: Arc<rustls::ServerConfig>,
+}
+
+impl std::fmt::Debug for TlsPeers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsPeers").finish_non_exhaustive()
+    }
+}
+
+impl TlsPeers {
+    /// Peers for a DER certificate for `localhost` and its PKCS#8 key.
+    pub fn new(cert_der: Vec<u8>, key_der: Vec<u8>) -> Result<TlsPeers, String> {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let versions: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+        let cert = CertificateDer::from(cert_der);
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der));
+        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(versions)
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)
+            .map_err(|e| e.to_string())?;
+        server.send_tls13_tickets = 0;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).map_err(|e| e.to_string())?;
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(TlsPeers {
+            client: Arc::new(client),
+            server: Arc::new(server),
+        })
+    }
+}
+
+/// Damage done to a piece of a record stream.
+fn damage(input: &mut Input<'_>, chunk: &mut Vec<u8>) -> bool {
+    let at = usize::from(input.u16()) % chunk.len().max(1);
+    match input.byte() % 12 {
+        0 if !chunk.is_empty() => chunk[at] ^= 1 << (input.byte() % 8),
+        1 => chunk.insert(at.min(chunk.len()), input.byte()),
+        2 if !chunk.is_empty() => {
+            let end = (at + 1 + usize::from(input.byte())).min(chunk.len());
+            chunk.drain(at..end);
+        }
+        3 => {
+            let copy = chunk.clone();
+            chunk.extend_from_slice(&copy);
+        }
+        4 => chunk.truncate(at),
+        _ => return false,
+    }
+    true
+}
+
+/// A TLS [`Link`] against an in-memory rustls server and a
+/// [`ManagerMachine`] behind it: the input interleaves the two sides'
+/// writes, manager tasks, clock steps and EOF, and splits, corrupts, cuts or
+/// injects the record stream in either direction. Corrupted records never
+/// reach the session as plaintext (every echo RESULT the manager reads is
+/// the payload it sent), a failed link reads nothing more and writes at
+/// most its alert, and after EOF and the timeouts the link has failed
+/// ([`Link::failure`]) or its session has closed: nothing hangs.
+pub fn tls(peers: &TlsPeers, data: &[u8]) {
+    use crate::transport::tls::ServerTls;
+
+    let mut input = Input::new(data);
+    let mut now = Instant::now();
+    let handlers = HandlerRegistry::with_builtins();
+    let stats = Arc::new(SessionStats::with_handlers(0, handlers.names().len()));
+    let config = SessionConfig {
+        worker_id: "fuzz".into(),
+        runtime: "fuzz",
+        max_body: 65536,
+        max_in_flight: 4,
+        token: None,
+        handshake_timeout: Duration::from_secs(10),
+    };
+    let session = WorkerSession::new(0, &config, handlers, stats, now);
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("a valid name");
+    let mut conn =
+        rustls::ClientConnection::new(peers.client.clone(), name).expect("a client connection");
+    conn.set_buffer_limit(None);
+    let mut link = Link::tls(session, conn);
+    let mut server = ServerTls::new(peers.server.clone()).expect("a server connection");
+    let mut manager = ManagerMachine::new(ManagerConfig {
+        max_body: 65536,
+        heartbeat_ms: u32::from(input.byte() % 2) * 100,
+        ..ManagerConfig::default()
+    });
+    let mut to_server: Vec<u8> = Vec::new();
+    let mut to_worker: Vec<u8> = Vec::new();
+    let mut expected: HashMap<u64, Vec<u8>> = HashMap::new();
+    let mut next_id = 1u64;
+    let mut server_failed = false;
+    let mut eof = false;
+    let mut failed_and_flushed = false;
+
+    let mut ops = 0;
+    while !input.is_empty() && ops < 256 {
+        ops += 1;
+        match input.byte() % 10 {
+            // The worker writes; the manager reads (maybe damaged records).
+            0 | 1 => {
+                let out = link.take_output(Vec::new());
+                if failed_and_flushed {
+                    assert!(
+                        out.is_empty(),
+                        "{} bytes written after the link failed",
+                        out.len()
+                    );
+                }
+                if link.failure().is_some() {
+                    failed_and_flushed = true;
+                }
+                to_server.extend_from_slice(&out);
+                link.on_flushed(now);
+                if input.byte() % 4 == 0 {
+                    damage(&mut input, &mut to_server);
+                }
+                if !server_failed {
+                    let fed = server.feed(&to_server, &mut |plain, _| manager.handle_input(plain));
+                    server_failed = fed.is_err();
+                }
+                to_server.clear();
+                while let Some(event) = manager.poll_event() {
+                    if let ManagerEvent::Result {
+                        id,
+                        failed: false,
+                        body,
+                    } = event
+                    {
+                        let sent = expected.get(&id).expect("a RESULT for a task sent");
+                        assert_eq!(&body, sent, "echo of task {id}");
+                    }
+                }
+                server.write_plain(&manager.take_output(Vec::new()));
+                server.write_records(&mut to_worker);
+            }
+            // The manager sends tasks.
+            2 | 3 => {
+                for _ in 0..1 + input.byte() % 4 {
+                    let len = usize::from(input.u16() % 2000);
+                    let fill = input.byte();
+                    let payload: Vec<u8> = (0..len).map(|i| fill ^ i as u8).collect();
+                    if manager
+                        .send_task(next_id, "echo", &payload, fill & 1 == 1)
+                        .is_ok()
+                    {
+                        expected.insert(next_id, payload);
+                        next_id += 1;
+                    }
+                }
+                server.write_plain(&manager.take_output(Vec::new()));
+                server.write_records(&mut to_worker);
+            }
+            // The worker reads what the manager sent, in pieces, some damaged.
+            4..=6 => {
+                let seed = input.byte();
+                let mut at = 0;
+                let mut n = 0u8;
+                while at < to_worker.len() && !eof {
+                    let (size, _) = chunk_plan(seed.wrapping_add(n), to_worker.len() - at);
+                    n = n.wrapping_add(29);
+                    let mut chunk = to_worker[at..at + size].to_vec();
+                    at += size;
+                    if input.byte() % 8 == 0 {
+                        damage(&mut input, &mut chunk);
+                    }
+                    link.on_input(&chunk, now);
+                }
+                to_worker.clear();
+            }
+            7 => {
+                now += Duration::from_millis(u64::from(input.byte()) * 4);
+                link.handle_timeout(now);
+            }
+            // Bytes from nowhere, or the manager closes.
+            8 => {
+                let n = usize::from(input.byte() % 64);
+                let junk = input.bytes(n).to_vec();
+                if !eof {
+                    link.on_input(&junk, now);
+                }
+            }
+            _ => {
+                if input.byte() % 2 == 0 {
+                    server.close();
+                    server.write_records(&mut to_worker);
+                } else if !eof {
+                    link.on_input(&to_worker, now);
+                    to_worker.clear();
+                    eof = true;
+                    link.on_eof(now);
+                }
+            }
+        }
+        assert!(link.in_flight() <= 4);
+        if link.failure().is_some() {
+            assert!(!link.wants_read(), "a failed link still wants to read");
+        }
+    }
+
+    // The end: what is left arrives, then EOF, then time passes.
+    if !eof {
+        link.on_input(&to_worker, now);
+        link.on_eof(now);
+    }
+    for _ in 0..4 {
+        now += Duration::from_secs(11);
+        link.handle_timeout(now);
+        let out = link.take_output(Vec::new());
+        if failed_and_flushed {
+            assert!(
+                out.is_empty(),
+                "{} bytes written after the link failed",
+                out.len()
+            );
+        }
+        if link.failure().is_some() {
+            failed_and_flushed = true;
+        }
+        link.on_flushed(now);
+    }
+    assert!(
+        link.failure().is_some() || link.closed().is_some(),
+        "after EOF and the timeouts the link neither failed nor closed (handshaking {})",
+        link.welcomed_at().is_none()
+    );
+}

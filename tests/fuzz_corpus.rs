@@ -12,6 +12,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -126,6 +127,20 @@ fn mutate(rng: &mut StdRng, seeds: &[Vec<u8>]) -> Vec<u8> {
     input
 }
 
+fn tls_peers() -> &'static ringworker::fuzzing::TlsPeers {
+    static PEERS: OnceLock<ringworker::fuzzing::TlsPeers> = OnceLock::new();
+    PEERS.get_or_init(|| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        ringworker::fuzzing::TlsPeers::new(cert.der().to_vec(), key.serialize_der()).unwrap()
+    })
+}
+
+fn tls(data: &[u8]) {
+    ringworker::fuzzing::tls(tls_peers(), data);
+}
+
 macro_rules! fuzz_target_tests {
     ($($name:ident: $target:expr;)*) => {
         mod corpus_replay {
@@ -151,4 +166,7 @@ fuzz_target_tests! {
     decoder: ringworker::fuzzing::decoder;
     machine: ringworker::fuzzing::machine;
     session: ringworker::fuzzing::session;
+    handshake: ringworker::fuzzing::handshake;
+    manager: ringworker::fuzzing::manager;
+    tls: super::tls;
 }
