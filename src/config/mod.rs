@@ -21,7 +21,7 @@
 //! can tell them apart without matching on text.
 //!
 //! - [`settings`]: the keys ([`Settings`]) and their value types;
-//! - [`file`]: reading the file, naming unknown keys ([`FileError`]);
+//! - [`file`](mod@file): reading the file, naming unknown keys ([`FileError`]);
 //! - [`args`]: usage errors of the command line as one line;
 //! - [`token`]: reading the token file and deciding it is private enough;
 //! - [`memory`]: the worst-case memory of a configuration ([`MemoryBound`]).

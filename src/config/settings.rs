@@ -5,7 +5,7 @@
 //! (`serde::Deserialize`, kebab-case spellings as aliases). The keys the file
 //! accepts ([`FILE_KEYS`]) are read from serde, and the effective
 //! configuration is written by serialising a `Settings` built from the
-//! resolved [`Config`](super::Config): a new key is one more field here, and
+//! resolved [`Config`]: a new key is one more field here, and
 //! the compiler points at the two places that turn it into a value of
 //! `Config` and back.
 
