@@ -5,9 +5,9 @@
 //! (`serde::Deserialize`, kebab-case spellings as aliases). The keys the file
 //! accepts ([`FILE_KEYS`]) are read from serde, and the effective
 //! configuration is written by serialising a `Settings` built from the
-//! resolved [`Config`]: a new key is one more field here, and
-//! the compiler points at the two places that turn it into a value of
-//! `Config` and back.
+//! resolved [`Config`]. A new key is one more field here, its default and
+//! check in `Config::merge`, and its line in `From<&Config>` (which names
+//! every field, so the compiler asks for it).
 
 use std::cell::Cell;
 use std::path::PathBuf;
