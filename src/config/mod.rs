@@ -167,6 +167,8 @@ pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
 /// Most sessions one agent keeps: each is a socket and a few hundred bytes of
 /// state and metrics; beyond this, run more agents.
 pub const MAX_SESSIONS: u32 = 100_000;
+/// Most event-loop threads: each has a ring and 16 MiB of receive buffers.
+pub const MAX_THREADS: usize = 1024;
 pub const DEFAULT_MAX_BODY: u32 = 16 * 1024 * 1024;
 /// Largest `max_body` accepted: a frame is held whole, so this is memory
 /// per session ([`Config::memory_bound`]).
@@ -205,12 +207,12 @@ impl Config {
             .threads
             .or(file.threads)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
-        if threads == 0 {
+        if !(1..=MAX_THREADS).contains(&threads) {
             return Err(ConfigError::OutOfRange {
                 key: "threads",
-                value: 0,
+                value: threads as u64,
                 min: 1,
-                max: u64::MAX,
+                max: MAX_THREADS as u64,
             });
         }
         let max_in_flight = args.max_in_flight.or(file.max_in_flight).unwrap_or(64);

@@ -134,7 +134,7 @@ fn each_refused_value_is_its_own_error_with_its_message() {
         err,
         ConfigError::OutOfRange { key: "threads", .. }
     ));
-    assert_eq!(err.to_string(), "threads must be at least 1");
+    assert_eq!(err.to_string(), "threads 0 must be between 1 and 1024");
     let err = refused(&|s| s.max_in_flight = Some(0));
     assert_eq!(
         err.to_string(),

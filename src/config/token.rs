@@ -15,6 +15,24 @@ fn token_mode_is_private(mode: u32, file_gid: u32, own_gid: Option<u32>) -> bool
     others == 0 && (group == 0 || (group == 0o040 && Some(file_gid) == own_gid))
 }
 
+/// Whether `path` lies in this service's systemd credential store
+/// (`$CREDENTIALS_DIRECTORY`): a directory only the service can read, whose
+/// files systemd may hand to a dynamic user through an ACL, which shows as
+/// group read bits with a group that is not the agent's. Group read is
+/// accepted there; read for others is still refused.
+fn in_credentials_directory(path: &Path, store: Option<std::ffi::OsString>) -> bool {
+    let Some(store) = store else {
+        return false;
+    };
+    let (Ok(store), Some(Ok(dir))) = (
+        std::fs::canonicalize(store),
+        path.parent().map(std::fs::canonicalize),
+    ) else {
+        return false;
+    };
+    dir == store
+}
+
 /// This process's effective group id, from `/proc/self/status` (the second
 /// field of its `Gid:` line); `None` if that cannot be read.
 fn effective_gid() -> Option<u32> {
@@ -39,7 +57,9 @@ pub(super) fn read_token(path: &Path, allow_insecure: bool) -> Result<(String, b
     let metadata = file.metadata().map_err(token_error)?;
     let mode = metadata.mode() & 0o777;
     let own_gid = effective_gid();
-    let private = token_mode_is_private(mode, metadata.gid(), own_gid);
+    let private = token_mode_is_private(mode, metadata.gid(), own_gid)
+        || (mode & 0o027 == 0
+            && in_credentials_directory(path, std::env::var_os("CREDENTIALS_DIRECTORY")));
     if !allow_insecure && !private {
         return Err(ConfigError::InsecureTokenFile {
             path: path.to_owned(),
@@ -191,5 +211,28 @@ mod tests {
         .unwrap();
         assert!(config.warnings().is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_credential_readable_through_a_group_acl_is_accepted_only_in_the_store() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let store = std::env::temp_dir().join(format!("rw-credentials-{}", std::process::id()));
+        std::fs::create_dir_all(&store).unwrap();
+        let path = store.join("token");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        // As systemd leaves a credential granted by ACL: 0440, another group.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o440)).unwrap();
+        let other_gid = 65534;
+        std::os::unix::fs::chown(&path, None, Some(other_gid)).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().gid(), other_gid);
+        let store_var = Some(store.clone().into_os_string());
+        assert!(in_credentials_directory(&path, store_var.clone()));
+        assert!(!in_credentials_directory(&path, None));
+        let elsewhere = Some(std::env::temp_dir().into_os_string());
+        assert!(!in_credentials_directory(&path, elsewhere));
+        // Outside the store the same file is refused (group not ours).
+        let mode = std::fs::metadata(&path).unwrap().mode() & 0o777;
+        assert!(!token_mode_is_private(mode, other_gid, effective_gid()));
+        std::fs::remove_dir_all(&store).unwrap();
     }
 }
