@@ -285,7 +285,10 @@ def main():
     lines += tls_lines
     lines += ["", "![tasks/s against sessions](benches/scaling.svg)", "",
               "Profiles, side-by-side measurements of single changes and what limits each ratio: "
-              "[benches/INVESTIGATIONS.md](benches/INVESTIGATIONS.md).", ""]
+              "[benches/INVESTIGATIONS.md](benches/INVESTIGATIONS.md).", "",
+              "## Scrape cost", "",
+              "Before and after at 1,000 sessions: [benches/SCRAPE.md](benches/SCRAPE.md) "
+              "(`benches/metrics_cost.sh scrape`).", ""]
     with open(os.path.join(ROOT, "BENCHMARKS.md"), "w") as f:
         f.write("\n".join(lines))
     write_svg(results, os.path.join(ROOT, "benches", "scaling.svg"), med)

@@ -204,7 +204,15 @@ fn run(args: &Settings) -> ExitCode {
     let _http = match config.metrics_addr {
         MetricsAddr::Off => None,
         MetricsAddr::Listen(addr) => {
-            let telemetry = Arc::new(Telemetry::new(agent.stats()));
+            // Built before the sessions start: the recorder must be
+            // installed before they register their series.
+            let telemetry = Arc::new(Telemetry::with_options(
+                agent.stats(),
+                ringworker::metrics::TelemetryOptions {
+                    session_metrics: config.session_metrics,
+                    requested_runtime: config.runtime.as_str(),
+                },
+            ));
             match HttpServer::start(addr, telemetry) {
                 Ok(server) => {
                     tracing::info!("metrics and status on http://{}/metrics", server.addr());

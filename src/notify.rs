@@ -266,7 +266,8 @@ pub fn status_line(stats: &AgentStats, manager: &str, stopping: bool) -> String 
     match error {
         Some(error) => one_line(&format!(
             "connecting to {manager}: 0/{sessions} sessions connected, {tasks} tasks done \
-             (last error: {error})"
+             (last error: {})",
+            crate::format::peer_text(&error, crate::format::MAX_PEER_TEXT)
         )),
         None => {
             format!("connecting to {manager}: 0/{sessions} sessions connected, {tasks} tasks done")

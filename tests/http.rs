@@ -215,3 +215,45 @@ fn header(head: &str, name: &str) -> Option<String> {
             .then(|| value.trim().to_owned())
     })
 }
+
+/// The binary applies `--session-metrics=false` and labels the runtime it
+/// was asked for: a deliberate `--runtime blocking` is not a fallback.
+#[test]
+fn the_agent_binary_applies_session_metrics_off() {
+    let listener = tcp_listener();
+    let endpoint = listener.local_endpoint().unwrap().to_string();
+    let port = common::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ringworker"));
+    command.args([
+        "run",
+        "--manager",
+        &endpoint,
+        "--runtime",
+        "blocking",
+        "--metrics-addr",
+        &addr,
+        "--session-metrics=false",
+    ]);
+    let mut agent = common::process::Spawned::new(command);
+    let (_conn, _hello) = accept(&listener);
+    let mut body = String::new();
+    assert!(
+        common::wait_until(TIMEOUT, || {
+            body = http_get(&addr, "/metrics").map(|r| r.1).unwrap_or_default();
+            body.contains("ringworker_sessions_connected 1")
+        }),
+        "{body}\n{}",
+        agent.log()
+    );
+    assert!(!body.contains("ringworker_session_bytes_sent"), "{body}");
+    assert!(!body.contains("session=\""), "{body}");
+    assert!(
+        body.contains(r#"ringworker_runtime_info{runtime="blocking",requested="blocking"} 1"#)
+            || body
+                .contains(r#"ringworker_runtime_info{requested="blocking",runtime="blocking"} 1"#),
+        "{body}"
+    );
+    agent.signal("TERM");
+    agent.wait_within(TIMEOUT).expect("the agent stops");
+}

@@ -1085,6 +1085,9 @@ impl WorkerMachine {
     }
 
     fn violation(&mut self, code: &'static str, message: String) {
+        // The message may quote what the manager sent (serde names the
+        // offending value): capped and escaped like any text of the peer's.
+        let message = peer_text(&message, MAX_PEER_TEXT);
         let body = self.failure_body(code, &message);
         encode_frame(&mut self.out, FrameKind::Error, 0, 0, &body);
         self.close(CloseReason::ProtocolViolation { code, message });

@@ -2079,3 +2079,24 @@ fn results_count_as_unwritten_until_the_output_holding_them_is_written() {
     let _ = poll(&mut m, t0);
     assert_eq!(m.results_unwritten(), 1);
 }
+
+#[test]
+fn a_huge_invalid_welcome_is_refused_with_a_capped_message() {
+    let t0 = Instant::now();
+    let mut m = WorkerMachine::new(config(4), t0);
+    let _ = take(&mut m);
+    // serde quotes the offending value in its error.
+    let body = format!(
+        r#"{{"protocol":"{}\nFORGED","manager":"m","max_body":1024,"heartbeat_ms":0}}"#,
+        "p".repeat(3_000)
+    );
+    m.handle_input(&frame(FrameKind::Welcome, 0, 0, body.as_bytes()), t0);
+    match poll(&mut m, t0) {
+        Some(Ev::Closed(CloseReason::ProtocolViolation { code, message })) => {
+            assert_eq!(code, codes::BAD_FRAME);
+            assert!(message.len() < 300, "{} bytes", message.len());
+            assert!(!message.contains('\n'), "{message}");
+        }
+        other => panic!("expected bad_frame, got {other:?}"),
+    }
+}
