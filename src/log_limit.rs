@@ -89,11 +89,18 @@ impl RepeatLimiter {
         }
     }
 
-    /// The condition behind `kind` ended: forget it and return how many
-    /// occurrences were swallowed since it was last logged.
-    pub fn take_suppressed(&self, kind: &str) -> u64 {
+    /// The conditions behind the lines ended (a session connected again):
+    /// forget every kind and return those with occurrences swallowed since
+    /// they were last logged, with their counts.
+    pub fn take_suppressed(&self) -> Vec<(String, u64)> {
         let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        windows.remove(kind).map_or(0, |w| w.suppressed)
+        let mut swallowed: Vec<(String, u64)> = windows
+            .drain()
+            .filter(|(_, w)| w.suppressed > 0)
+            .map(|(kind, w)| (kind, w.suppressed))
+            .collect();
+        swallowed.sort();
+        swallowed
     }
 }
 
@@ -102,6 +109,19 @@ impl RepeatLimiter {
 pub fn session_warnings() -> &'static RepeatLimiter {
     static LIMITER: std::sync::OnceLock<RepeatLimiter> = std::sync::OnceLock::new();
     LIMITER.get_or_init(|| RepeatLimiter::new(REPEAT_INTERVAL))
+}
+
+/// A session connected: report the warnings counted and not logged yet, one
+/// line per kind, so no count is lost when the trouble ends.
+pub fn report_suppressed(session: u32) {
+    for (kind, count) in session_warnings().take_suppressed() {
+        tracing::info!(
+            session,
+            repeated = count,
+            "session {session} connected; before that, {count} more warnings like this one \
+             were counted and not logged: {kind}"
+        );
+    }
 }
 
 /// Log a session warning through [`session_warnings`]: the first of its kind
@@ -158,8 +178,8 @@ mod tests {
             limiter.check("refused", t0 + Duration::from_secs(11)),
             Verdict::Suppress
         );
-        assert_eq!(limiter.take_suppressed("refused"), 1);
-        assert_eq!(limiter.take_suppressed("refused"), 0);
+        assert_eq!(limiter.take_suppressed(), [("refused".to_owned(), 1)]);
+        assert_eq!(limiter.take_suppressed(), []);
         assert_eq!(limiter.check("refused", t0 + Duration::from_secs(12)), log0);
     }
 

@@ -658,6 +658,7 @@ impl WorkerSession {
                         SessionState::Draining
                     });
                 self.stats.set_last_error(None);
+                crate::log_limit::report_suppressed(self.index);
                 tracing::info!(
                     session = self.index,
                     manager = %welcome.manager,

@@ -24,6 +24,7 @@ for_each_runtime!(
     manager_killed_fifty_times_is_redialled_without_growth,
     drain_timeout_abandons_a_long_task_and_exits_non_zero,
     a_drain_that_cannot_deliver_its_results_exits_non_zero_within_its_timeout,
+    a_drain_cut_short_by_the_manager_leaving_exits_non_zero,
     second_sigterm_during_a_drain_exits_at_once_with_130,
 );
 
@@ -360,4 +361,32 @@ fn a_drain_that_cannot_deliver_its_results_exits_non_zero_within_its_timeout(kin
     assert!(!log.contains("panicked"), "{log}");
     drop(conn);
     let _ = writer.join();
+}
+
+/// The manager goes away during the drain while a task runs: the drain is
+/// cut short before its deadline, and the exit status still says a task
+/// was left unfinished.
+fn a_drain_cut_short_by_the_manager_leaving_exits_non_zero(kind: RuntimeKind) {
+    let listener = tcp_listener();
+    let endpoint = listener.local_endpoint().unwrap().to_string();
+    let mut agent = Spawned::new(agent_command(&endpoint, kind, &["--drain-timeout", "30"]));
+    let mut conn = accept_agent(&listener, &agent, TIMEOUT);
+    conn.send_task(1, "sleep", &5000u32.to_be_bytes(), true)
+        .unwrap();
+    wait_for_ack(&mut conn, 1);
+    agent.signal("TERM");
+    // The DRAIN arrives; then the manager closes its socket for good.
+    let _ = conn.next_event(TIMEOUT);
+    drop(conn);
+    drop(listener);
+    let status = agent
+        .wait_within(Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("the agent did not stop:\n{}", agent.log()));
+    let log = agent.final_log();
+    assert!(
+        !status.success() && status.code().is_some(),
+        "a task was abandoned, yet exit {status}:\n{log}"
+    );
+    assert!(log.contains("drain cut short"), "{log}");
+    assert!(log.contains("1 tasks abandoned"), "{log}");
 }

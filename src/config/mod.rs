@@ -305,7 +305,7 @@ impl Config {
             user_timeout: seconds(
                 args.tcp_user_timeout
                     .or(file.tcp_user_timeout)
-                    .unwrap_or(60),
+                    .unwrap_or(300),
             ),
         };
         let log_level = std::env::var(crate::logging::LOG_ENV)

@@ -181,7 +181,7 @@ pub struct Settings {
     #[arg(long, env = "RINGWORKER_TCP_KEEPALIVE", value_name = "SECS")]
     #[serde(alias = "tcp-keepalive")]
     pub tcp_keepalive: Option<u64>,
-    /// Seconds sent data may stay unacknowledged before the connection is dropped (TCP_USER_TIMEOUT); 0 leaves the kernel's default [default: 60]
+    /// Seconds sent data may stay unacknowledged before the connection is dropped (TCP_USER_TIMEOUT; since Linux 5.11 also a manager that keeps its receive window shut that long); 0 leaves the kernel's default [default: 300]
     #[arg(long, env = "RINGWORKER_TCP_USER_TIMEOUT", value_name = "SECS")]
     #[serde(alias = "tcp-user-timeout")]
     pub tcp_user_timeout: Option<u64>,

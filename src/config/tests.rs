@@ -207,7 +207,7 @@ fn the_effective_configuration_is_a_file_that_gives_it_again() {
             "reconnect_min = 100",
             "reconnect_max = 30000",
             "tcp_keepalive = 0",
-            "tcp_user_timeout = 60",
+            "tcp_user_timeout = 300",
             "log_level = \"info\"",
             "log_format = \"json\"",
             "drain_timeout = 9",

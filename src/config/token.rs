@@ -47,6 +47,19 @@ fn effective_gid() -> Option<u32> {
 /// Returns the token and whether the file was accepted only because
 /// `allow_insecure_token_file` is set.
 pub(super) fn read_token(path: &Path, allow_insecure: bool) -> Result<(String, bool), ConfigError> {
+    read_token_with_store(
+        path,
+        allow_insecure,
+        std::env::var_os("CREDENTIALS_DIRECTORY"),
+    )
+}
+
+/// [`read_token`] with the credential store given (`$CREDENTIALS_DIRECTORY`).
+fn read_token_with_store(
+    path: &Path,
+    allow_insecure: bool,
+    store: Option<std::ffi::OsString>,
+) -> Result<(String, bool), ConfigError> {
     use std::io::Read;
     use std::os::unix::fs::MetadataExt;
     let token_error = |source| ConfigError::TokenFile {
@@ -58,8 +71,7 @@ pub(super) fn read_token(path: &Path, allow_insecure: bool) -> Result<(String, b
     let mode = metadata.mode() & 0o777;
     let own_gid = effective_gid();
     let private = token_mode_is_private(mode, metadata.gid(), own_gid)
-        || (mode & 0o027 == 0
-            && in_credentials_directory(path, std::env::var_os("CREDENTIALS_DIRECTORY")));
+        || (mode & 0o027 == 0 && in_credentials_directory(path, store));
     if !allow_insecure && !private {
         return Err(ConfigError::InsecureTokenFile {
             path: path.to_owned(),
@@ -230,9 +242,21 @@ mod tests {
         assert!(!in_credentials_directory(&path, None));
         let elsewhere = Some(std::env::temp_dir().into_os_string());
         assert!(!in_credentials_directory(&path, elsewhere));
-        // Outside the store the same file is refused (group not ours).
-        let mode = std::fs::metadata(&path).unwrap().mode() & 0o777;
-        assert!(!token_mode_is_private(mode, other_gid, effective_gid()));
+        // Read as the agent reads it: accepted in the store, refused
+        // outside it (the group is not ours), and 0444 refused in it too.
+        let (token, insecure) = read_token_with_store(&path, false, store_var.clone()).unwrap();
+        assert_eq!((token.as_str(), insecure), ("s3cret", false));
+        let err = read_token_with_store(&path, false, None).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::InsecureTokenFile { .. }),
+            "{err}"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
+        let err = read_token_with_store(&path, false, store_var).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::InsecureTokenFile { .. }),
+            "{err}"
+        );
         std::fs::remove_dir_all(&store).unwrap();
     }
 }

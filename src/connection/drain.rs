@@ -96,6 +96,38 @@ impl StopDrain {
         tally
     }
 
+    /// The connection ended during the drain before its deadline, other
+    /// than by GOODBYE (`why`: a broken socket, an ERROR, a TLS failure):
+    /// what it still held is tallied like a timed-out drain's, and logged
+    /// when there is any.
+    pub fn ended_early(
+        &self,
+        session: u32,
+        in_flight: usize,
+        unwritten: u64,
+        why: &str,
+        stats: &SessionStats,
+    ) -> DrainTally {
+        let tally = DrainTally {
+            abandoned_tasks: in_flight as u64,
+            undelivered_results: unwritten,
+        };
+        if !tally.is_clean() {
+            let line = format!(
+                "drain cut short ({why}): {} tasks abandoned, {} RESULTs undelivered",
+                tally.abandoned_tasks, tally.undelivered_results
+            );
+            tracing::error!(
+                session,
+                abandoned = tally.abandoned_tasks,
+                undelivered = tally.undelivered_results,
+                "session {session}: {line}"
+            );
+            stats.set_last_error(Some(line));
+        }
+        tally
+    }
+
     /// The one line a timed-out drain logs.
     pub fn message(&self, tally: &DrainTally) -> String {
         let timeout = self.timeout;
@@ -168,5 +200,27 @@ mod tests {
         sum += tally;
         assert_eq!(sum.abandoned_tasks, 4);
         assert_eq!(sum.undelivered_results, 1624);
+    }
+
+    #[test]
+    fn a_drain_cut_short_tallies_what_the_connection_still_held() {
+        let drain = StopDrain::start(Instant::now(), Duration::from_secs(30));
+        let stats = SessionStats::new(0);
+        let tally = drain.ended_early(0, 3, 5, "connection lost: read failed", &stats);
+        assert_eq!(
+            tally,
+            DrainTally {
+                abandoned_tasks: 3,
+                undelivered_results: 5
+            }
+        );
+        assert_eq!(
+            stats.last_error().unwrap(),
+            "drain cut short (connection lost: read failed): 3 tasks abandoned, 5 RESULTs \
+             undelivered"
+        );
+        let stats = SessionStats::new(0);
+        assert!(drain.ended_early(0, 0, 0, "GOODBYE", &stats).is_clean());
+        assert_eq!(stats.last_error(), None, "nothing left, nothing said");
     }
 }

@@ -33,6 +33,9 @@ use crate::session::WorkerSession;
 use crate::stats::{AgentStats, SessionState, SessionStats, LOOP_BEAT_INTERVAL};
 use crate::transport::BlockingStream;
 
+/// How long a drain that ran out of time waits for the writer thread to
+/// report a write under way, before counting its RESULTs as undelivered.
+const WRITE_REPORT_GRACE: Duration = Duration::from_millis(50);
 /// Stack size of the per-connection reader and writer threads.
 const IO_THREAD_STACK: usize = 128 * 1024;
 
@@ -345,9 +348,11 @@ fn run_connection(
             continue;
         }
         if let Some(stopping) = drain.filter(|d| d.is_over(now)) {
-            // A write that finished meanwhile delivered its RESULTs.
+            // A write that finished meanwhile delivered its RESULTs; the
+            // writer thread may not have said so yet (the manager can read
+            // the bytes before that thread runs again): give it a moment.
             if writer_busy {
-                if let Ok(Ok(_)) = written_rx.try_recv() {
+                if let Ok(Ok(_)) = written_rx.recv_timeout(WRITE_REPORT_GRACE) {
                     writer_busy = false;
                     session.output_written();
                 }
@@ -407,8 +412,14 @@ fn run_connection(
 
     // Close: finish writing, half-close, read what the manager still sends
     // (so its last bytes are counted and it sees no reset), then tear down.
-    // A stopping connection waits for nothing past its drain deadline.
+    // A stopping connection waits for nothing past its drain deadline; one
+    // that was already closing when the stop came gets the drain's time
+    // from now.
     drop(write_tx);
+    let drain = drain.or_else(|| {
+        stop.is_requested()
+            .then(|| StopDrain::start(Instant::now(), plan.drain_timeout))
+    });
     let timed_out =
         !outcome.unfinished.is_clean() || drain.is_some_and(|d| d.is_over(Instant::now()));
     if writer_busy && !timed_out {
@@ -432,6 +443,20 @@ fn run_connection(
     drop(chunk_rx);
     let _ = reader.join();
     let _ = writer.join();
+    // A stopping connection that ended before its deadline other than by
+    // GOODBYE: what it still held counts as the drain's too.
+    if let (Some(stopping), true) = (drain, outcome.unfinished.is_clean()) {
+        let why = broken
+            .clone()
+            .or_else(|| session.closed().map(|r| r.to_string()));
+        outcome.unfinished = stopping.ended_early(
+            index,
+            session.in_flight(),
+            session.results_unwritten(),
+            why.as_deref().unwrap_or("connection closed"),
+            stats,
+        );
+    }
 
     outcome.uptime = session
         .welcomed_at()

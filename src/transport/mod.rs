@@ -45,11 +45,15 @@ pub struct TcpTuning {
 pub const KEEPALIVE_PROBES: u32 = 3;
 
 impl Default for TcpTuning {
-    /// 30 s of idleness, then probes every 10 s; 60 s unacknowledged at most.
+    /// 30 s of idleness, then probes every 10 s; 300 s unacknowledged at
+    /// most. Since Linux 5.11 the user timeout also ends a connection whose
+    /// peer keeps its receive window shut that long (a manager that stops
+    /// reading), hence minutes rather than seconds: heartbeats catch a
+    /// silent manager sooner when the manager turns them on.
     fn default() -> Self {
         TcpTuning {
             keepalive: Some(Duration::from_secs(30)),
-            user_timeout: Some(Duration::from_secs(60)),
+            user_timeout: Some(Duration::from_secs(300)),
         }
     }
 }

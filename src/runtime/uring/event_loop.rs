@@ -344,7 +344,19 @@ impl EventLoop {
             }
             if !self.stop_seen && self.stop.is_requested() {
                 self.stop_seen = true;
+                // A connection already closing when the stop came (its
+                // last frames or linger under way) ends by the drain
+                // deadline too.
+                let until = Instant::now() + self.plan.drain_timeout;
                 for i in 0..self.slots.len() {
+                    let s = &mut self.slots[i];
+                    for wait in [&mut s.linger_until, &mut s.flush_deadline] {
+                        if let Some(at) = wait.as_mut() {
+                            *at = (*at).min(until);
+                        }
+                    }
+                    let earliest = s.linger_until.into_iter().chain(s.flush_deadline).min();
+                    self.schedule(i as u32, earliest);
                     self.mark_dirty(i as u32);
                 }
             }
@@ -1008,6 +1020,21 @@ impl EventLoop {
         let refused;
         match s.session.take() {
             Some(session) => {
+                // A stopping connection that ended before its deadline other
+                // than by GOODBYE: what it still held counts as the drain's.
+                if let (Some(stopping), true) = (s.drain, s.unfinished.is_clean()) {
+                    let why = s
+                        .broken
+                        .clone()
+                        .or_else(|| session.closed().map(|r| r.to_string()));
+                    s.unfinished += stopping.ended_early(
+                        s.index,
+                        session.in_flight(),
+                        session.results_unwritten(),
+                        why.as_deref().unwrap_or("connection closed"),
+                        &s.stats,
+                    );
+                }
                 session.log_end(s.broken.as_deref());
                 uptime = session
                     .welcomed_at()
