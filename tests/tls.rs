@@ -516,7 +516,8 @@ fn garbage_instead_of_client_hello() {
         &[0x17; 70_000][..],
     ] {
         let mut client =
-            ringworker::transport::BlockingStream::connect(&endpoint, TIMEOUT).unwrap();
+            ringworker::transport::BlockingStream::connect(&endpoint, TIMEOUT, &Default::default())
+                .unwrap();
         let mut conn = ManagerConn::new_tls(
             listener.accept().unwrap(),
             ManagerConfig::default(),
