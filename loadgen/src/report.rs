@@ -388,8 +388,9 @@ pub fn write_hgrm(histogram: &Histogram<u64>, out: &mut impl Write) -> std::io::
 mod tests {
     use super::*;
 
-    fn printed(conns: Vec<ConnReport>) -> String {
-        let result = RunResult {
+    /// A one-second run of `conns` with nothing measured.
+    fn run_result(conns: Vec<ConnReport>) -> RunResult {
+        RunResult {
             conns,
             histogram: Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap(),
             measured: std::time::Duration::from_secs(1),
@@ -401,17 +402,25 @@ mod tests {
             failure_codes: Default::default(),
             tls_handshake_failures: 0,
             tls_handshake_error: None,
-        };
-        let describe = Describe {
+        }
+    }
+
+    /// An echo run in a closed loop of `sessions` over `transport`.
+    fn echo_run(sessions: u32, transport: &str) -> Describe {
+        Describe {
             runtime: None,
-            sessions: 2,
+            sessions,
             handler: "echo:1".to_owned(),
             payload: "64".to_owned(),
             pacing: "closed loop".to_owned(),
-            transport: "unix".to_owned(),
-        };
+            transport: transport.to_owned(),
+        }
+    }
+
+    fn printed(conns: Vec<ConnReport>) -> String {
+        let result = run_result(conns);
         let mut out = Vec::new();
-        Report::new(&result, describe, 0.0, None)
+        Report::new(&result, echo_run(2, "unix"), 0.0, None)
             .print(&mut out)
             .unwrap();
         String::from_utf8(out).unwrap()
@@ -443,21 +452,9 @@ mod tests {
             measured_tasks: 2_503_641,
             warmup: std::time::Duration::from_secs(2),
             warmup_tasks: 1_704_199,
-            measured_payload_bytes: 0,
-            measured_wire_bytes: 0,
-            failure_codes: Default::default(),
-            tls_handshake_failures: 0,
-            tls_handshake_error: None,
+            ..run_result(Vec::new())
         };
-        let describe = Describe {
-            runtime: None,
-            sessions: 1,
-            handler: "echo:1".to_owned(),
-            payload: "64".to_owned(),
-            pacing: "closed loop".to_owned(),
-            transport: "tcp".to_owned(),
-        };
-        let report = Report::new(&result, describe, 0.0, None);
+        let report = Report::new(&result, echo_run(1, "tcp"), 0.0, None);
         assert_eq!(report.tasks_measured, 2_503_641);
         assert_eq!(report.tasks_warmup, 1_704_199);
         assert_eq!(report.warmup_s, 2.0);
