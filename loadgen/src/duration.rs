@@ -101,17 +101,7 @@ pub fn millis_range(text: &str) -> Result<crate::workload::PayloadSpec, String> 
         }
         Ok(ms as usize)
     };
-    let (min, max) = match text.split_once("..") {
-        Some((a, b)) => (end(a)?, end(b.trim_start_matches('='))?),
-        None => {
-            let ms = end(text)?;
-            (ms, ms)
-        }
-    };
-    if min > max {
-        return Err(format!("the range {text:?} is empty"));
-    }
-    Ok(crate::workload::PayloadSpec { min, max })
+    crate::workload::PayloadSpec::parse_with(text, "the range", end)
 }
 
 /// A short human form of a duration for progress lines: `4.2 s`, `3m 05s`,
@@ -186,7 +176,10 @@ mod tests {
         assert_eq!((range.min, range.max), (5, 2000));
         let one = millis_range("50").unwrap();
         assert_eq!((one.min, one.max), (50, 50));
-        assert!(millis_range("2s..5ms").is_err());
+        assert_eq!(
+            millis_range("2s..5ms"),
+            Err("the range \"2s..5ms\" is empty".to_owned())
+        );
         assert!(millis_range("61s").is_err());
     }
 

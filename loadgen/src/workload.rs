@@ -68,15 +68,27 @@ impl std::str::FromStr for PayloadSpec {
                 .parse::<ringworker::config::ByteSize>()
                 .map(|b| b.0 as usize)
         };
+        PayloadSpec::parse_with(text, "payload range", parse)
+    }
+}
+
+impl PayloadSpec {
+    /// `A`, `A..B` or `A..=B`, each end read by `end`. A range whose end is
+    /// below its start is refused as "`{what} {text:?} is empty`".
+    pub fn parse_with(
+        text: &str,
+        what: &str,
+        end: impl Fn(&str) -> Result<usize, String>,
+    ) -> Result<PayloadSpec, String> {
         let (min, max) = match text.split_once("..") {
-            Some((a, b)) => (parse(a)?, parse(b.trim_start_matches('='))?),
+            Some((a, b)) => (end(a)?, end(b.trim_start_matches('='))?),
             None => {
-                let n = parse(text)?;
+                let n = end(text)?;
                 (n, n)
             }
         };
         if min > max {
-            return Err(format!("payload range {text:?} is empty"));
+            return Err(format!("{what} {text:?} is empty"));
         }
         Ok(PayloadSpec { min, max })
     }
@@ -219,7 +231,14 @@ mod tests {
             "16..4KiB".parse::<PayloadSpec>(),
             Ok(PayloadSpec { min: 16, max: 4096 })
         );
-        assert!("9..3".parse::<PayloadSpec>().is_err());
+        assert_eq!(
+            "16..=4KiB".parse::<PayloadSpec>(),
+            Ok(PayloadSpec { min: 16, max: 4096 })
+        );
+        assert_eq!(
+            "9..3".parse::<PayloadSpec>(),
+            Err("payload range \"9..3\" is empty".to_owned())
+        );
     }
 
     #[test]
