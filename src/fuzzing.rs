@@ -1155,6 +1155,7 @@ fn run_manager(config: &ManagerConfig, ops: &[ManagerOp], split: bool) -> Manage
     let mut hello_expected: Option<Option<bool>> = None;
     let mut fed_any = false;
     let poll = |machine: &mut ManagerMachine,
+                written: &[u8],
                 events: &mut Vec<ManagerEvent>,
                 ended: &mut bool,
                 hello: &mut Option<Option<bool>>| {
@@ -1172,7 +1173,10 @@ fn run_manager(config: &ManagerConfig, ops: &[ManagerOp], split: bool) -> Manage
                         );
                     }
                     assert_ne!(*hello, Some(Some(false)), "an invalid HELLO accepted");
-                    let out = decode_all(machine.pending_output(), "the manager's output");
+                    let out = decode_all(
+                        &[&written[..], machine.pending_output()].concat(),
+                        "the manager's output",
+                    );
                     assert_eq!(out.last().map(|f| f.0), Some(FrameKind::Welcome));
                 }
                 ManagerEvent::Result { body, .. } => {
@@ -1180,7 +1184,10 @@ fn run_manager(config: &ManagerConfig, ops: &[ManagerOp], split: bool) -> Manage
                 }
                 ManagerEvent::Refused { code, .. } => {
                     *ended = true;
-                    let out = decode_all(machine.pending_output(), "the manager's output");
+                    let out = decode_all(
+                        &[&written[..], machine.pending_output()].concat(),
+                        "the manager's output",
+                    );
                     let last = out.last().expect("ERROR queued");
                     assert_eq!(last.0, FrameKind::Error);
                     let body: ErrorBody = serde_json::from_slice(&last.3).expect("ERROR body");
@@ -1229,11 +1236,23 @@ fn run_manager(config: &ManagerConfig, ops: &[ManagerOp], split: bool) -> Manage
                 } else {
                     machine.handle_input(chunk);
                 }
-                poll(&mut machine, &mut events, &mut ended, &mut hello_expected);
+                poll(
+                    &mut machine,
+                    &written,
+                    &mut events,
+                    &mut ended,
+                    &mut hello_expected,
+                );
             }
         } else {
             machine.handle_input(&unread);
-            poll(&mut machine, &mut events, &mut ended, &mut hello_expected);
+            poll(
+                &mut machine,
+                &written,
+                &mut events,
+                &mut ended,
+                &mut hello_expected,
+            );
         }
         unread.clear();
         seeds.clear();
@@ -1252,7 +1271,10 @@ fn run_manager(config: &ManagerConfig, ops: &[ManagerOp], split: bool) -> Manage
                     Ok(()) => {
                         assert_eq!(phase, ManagerPhase::Active);
                         assert!(1 + handler.len() + len <= machine.worker_max_body() as usize);
-                        let out = decode_all(machine.pending_output(), "the manager's output");
+                        let out = decode_all(
+                            &[&written[..], machine.pending_output()].concat(),
+                            "the manager's output",
+                        );
                         let last = out.last().expect("the TASK");
                         assert_eq!((last.0, last.2), (FrameKind::Task, *id));
                         assert_eq!(last.3.len(), 1 + handler.len() + len);
