@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
 };
 
 /// The files of a throwaway PKI; the directory goes with the value.
@@ -62,32 +62,55 @@ impl Throwaway {
                 names.push(host.to_owned());
             }
         }
-        let mut server = CertificateParams::new(names)
+        let server = CertificateParams::new(names)
             .context("the listen host cannot be a certificate name")?;
-        server
-            .distinguished_name
-            .push(DnType::CommonName, "ringworker-loadgen");
-        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let server_key = KeyPair::generate()?;
-        let server_cert = server.signed_by(&server_key, &ca_cert, &ca_key)?;
-        write_file(&pki.server_cert, &server_cert.pem())?;
-        write_file(&pki.server_key, &server_key.serialize_pem())?;
+        let ca = (&ca_cert, &ca_key);
+        let (cert, key) = (&pki.server_cert, &pki.server_key);
+        issue(
+            server,
+            "ringworker-loadgen",
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ca,
+            cert,
+            key,
+        )?;
 
         if client {
-            let mut params = CertificateParams::new(Vec::<String>::new())?;
-            params
-                .distinguished_name
-                .push(DnType::CommonName, "ringworker-loadgen-spawned");
-            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-            let key = KeyPair::generate()?;
-            let cert = params.signed_by(&key, &ca_cert, &ca_key)?;
+            let params = CertificateParams::new(Vec::<String>::new())?;
             let paths = (pki.dir.join("agent.pem"), pki.dir.join("agent.key"));
-            write_file(&paths.0, &cert.pem())?;
-            write_file(&paths.1, &key.serialize_pem())?;
+            let purpose = ExtendedKeyUsagePurpose::ClientAuth;
+            issue(
+                params,
+                "ringworker-loadgen-spawned",
+                purpose,
+                ca,
+                &paths.0,
+                &paths.1,
+            )?;
             pki.client = Some(paths);
         }
         Ok(pki)
     }
+}
+
+/// Sign a certificate with `params`, named `common_name`, for `purpose`,
+/// by the CA, and write it to `cert_path` and its new key to `key_path`.
+fn issue(
+    mut params: CertificateParams,
+    common_name: &str,
+    purpose: ExtendedKeyUsagePurpose,
+    (ca_cert, ca_key): (&Certificate, &KeyPair),
+    cert_path: &Path,
+    key_path: &Path,
+) -> anyhow::Result<()> {
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.extended_key_usages = vec![purpose];
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, ca_cert, ca_key)?;
+    write_file(cert_path, &cert.pem())?;
+    write_file(key_path, &key.serialize_pem())
 }
 
 impl Drop for Throwaway {
