@@ -27,6 +27,10 @@ pub struct TlsConnection<C, F> {
     framing: F,
     close_sent: bool,
     peer_closed: bool,
+    /// The error that ended the connection: rustls has queued its alert,
+    /// and is never fed again (a second fatal alert is a rustls invariant
+    /// violation; found by the `tls` fuzz target).
+    failed: Option<rustls::Error>,
 }
 
 /// The worker's side of one TLS connection.
@@ -50,7 +54,30 @@ where
             framing,
             close_sent: false,
             peer_closed: false,
+            failed: None,
         }
+    }
+
+    /// Run one feed unless the connection has failed already; remember the
+    /// error that ends it. Once close_notify is queued the bytes that still
+    /// arrive are not decrypted (nothing reads them any more; the caller has
+    /// counted them): rustls counts its close_notify as the one alert it
+    /// may send, so an error in them would be a second.
+    fn feed_with(
+        &mut self,
+        feed: impl FnOnce(&mut C, &mut F, &mut bool) -> Result<(), rustls::Error>,
+    ) -> Result<(), rustls::Error> {
+        if let Some(err) = &self.failed {
+            return Err(err.clone());
+        }
+        if self.close_sent {
+            return Ok(());
+        }
+        let result = feed(&mut self.conn, &mut self.framing, &mut self.peer_closed);
+        if let Err(err) = &result {
+            self.failed = Some(err.clone());
+        }
+        result
     }
 
     /// Whether the handshake is still under way.
@@ -149,7 +176,7 @@ impl TlsConnection<ClientConnection, ()> {
         raw: &[u8],
         deliver: &mut dyn FnMut(&[u8]),
     ) -> Result<(), rustls::Error> {
-        absorb(&mut self.conn, &mut self.peer_closed, raw, deliver)
+        self.feed_with(|conn, _, peer_closed| absorb(conn, peer_closed, raw, deliver))
     }
 }
 
@@ -166,10 +193,11 @@ impl TlsConnection<ServerConnection, RecordSplitter> {
         raw: &[u8],
         deliver: &mut dyn FnMut(&[u8], u64),
     ) -> Result<(), rustls::Error> {
-        let (conn, peer_closed) = (&mut self.conn, &mut self.peer_closed);
-        self.framing.split(raw, |record, offset| {
-            absorb(conn, peer_closed, record, &mut |plain| {
-                deliver(plain, offset)
+        self.feed_with(|conn, framing, peer_closed| {
+            framing.split(raw, |record, offset| {
+                absorb(conn, peer_closed, record, &mut |plain| {
+                    deliver(plain, offset)
+                })
             })
         })
     }
