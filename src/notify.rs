@@ -267,7 +267,11 @@ pub fn status_line(stats: &AgentStats, manager: &str, stopping: bool) -> String 
         Some(error) => one_line(&format!(
             "connecting to {manager}: 0/{sessions} sessions connected, {tasks} tasks done \
              (last error: {})",
-            crate::format::peer_text(&error, crate::format::MAX_PEER_TEXT)
+            // Capped: systemd drops a notification over 4 KiB.
+            error
+                .chars()
+                .take(crate::format::MAX_PEER_TEXT)
+                .collect::<String>()
         )),
         None => {
             format!("connecting to {manager}: 0/{sessions} sessions connected, {tasks} tasks done")

@@ -217,30 +217,25 @@ mod tests {
         buffers.unregister(&ring);
     }
 
-    /// The resident size of the mapping that holds `addr`, from
-    /// /proc/self/smaps (other threads' memory does not count).
-    fn mapping_rss_kib(addr: usize) -> u64 {
-        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let mut inside = false;
-        for line in smaps.lines() {
-            if let Some((range, _)) = line.split_once(' ') {
-                if let Some((start, end)) = range.split_once('-') {
-                    if let (Ok(start), Ok(end)) = (
-                        usize::from_str_radix(start, 16),
-                        usize::from_str_radix(end, 16),
-                    ) {
-                        inside = (start..end).contains(&addr);
-                        continue;
-                    }
-                }
-            }
-            if inside {
-                if let Some(kib) = line.strip_prefix("Rss:") {
-                    return kib.trim().trim_end_matches("kB").trim().parse().unwrap();
-                }
-            }
-        }
-        panic!("no mapping holds {addr:#x}");
+    /// How many KiB of `[addr, addr + len)` are resident, from
+    /// /proc/self/pagemap (bit 63 of each page's entry). Counted page by
+    /// page, so memory the kernel merged into the same mapping (another
+    /// thread's allocations next to it) does not count.
+    fn resident_kib(addr: usize, len: usize) -> u64 {
+        use std::io::{Read, Seek, SeekFrom};
+        let page = 4096;
+        let pages = len.div_ceil(page);
+        let mut pagemap = std::fs::File::open("/proc/self/pagemap").unwrap();
+        pagemap
+            .seek(SeekFrom::Start((addr / page * 8) as u64))
+            .unwrap();
+        let mut entries = vec![0u8; pages * 8];
+        pagemap.read_exact(&mut entries).unwrap();
+        let present = entries
+            .chunks_exact(8)
+            .filter(|entry| entry[7] & 0x80 != 0)
+            .count();
+        present as u64 * 4
     }
 
     #[test]
@@ -249,7 +244,7 @@ mod tests {
         // nothing may be resident before a receive lands.
         let ring = crate::runtime::uring::event_loop::build_ring().expect("io_uring");
         let mut buffers = BufRing::new(&ring, 4, 256, 64 * 1024).expect("buffer ring");
-        let rss = mapping_rss_kib(buffers.buffers_ptr as usize);
+        let rss = resident_kib(buffers.buffers_ptr as usize, 256 * 64 * 1024);
         assert!(rss <= 8, "{rss} KiB resident before any receive");
         buffers.unregister(&ring);
     }
