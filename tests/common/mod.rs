@@ -2,6 +2,7 @@
 //! runtime against a manager listening on loopback or a Unix socket.
 #![allow(dead_code)]
 
+pub mod manager;
 pub mod process;
 
 use std::path::PathBuf;

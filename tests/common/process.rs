@@ -13,6 +13,8 @@ pub struct Spawned {
     child: Child,
     log: Arc<Mutex<String>>,
     collector: Option<JoinHandle<()>>,
+    /// How many stderr lines [`Spawned::next_line`] has passed over.
+    taken: usize,
 }
 
 impl Spawned {
@@ -38,6 +40,7 @@ impl Spawned {
             child,
             log,
             collector: Some(collector),
+            taken: 0,
         }
     }
 
@@ -58,7 +61,12 @@ impl Spawned {
     }
 
     pub fn running(&mut self) -> bool {
-        self.child.try_wait().expect("try_wait").is_none()
+        self.exited().is_none()
+    }
+
+    /// Its exit status if it has exited, without waiting.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait")
     }
 
     /// Send a signal to this child, by its PID.
@@ -82,6 +90,49 @@ impl Spawned {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Wait for the exit, up to `limit`; panic with its stderr if it is
+    /// still running then (the drop kills it).
+    pub fn exit_within(&mut self, limit: Duration) -> ExitStatus {
+        self.wait_within(limit)
+            .unwrap_or_else(|| panic!("did not exit within {limit:?}; stderr:\n{}", self.log()))
+    }
+
+    /// The next stderr line, after those already passed over, that `wanted`
+    /// accepts (`what` says what it is for the failure message); panics if
+    /// none comes within `limit`.
+    pub fn next_line(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        wanted: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let log = self.log();
+            for line in log.lines().skip(self.taken) {
+                self.taken += 1;
+                if wanted(line) {
+                    return line.to_owned();
+                }
+            }
+            if Instant::now() >= deadline {
+                panic!("no line {what} within {limit:?}; stderr so far:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The stderr lines [`Spawned::next_line`] has not passed over, once the
+    /// process has exited.
+    pub fn rest(&mut self) -> Vec<String> {
+        let taken = self.taken;
+        self.final_log()
+            .lines()
+            .skip(taken)
+            .map(str::to_owned)
+            .collect()
     }
 
     /// The whole stderr, once the process has exited (the pipe is closed).
