@@ -7,10 +7,10 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::Read;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::process::Spawned;
 use common::{accept_with, tcp_listener, TIMEOUT};
 use ringworker::manager::{ManagerConfig, ManagerEvent};
 use ringworker::runtime::RuntimeKind;
@@ -32,74 +32,23 @@ fn agent_command(manager: &str, runtime: RuntimeKind) -> Command {
             "--metrics-addr",
             "off",
         ])
-        .args(["--reconnect-min", "20", "--reconnect-max", "200"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .args(["--reconnect-min", "20", "--reconnect-max", "200"]);
     command
 }
 
-/// Wait for a child with a deadline; kill it (by its own PID) if it overstays.
-fn wait_with_deadline(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            panic!("agent did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn stderr_of(child: &mut Child) -> String {
-    let mut text = String::new();
-    if let Some(mut err) = child.stderr.take() {
-        let _ = err.read_to_string(&mut text);
-    }
-    text
-}
-
-/// Signal a child we spawned, by its PID.
-fn send_signal(child: &Child, signal: &str) {
-    let status = Command::new("kill")
-        .args(["-s", signal, &child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -s {signal} failed");
-}
-
 fn sigterm_drains_in_flight_tasks_then_exits_zero(runtime: RuntimeKind) {
-    let listener = tcp_listener();
-    let endpoint = listener.local_endpoint().unwrap().to_string();
-    let mut child = agent_command(&endpoint, runtime)
-        .spawn()
-        .expect("spawn agent");
-    let (mut conn, _) = accept_with(&listener, ManagerConfig::default());
-    let mut pending = HashSet::new();
-    for id in 1..=8u64 {
-        conn.send_task(id, "sleep", &300u32.to_be_bytes(), true)
-            .unwrap();
-        pending.insert(id);
-    }
-    let mut acks = 0;
-    while acks < 8 {
-        if let ManagerEvent::Ack { .. } = conn.next_event(TIMEOUT).unwrap() {
-            acks += 1;
-        }
-    }
-    send_signal(&child, "TERM");
+    let (mut child, mut conn) = agent_with_sleeping_tasks(runtime, 8, 300);
+    let mut pending: HashSet<u64> = (1..=8).collect();
+    child.signal("TERM");
     let mut saw_drain = false;
     let (counts, goodbye_len) = loop {
         let event = match conn.next_event(TIMEOUT) {
             Ok(event) => event,
             Err(err) => {
-                let status = wait_with_deadline(&mut child, TIMEOUT);
+                let status = child.exit_within(TIMEOUT);
                 panic!(
                     "drain did not complete ({err}); agent {status}:\n{}",
-                    stderr_of(&mut child)
+                    child.final_log()
                 );
             }
         };
@@ -127,8 +76,8 @@ fn sigterm_drains_in_flight_tasks_then_exits_zero(runtime: RuntimeKind) {
         conn.bytes_received()
     );
     drop(conn);
-    let status = wait_with_deadline(&mut child, TIMEOUT);
-    let stderr = stderr_of(&mut child);
+    let status = child.exit_within(TIMEOUT);
+    let stderr = child.final_log();
     assert!(status.success(), "exit {status}, stderr:\n{stderr}");
     // The line ends as AGENT.md shows it, so a pattern anchored at its end
     // (`... 812345 tasks$`) matches.
@@ -141,12 +90,14 @@ fn sigterm_drains_in_flight_tasks_then_exits_zero(runtime: RuntimeKind) {
 
 /// Start an agent, give it `count` `sleep` tasks of `ms` each and wait for
 /// their ACKs: a drain then has work to finish.
-fn agent_with_sleeping_tasks(count: u64, ms: u32) -> (Child, ringworker::manager::ManagerConn) {
+fn agent_with_sleeping_tasks(
+    runtime: RuntimeKind,
+    count: u64,
+    ms: u32,
+) -> (Spawned, ringworker::manager::ManagerConn) {
     let listener = tcp_listener();
     let endpoint = listener.local_endpoint().unwrap().to_string();
-    let child = agent_command(&endpoint, RuntimeKind::Blocking)
-        .spawn()
-        .expect("spawn agent");
+    let child = Spawned::new(agent_command(&endpoint, runtime));
     let (mut conn, _) = accept_with(&listener, ManagerConfig::default());
     for id in 1..=count {
         conn.send_task(id, "sleep", &ms.to_be_bytes(), true)
@@ -166,24 +117,24 @@ fn a_repeated_sigterm_within_250_ms_is_the_same_request() {
     // `timeout 60 ringworker run ...` signals the agent and then its process
     // group: two SIGTERMs microseconds apart. Here: two at once, a third
     // 50 ms later, all within 250 ms of the first.
-    let (mut child, mut conn) = agent_with_sleeping_tasks(4, 400);
-    let pid = child.id().to_string();
+    let (mut child, mut conn) = agent_with_sleeping_tasks(RuntimeKind::Blocking, 4, 400);
+    let pid = child.pid().to_string();
     let status = Command::new("kill")
         .args(["-s", "TERM", &pid, &pid])
         .status()
         .unwrap();
     assert!(status.success());
     std::thread::sleep(Duration::from_millis(50));
-    send_signal(&child, "TERM");
+    child.signal("TERM");
     let mut results = 0;
     loop {
         let event = match conn.next_event(TIMEOUT) {
             Ok(event) => event,
             Err(err) => {
-                let status = wait_with_deadline(&mut child, TIMEOUT);
+                let status = child.exit_within(TIMEOUT);
                 panic!(
                     "no clean drain ({err}); agent {status}:\n{}",
-                    stderr_of(&mut child)
+                    child.final_log()
                 );
             }
         };
@@ -199,25 +150,22 @@ fn a_repeated_sigterm_within_250_ms_is_the_same_request() {
     assert_eq!(results, 4, "every accepted task answered before GOODBYE");
     conn.read_to_end(TIMEOUT).expect("agent closes");
     drop(conn);
-    let status = wait_with_deadline(&mut child, TIMEOUT);
-    let stderr = stderr_of(&mut child);
+    let status = child.exit_within(TIMEOUT);
+    let stderr = child.final_log();
     assert_eq!(status.code(), Some(0), "drained and exited 0:\n{stderr}");
     assert!(!stderr.contains("second signal"), "{stderr}");
 }
 
 #[test]
 fn a_second_sigterm_after_250_ms_exits_at_once_with_130() {
-    let (mut child, _conn) = agent_with_sleeping_tasks(2, 10_000);
-    send_signal(&child, "TERM");
+    let (mut child, _conn) = agent_with_sleeping_tasks(RuntimeKind::Blocking, 2, 10_000);
+    child.signal("TERM");
     std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "still draining its 10 s tasks"
-    );
+    assert!(child.running(), "still draining its 10 s tasks");
     let sent = Instant::now();
-    send_signal(&child, "TERM");
-    let status = wait_with_deadline(&mut child, TIMEOUT);
-    let stderr = stderr_of(&mut child);
+    child.signal("TERM");
+    let status = child.exit_within(TIMEOUT);
+    let stderr = child.final_log();
     assert_eq!(status.code(), Some(130), "{stderr}");
     assert!(
         sent.elapsed() < Duration::from_secs(3),
@@ -230,9 +178,7 @@ fn a_second_sigterm_after_250_ms_exits_at_once_with_130() {
 fn refused_hello_exits_non_zero_with_the_reason(runtime: RuntimeKind) {
     let listener = tcp_listener();
     let endpoint = listener.local_endpoint().unwrap().to_string();
-    let mut child = agent_command(&endpoint, runtime)
-        .spawn()
-        .expect("spawn agent");
+    let mut child = Spawned::new(agent_command(&endpoint, runtime));
     let config = ManagerConfig {
         token: Some("the-right-token".into()),
         ..ManagerConfig::default()
@@ -243,8 +189,8 @@ fn refused_hello_exits_non_zero_with_the_reason(runtime: RuntimeKind) {
         conn.handshake(TIMEOUT).is_err(),
         "a HELLO without the token is refused"
     );
-    let status = wait_with_deadline(&mut child, TIMEOUT);
-    let stderr = stderr_of(&mut child);
+    let status = child.exit_within(TIMEOUT);
+    let stderr = child.final_log();
     assert_eq!(status.code(), Some(1), "stderr:\n{stderr}");
     let last = stderr.lines().last().unwrap_or_default();
     assert!(
@@ -288,14 +234,12 @@ fn missing_manager_says_how_to_give_one() {
 fn unreachable_manager_does_not_spin_and_stops_on_sigterm() {
     // Bind then drop: nothing listens on that port.
     let endpoint = tcp_listener().local_endpoint().unwrap().to_string();
-    let mut child = agent_command(&endpoint, RuntimeKind::Blocking)
-        .spawn()
-        .unwrap();
+    let mut child = Spawned::new(agent_command(&endpoint, RuntimeKind::Blocking));
     std::thread::sleep(Duration::from_millis(800));
-    assert!(child.try_wait().unwrap().is_none(), "agent keeps retrying");
-    send_signal(&child, "TERM");
-    let status = wait_with_deadline(&mut child, TIMEOUT);
-    let stderr = stderr_of(&mut child);
+    assert!(child.running(), "agent keeps retrying");
+    child.signal("TERM");
+    let status = child.exit_within(TIMEOUT);
+    let stderr = child.final_log();
     assert!(status.success(), "{stderr}");
     let attempts = stderr.matches("cannot reach manager").count();
     assert!(
