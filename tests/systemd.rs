@@ -8,17 +8,19 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use common::manager::{echo, stop, until_goodbye};
+use common::process::Spawned;
 use common::{tcp_listener, TIMEOUT};
-use ringworker::manager::{ManagerConfig, ManagerConn, ManagerEvent};
+use ringworker::manager::{ManagerConfig, ManagerConn};
 use ringworker::protocol::Hello;
 use ringworker::transport::BlockingListener;
 
@@ -41,44 +43,11 @@ fn service_uid() -> u32 {
     61184 + std::process::id() % 4000
 }
 
-/// Wait for a child with a deadline; kill it (by its own PID) if it overstays.
-fn wait_with_deadline(child: &mut Child, limit: Duration) -> ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("agent did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn stderr_of(child: &mut Child) -> String {
-    let mut text = String::new();
-    if let Some(mut err) = child.stderr.take() {
-        let _ = err.read_to_string(&mut text);
-    }
-    text
-}
-
-/// Signal a child we spawned, by its PID.
-fn send_signal(child: &Child, signal: &str) {
-    let status = Command::new("kill")
-        .args(["-s", signal, &child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -s {signal} failed");
-}
-
 /// Accept the agent's connection and complete its handshake; if the agent
 /// exits first, fail with what it said.
 fn accept_from(
     listener: &BlockingListener,
-    child: &mut Child,
+    child: &mut Spawned,
     config: ManagerConfig,
 ) -> (ManagerConn, Hello) {
     accept_maybe_tls(listener, child, config, None)
@@ -87,7 +56,7 @@ fn accept_from(
 /// [`accept_from`], serving TLS when `tls` is given.
 fn accept_maybe_tls(
     listener: &BlockingListener,
-    child: &mut Child,
+    child: &mut Spawned,
     config: ManagerConfig,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> (ManagerConn, Hello) {
@@ -97,16 +66,14 @@ fn accept_maybe_tls(
         match listener.accept() {
             Ok(stream) => break stream,
             Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
-                if let Some(status) = child.try_wait().unwrap() {
+                if let Some(status) = child.exited() {
                     panic!(
                         "the agent exited ({status}) before connecting:\n{}",
-                        stderr_of(child)
+                        child.final_log()
                     );
                 }
                 if Instant::now() >= deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("the agent did not connect:\n{}", stderr_of(child));
+                    panic!("the agent did not connect:\n{}", child.log());
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -120,41 +87,6 @@ fn accept_maybe_tls(
     };
     let hello = conn.handshake(TIMEOUT).expect("the agent says HELLO");
     (conn, hello)
-}
-
-/// Send an echo task and check its RESULT.
-fn echo(conn: &mut ManagerConn, id: u64) {
-    let payload = format!("task {id}");
-    conn.send_task(id, "echo", payload.as_bytes(), false)
-        .unwrap();
-    loop {
-        match conn.next_event(TIMEOUT).expect("a RESULT") {
-            ManagerEvent::Result {
-                id: got,
-                failed,
-                body,
-            } => {
-                assert_eq!((got, failed), (id, false));
-                assert_eq!(body, payload.as_bytes());
-                return;
-            }
-            ManagerEvent::Ping { .. } | ManagerEvent::Pong { .. } | ManagerEvent::Ack { .. } => {}
-            other => panic!("expected RESULT, got {other:?}"),
-        }
-    }
-}
-
-/// SIGTERM, follow the drain to GOODBYE, and return the exit status.
-fn stop(child: &mut Child, mut conn: ManagerConn) -> ExitStatus {
-    send_signal(child, "TERM");
-    loop {
-        match conn.next_event(TIMEOUT) {
-            Ok(ManagerEvent::Goodbye { .. }) | Err(_) => break,
-            Ok(_) => {}
-        }
-    }
-    drop(conn);
-    wait_with_deadline(child, TIMEOUT)
 }
 
 /// The `[Service]` settings of a unit file, in order (`Key`, `value`).
@@ -241,12 +173,7 @@ fn command_as_the_unit_starts_it(root: &Path, uid: u32) -> Command {
         let (name, value) = assignment.split_once('=').unwrap();
         command.env(name, value.replace("%d", credentials.to_str().unwrap()));
     }
-    command
-        .uid(uid)
-        .gid(uid)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    command.uid(uid).gid(uid);
     command
 }
 
@@ -345,8 +272,8 @@ fn the_installed_unit_runs_the_agent_unprivileged_with_the_token_as_a_credential
         "{stderr}"
     );
 
-    let mut child = command_as_the_unit_starts_it(&root, uid).spawn().unwrap();
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let mut child = Spawned::new(command_as_the_unit_starts_it(&root, uid));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.pid())).unwrap();
     let uids = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
     assert_eq!(
         uids.split_whitespace().skip(1).collect::<Vec<_>>(),
@@ -361,7 +288,7 @@ fn the_installed_unit_runs_the_agent_unprivileged_with_the_token_as_a_credential
     assert_eq!(hello.token.as_deref(), Some("s3cret-token"));
     echo(&mut conn, 1);
     let status = stop(&mut child, conn);
-    let stderr = stderr_of(&mut child);
+    let stderr = child.final_log();
     assert!(status.success(), "exit {status}:\n{stderr}");
     // The config asks for JSON logs: every line is JSON.
     for line in stderr.lines() {
@@ -464,9 +391,7 @@ fn the_tls_drop_in_hands_root_only_certificates_to_the_unprivileged_agent() {
         Some(&pki.join("ca.pem")),
     )
     .unwrap();
-    let mut child = command_as_the_unit_starts_it(&root, service_uid())
-        .spawn()
-        .unwrap();
+    let mut child = Spawned::new(command_as_the_unit_starts_it(&root, service_uid()));
     let manager = ManagerConfig {
         token: Some("tls-token".into()),
         ..ManagerConfig::default()
@@ -481,11 +406,7 @@ fn the_tls_drop_in_hands_root_only_certificates_to_the_unprivileged_agent() {
     );
     echo(&mut conn, 1);
     let status = stop(&mut child, conn);
-    assert!(
-        status.success(),
-        "exit {status}:\n{}",
-        stderr_of(&mut child)
-    );
+    assert!(status.success(), "exit {status}:\n{}", child.final_log());
     let _ = std::fs::remove_dir_all(&root);
     let _ = std::fs::remove_dir_all(&pki);
 }
@@ -584,10 +505,7 @@ fn notify_agent(listener: &BlockingListener, socket: &NotifySocket, config: &Pat
         ])
         .env("NOTIFY_SOCKET", &socket.path)
         .env_remove("WATCHDOG_USEC")
-        .env_remove("WATCHDOG_PID")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .env_remove("WATCHDOG_PID");
     command
 }
 
@@ -603,10 +521,9 @@ fn notify_socket_hears_ready_after_the_handshake_status_watchdog_reload_and_stop
     let socket = NotifySocket::bind("watchdog");
     let listener = tcp_listener();
     let started = Instant::now();
-    let mut child = notify_agent(&listener, &socket, &config)
-        .env("WATCHDOG_USEC", "2000000")
-        .spawn()
-        .unwrap();
+    let mut command = notify_agent(&listener, &socket, &config);
+    command.env("WATCHDOG_USEC", "2000000");
+    let mut child = Spawned::new(command);
     // The agent dials at once, but the manager has not answered HELLO:
     // status and watchdog pings, no readiness.
     let mut all: Vec<String> = socket.during(Duration::from_millis(2500));
@@ -652,7 +569,7 @@ fn notify_socket_hears_ready_after_the_handshake_status_watchdog_reload_and_stop
         all.extend(socket.during(Duration::from_millis(500)));
     }
     // SIGHUP: RELOADING=1 with its time, then READY=1.
-    send_signal(&child, "HUP");
+    child.signal("HUP");
     let reload = socket.until("READY=1 after RELOADING=1", Duration::from_secs(10), |l| {
         l == "READY=1"
     });
@@ -666,17 +583,11 @@ fn notify_socket_hears_ready_after_the_handshake_status_watchdog_reload_and_stop
     );
     assert!(reloading < reload.len() - 1, "{reload:#?}");
     // SIGTERM: STOPPING=1, then the drain.
-    send_signal(&child, "TERM");
+    child.signal("TERM");
     socket.until("STOPPING=1", Duration::from_secs(10), |l| l == "STOPPING=1");
-    loop {
-        match conn.next_event(TIMEOUT) {
-            Ok(ManagerEvent::Goodbye { .. }) | Err(_) => break,
-            Ok(_) => {}
-        }
-    }
-    drop(conn);
-    let status = wait_with_deadline(&mut child, TIMEOUT);
-    let stderr = stderr_of(&mut child);
+    until_goodbye(conn);
+    let status = child.exit_within(TIMEOUT);
+    let stderr = child.final_log();
     assert!(status.success(), "exit {status}:\n{stderr}");
     assert!(
         stderr.contains("systemd watchdog: WATCHDOG=1 every 1s"),
@@ -692,16 +603,12 @@ fn without_watchdog_usec_no_watchdog_ping_is_sent() {
     std::fs::write(&config, "sessions = 1\n").unwrap();
     let socket = NotifySocket::bind("no-watchdog");
     let listener = tcp_listener();
-    let mut child = notify_agent(&listener, &socket, &config).spawn().unwrap();
+    let mut child = Spawned::new(notify_agent(&listener, &socket, &config));
     let (conn, _) = accept_from(&listener, &mut child, ManagerConfig::default());
     let mut all = lines_of(&socket.until("READY=1", Duration::from_secs(10), |l| l == "READY=1"));
     all.extend(socket.during(Duration::from_secs(3)));
     let status = stop(&mut child, conn);
-    assert!(
-        status.success(),
-        "exit {status}:\n{}",
-        stderr_of(&mut child)
-    );
+    assert!(status.success(), "exit {status}:\n{}", child.final_log());
     all.extend(socket.during(Duration::from_millis(200)));
     assert!(!has_line(&all, "WATCHDOG=1"), "{all:#?}");
     assert!(has_line(&all, "STOPPING=1"), "{all:#?}");
