@@ -46,53 +46,52 @@ fn exported() -> BTreeSet<String> {
 
 fn gauges() -> BTreeSet<String> {
     use ringworker::metrics::*;
-    let mut names: BTreeSet<String> = [
-        SESSION_BYTES_SENT,
-        SESSION_BYTES_RECEIVED,
-        SESSION_CONNECTED,
-        TASKS_IN_FLIGHT,
-        BUILD_INFO,
-        SESSIONS_CONNECTED,
-        SESSIONS_CONFIGURED,
-        AGENT_TASKS_IN_FLIGHT,
-        RUNTIME_INFO,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    names.extend(
-        PROCESS_METRICS
-            .iter()
-            .filter(|(_, kind, _)| *kind == "gauge")
-            .map(|(name, _, _)| name.to_string()),
-    );
-    names
+    series(
+        "gauge",
+        &[
+            SESSION_BYTES_SENT,
+            SESSION_BYTES_RECEIVED,
+            SESSION_CONNECTED,
+            TASKS_IN_FLIGHT,
+            BUILD_INFO,
+            SESSIONS_CONNECTED,
+            SESSIONS_CONFIGURED,
+            AGENT_TASKS_IN_FLIGHT,
+            RUNTIME_INFO,
+        ],
+    )
 }
 
 /// Series a rate() may take: counters, and the histogram's buckets, sum and
 /// count.
 fn counters() -> BTreeSet<String> {
     use ringworker::metrics::*;
-    let mut names: BTreeSet<String> = [
-        BYTES_SENT_TOTAL,
-        BYTES_RECEIVED_TOTAL,
-        TASKS_TOTAL,
-        RECONNECTS_TOTAL,
-        TLS_HANDSHAKE_FAILURES_TOTAL,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    names.extend(
-        PROCESS_METRICS
-            .iter()
-            .filter(|(_, kind, _)| *kind == "counter")
-            .map(|(name, _, _)| name.to_string()),
+    let mut names = series(
+        "counter",
+        &[
+            BYTES_SENT_TOTAL,
+            BYTES_RECEIVED_TOTAL,
+            TASKS_TOTAL,
+            RECONNECTS_TOTAL,
+            TLS_HANDSHAKE_FAILURES_TOTAL,
+        ],
     );
     for suffix in ["_bucket", "_sum", "_count"] {
         names.insert(format!("{TASK_DURATION}{suffix}"));
     }
     names
+}
+
+/// `names`, and the `process_*` series of type `kind`.
+fn series(kind: &str, names: &[&str]) -> BTreeSet<String> {
+    let mut all: BTreeSet<String> = names.iter().map(|s| s.to_string()).collect();
+    all.extend(
+        ringworker::metrics::PROCESS_METRICS
+            .iter()
+            .filter(|(_, k, _)| *k == kind)
+            .map(|(name, _, _)| name.to_string()),
+    );
+    all
 }
 
 /// The `ringworker_*` and `process_*` series names in a text.
