@@ -59,22 +59,35 @@ impl Config {
 
 /// The machine's memory (`MemTotal` of `/proc/meminfo`), bytes.
 pub(super) fn memory_total() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:"))?;
-    let kib: u64 = line.trim().trim_end_matches("kB").trim().parse().ok()?;
+    let value = proc_value("/proc/meminfo", "MemTotal")?;
+    let kib: u64 = value.trim_end_matches("kB").trim().parse().ok()?;
     Some(kib * 1024)
+}
+
+/// The value of the `key: value` line of a `/proc` file such as
+/// `/proc/meminfo` or `/proc/self/status`, trimmed; `None` if the file
+/// cannot be read or has no such line.
+pub(super) fn proc_value(path: &str, key: &str) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let value = text
+        .lines()
+        .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))?;
+    Some(value.trim().to_owned())
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::token::tests::args;
     use super::super::{ByteSize, Settings, MAX_IN_FLIGHT, MAX_MAX_BODY};
     use super::*;
 
-    fn args(manager: Option<&str>) -> Settings {
-        Settings {
-            manager: manager.map(str::to_owned),
-            ..Settings::default()
-        }
+    #[test]
+    fn proc_values_are_found_by_their_key() {
+        let total = proc_value("/proc/meminfo", "MemTotal").expect("a MemTotal line");
+        assert!(total.ends_with(" kB"), "{total}");
+        assert!(memory_total().is_some_and(|bytes| bytes > 0));
+        assert_eq!(proc_value("/proc/meminfo", "MemTota"), None);
+        assert_eq!(proc_value("/proc/no-such-file", "MemTotal"), None);
     }
 
     #[test]

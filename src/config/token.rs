@@ -36,9 +36,8 @@ fn in_credentials_directory(path: &Path, store: Option<std::ffi::OsString>) -> b
 /// This process's effective group id, from `/proc/self/status` (the second
 /// field of its `Gid:` line); `None` if that cannot be read.
 fn effective_gid() -> Option<u32> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find_map(|line| line.strip_prefix("Gid:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    let gids = super::memory::proc_value("/proc/self/status", "Gid")?;
+    gids.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Read the token through one descriptor: the mode and group are checked
@@ -100,11 +99,12 @@ pub(super) fn is_loopback_host(host: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::{Config, Settings};
     use super::*;
 
-    fn args(manager: Option<&str>) -> Settings {
+    /// Flags naming only `manager`.
+    pub(in crate::config) fn args(manager: Option<&str>) -> Settings {
         Settings {
             manager: manager.map(str::to_owned),
             ..Settings::default()
