@@ -2,7 +2,8 @@
 //! and frames out, time passed in as `base + Duration` (nothing sleeps).
 
 use super::*;
-use crate::protocol::frame::HEADER_LEN;
+use crate::protocol::frame::{FLAG_ACK_REQUESTED, FLAG_FAILED, HEADER_LEN};
+use crate::protocol::hello::{codes, ErrorBody, Hello, Welcome, PROTOCOL_VERSION};
 use proptest::prelude::*;
 
 // ---------------------------------------------------------------------------
