@@ -59,7 +59,8 @@ Signals: SIGTERM or SIGINT drains every session (DRAIN, the tasks in flight fini
 GOODBYE) and exits; a second signal exits at once (one within 250 ms of the first is the \
 same request: `timeout` signals the agent and then its process group). SIGHUP re-reads the \
 --config file (flags and RINGWORKER_* still win over it) and never stops the agent: \
-log_format applies at once; every other key that changed is named in one log line as \
+log_format and log_level apply at once (the level unless RINGWORKER_LOG is set); every \
+other key that changed is named in one log line as \
 taking effect only after a restart, and keeps its running value; a file that no longer \
 parses is logged as an error and the running configuration stays.
 
@@ -262,7 +263,7 @@ fn run(args: &Settings) -> ExitCode {
             &config,
             &notifier,
             format_args!(
-                "drain timed out: {} task(s) abandoned, {} RESULT(s) undelivered",
+                "drain incomplete: {} task(s) abandoned, {} RESULT(s) undelivered",
                 report.abandoned_tasks, report.undelivered_results
             ),
         );
