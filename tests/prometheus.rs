@@ -15,12 +15,9 @@ use common::loadgen_bin;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{free_port, http_get, url_encode, wait_until};
-use ringworker::http::HttpServer;
-use ringworker::metrics::{Telemetry, TelemetryOptions};
 use ringworker::runtime::RuntimeKind;
 use ringworker::transport::Endpoint;
 
@@ -325,15 +322,7 @@ fn dashboard_panels_show_data_with_session_metrics_off() {
         RuntimeKind::Blocking,
         common::plan(Endpoint::Unix(socket.clone()), 3, 8),
     );
-    let options = TelemetryOptions {
-        session_metrics: false,
-        requested_runtime: "blocking",
-    };
-    let server = HttpServer::start(
-        "127.0.0.1:0".parse().unwrap(),
-        Arc::new(Telemetry::with_options(agent.stats(), options)),
-    )
-    .unwrap();
+    let server = common::http_without_session_metrics(&*agent);
     let metrics_addr = server.addr().to_string();
     let (_prometheus, prom) = start_prometheus(&dir, &metrics_addr);
     assert!(

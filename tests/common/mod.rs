@@ -139,6 +139,21 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     Ok((status, body))
 }
 
+/// The agent's HTTP endpoints on a free loopback port, for a blocking
+/// agent, with the per-session series off.
+pub fn http_without_session_metrics(agent: &dyn RuntimeMode) -> ringworker::http::HttpServer {
+    use ringworker::metrics::{Telemetry, TelemetryOptions};
+    let options = TelemetryOptions {
+        session_metrics: false,
+        requested_runtime: "blocking",
+    };
+    ringworker::http::HttpServer::start(
+        "127.0.0.1:0".parse().expect("a socket address"),
+        std::sync::Arc::new(Telemetry::with_options(agent.stats(), options)),
+    )
+    .expect("the HTTP listener starts")
+}
+
 /// Percent-encode a query-string value.
 pub fn url_encode(text: &str) -> String {
     text.bytes()
