@@ -22,7 +22,7 @@ use ringworker_loadgen::workload::Pool;
 
 use cli::Args;
 use tls_setup::{tls_setup, TlsSetup};
-use usage::{cpu_seconds, rss_kib};
+use usage::{cpu_times, rss_kib, CpuTimes};
 
 fn main() -> ExitCode {
     match run() {
@@ -179,7 +179,12 @@ fn run() -> anyhow::Result<bool> {
         // the run itself is a usage-level failure.
         let result = engine.finish();
         if let Some(out) = json_out.as_mut() {
-            let report = Report::new(&result, describe(&args, pacing, &tls), 0.0, None);
+            let report = Report::new(
+                &result,
+                describe(&args, pacing, &tls),
+                CpuTimes::default(),
+                None,
+            );
             out.write(&serde_json::to_vec_pretty(&report)?)
                 .map_err(|why| anyhow!(why))?;
         }
@@ -205,37 +210,34 @@ fn run() -> anyhow::Result<bool> {
         let agent_pid = agent_pid.clone();
         let tasks_mode = args.tasks.is_some();
         let duration = args.duration;
-        move || -> Option<((f64, Option<f64>), Instant)> {
+        move || -> Option<((CpuTimes, Option<CpuTimes>), Instant)> {
             if tasks_mode {
                 return None;
             }
             std::thread::sleep(warmup);
             let at = Instant::now();
-            let start = (
-                cpu_seconds("self")?,
-                agent_pid.as_deref().and_then(cpu_seconds),
-            );
+            let start = (cpu_times("self")?, agent_pid.as_deref().and_then(cpu_times));
             std::thread::sleep(duration);
-            let end = (
-                cpu_seconds("self")?,
-                agent_pid.as_deref().and_then(cpu_seconds),
-            );
+            let end = (cpu_times("self")?, agent_pid.as_deref().and_then(cpu_times));
             Some((
-                (end.0 - start.0, end.1.zip(start.1).map(|(e, s)| e - s)),
+                (
+                    end.0.since(start.0),
+                    end.1.zip(start.1).map(|(e, s)| e.since(s)),
+                ),
                 at,
             ))
         }
     });
-    let loadgen_start = cpu_seconds("self").unwrap_or(0.0);
-    let agent_start = agent_pid.as_deref().and_then(cpu_seconds);
+    let loadgen_start = cpu_times("self").unwrap_or_default();
+    let agent_start = agent_pid.as_deref().and_then(cpu_times);
     engine.run()?;
-    let loadgen_end = cpu_seconds("self").unwrap_or(0.0);
-    let agent_end = agent_pid.as_deref().and_then(cpu_seconds);
+    let loadgen_end = cpu_times("self").unwrap_or_default();
+    let agent_end = agent_pid.as_deref().and_then(cpu_times);
     let (loadgen_cpu, agent_cpu) = match cpu_window.join().ok().flatten() {
         Some(((loadgen, agent), _)) => (loadgen, agent),
         None => (
-            loadgen_end - loadgen_start,
-            agent_end.zip(agent_start).map(|(e, s)| e - s),
+            loadgen_end.since(loadgen_start),
+            agent_end.zip(agent_start).map(|(e, s)| e.since(s)),
         ),
     };
 

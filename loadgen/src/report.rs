@@ -8,6 +8,29 @@ use serde::Serialize;
 
 use crate::engine::{ConnReport, RunResult};
 
+/// CPU time of a process, all its threads: in user space (`utime`) and in
+/// the kernel on its behalf (`stime`), seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CpuTimes {
+    pub user_s: f64,
+    pub sys_s: f64,
+}
+
+impl CpuTimes {
+    /// User plus kernel seconds.
+    pub fn total_s(&self) -> f64 {
+        self.user_s + self.sys_s
+    }
+
+    /// The time spent between `start` and `self`, two samples of one process.
+    pub fn since(&self, start: CpuTimes) -> CpuTimes {
+        CpuTimes {
+            user_s: self.user_s - start.user_s,
+            sys_s: self.sys_s - start.sys_s,
+        }
+    }
+}
+
 /// Latency percentiles in microseconds.
 #[derive(Debug, Clone, Serialize)]
 pub struct Latency {
@@ -53,10 +76,23 @@ pub struct Report {
     pub wire_mib_per_sec: f64,
     pub latency_us: Latency,
     pub accounting_mismatches: u64,
+    /// CPU seconds over the measured window (the whole run with `--tasks`),
+    /// user plus kernel: always `*_cpu_user_s + *_cpu_sys_s`. The agent's
+    /// are null when it was not spawned by the loadgen.
     pub loadgen_cpu_s: f64,
     pub agent_cpu_s: Option<f64>,
     pub loadgen_cpu_us_per_task: f64,
     pub agent_cpu_us_per_task: Option<f64>,
+    /// The same apart: time in user space (`utime` of /proc/PID/stat) and
+    /// in the kernel on the process's behalf (`stime`), all threads.
+    pub loadgen_cpu_user_s: f64,
+    pub loadgen_cpu_sys_s: f64,
+    pub agent_cpu_user_s: Option<f64>,
+    pub agent_cpu_sys_s: Option<f64>,
+    pub loadgen_cpu_user_us_per_task: f64,
+    pub loadgen_cpu_sys_us_per_task: f64,
+    pub agent_cpu_user_us_per_task: Option<f64>,
+    pub agent_cpu_sys_us_per_task: Option<f64>,
     /// Seconds from listening until every session had completed its handshake.
     pub connect_s: Option<f64>,
     /// A spawned agent's resident memory once every session was connected.
@@ -86,8 +122,8 @@ impl Report {
     pub fn new(
         result: &RunResult,
         describe: Describe,
-        loadgen_cpu_s: f64,
-        agent_cpu_s: Option<f64>,
+        loadgen_cpu: CpuTimes,
+        agent_cpu: Option<CpuTimes>,
     ) -> Report {
         let sum = |f: fn(&ConnReport) -> u64| result.conns.iter().map(f).sum::<u64>();
         let secs = result.measured.as_secs_f64().max(1e-9);
@@ -136,10 +172,18 @@ impl Report {
             },
             accounting_mismatches: result.conns.iter().filter(|c| !c.accounting_exact).count()
                 as u64,
-            loadgen_cpu_s,
-            agent_cpu_s,
-            loadgen_cpu_us_per_task: per_task(loadgen_cpu_s),
-            agent_cpu_us_per_task: agent_cpu_s.map(per_task),
+            loadgen_cpu_s: loadgen_cpu.total_s(),
+            agent_cpu_s: agent_cpu.map(|c| c.total_s()),
+            loadgen_cpu_us_per_task: per_task(loadgen_cpu.total_s()),
+            agent_cpu_us_per_task: agent_cpu.map(|c| per_task(c.total_s())),
+            loadgen_cpu_user_s: loadgen_cpu.user_s,
+            loadgen_cpu_sys_s: loadgen_cpu.sys_s,
+            agent_cpu_user_s: agent_cpu.map(|c| c.user_s),
+            agent_cpu_sys_s: agent_cpu.map(|c| c.sys_s),
+            loadgen_cpu_user_us_per_task: per_task(loadgen_cpu.user_s),
+            loadgen_cpu_sys_us_per_task: per_task(loadgen_cpu.sys_s),
+            agent_cpu_user_us_per_task: agent_cpu.map(|c| per_task(c.user_s)),
+            agent_cpu_sys_us_per_task: agent_cpu.map(|c| per_task(c.sys_s)),
             connect_s: None,
             agent_rss_kib_connected: None,
             per_session_tasks_min: per_session.iter().copied().min().unwrap_or(0),
@@ -257,6 +301,17 @@ impl Report {
                 self.loadgen_cpu_s, self.loadgen_cpu_us_per_task
             )?,
         }
+        let mut split = format!(
+            "    user/kernel   loadgen {:.3} / {:.3} us/task",
+            self.loadgen_cpu_user_us_per_task, self.loadgen_cpu_sys_us_per_task
+        );
+        if let (Some(user), Some(sys)) = (
+            self.agent_cpu_user_us_per_task,
+            self.agent_cpu_sys_us_per_task,
+        ) {
+            split += &format!("  agent {user:.3} / {sys:.3} us/task");
+        }
+        writeln!(out, "{split}")?;
         if self.transport.starts_with("tls") || self.tls_handshake_failures > 0 {
             match &self.tls_handshake_error {
                 Some(first) => writeln!(
@@ -420,7 +475,7 @@ mod tests {
     fn printed(conns: Vec<ConnReport>) -> String {
         let result = run_result(conns);
         let mut out = Vec::new();
-        Report::new(&result, echo_run(2, "unix"), 0.0, None)
+        Report::new(&result, echo_run(2, "unix"), CpuTimes::default(), None)
             .print(&mut out)
             .unwrap();
         String::from_utf8(out).unwrap()
@@ -454,7 +509,7 @@ mod tests {
             warmup_tasks: 1_704_199,
             ..run_result(Vec::new())
         };
-        let report = Report::new(&result, echo_run(1, "tcp"), 0.0, None);
+        let report = Report::new(&result, echo_run(1, "tcp"), CpuTimes::default(), None);
         assert_eq!(report.tasks_measured, 2_503_641);
         assert_eq!(report.tasks_warmup, 1_704_199);
         assert_eq!(report.warmup_s, 2.0);
@@ -482,6 +537,63 @@ mod tests {
         assert_eq!(json["tasks_measured"], 2_503_641);
         assert_eq!(json["tasks_warmup"], 1_704_199);
         assert_eq!(json["warmup_s"], 2.0);
+    }
+
+    #[test]
+    fn cpu_is_reported_as_user_and_kernel_and_their_sum() {
+        let result = RunResult {
+            measured_tasks: 250_000,
+            ..run_result(Vec::new())
+        };
+        let loadgen = CpuTimes {
+            user_s: 0.25,
+            sys_s: 0.5,
+        };
+        let agent = CpuTimes {
+            user_s: 0.125,
+            sys_s: 1.0,
+        };
+        let report = Report::new(&result, echo_run(1, "tcp"), loadgen, Some(agent));
+        let json = serde_json::to_value(&report).unwrap();
+        for (key, value) in [
+            ("loadgen_cpu_s", 0.75),
+            ("loadgen_cpu_user_s", 0.25),
+            ("loadgen_cpu_sys_s", 0.5),
+            ("loadgen_cpu_us_per_task", 3.0),
+            ("loadgen_cpu_user_us_per_task", 1.0),
+            ("loadgen_cpu_sys_us_per_task", 2.0),
+            ("agent_cpu_s", 1.125),
+            ("agent_cpu_user_s", 0.125),
+            ("agent_cpu_sys_s", 1.0),
+            ("agent_cpu_us_per_task", 4.5),
+            ("agent_cpu_user_us_per_task", 0.5),
+            ("agent_cpu_sys_us_per_task", 4.0),
+        ] {
+            assert_eq!(json[key].as_f64(), Some(value), "{key}: {json}");
+        }
+        let mut out = Vec::new();
+        report.print(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains(
+                "    user/kernel   loadgen 1.000 / 2.000 us/task  agent 0.500 / 4.000 us/task\n"
+            ),
+            "{text}"
+        );
+
+        // An agent the loadgen did not spawn: its CPU is null, split or not.
+        let report = Report::new(&result, echo_run(1, "tcp"), loadgen, None);
+        let json = serde_json::to_value(&report).unwrap();
+        for key in [
+            "agent_cpu_s",
+            "agent_cpu_user_s",
+            "agent_cpu_sys_s",
+            "agent_cpu_user_us_per_task",
+            "agent_cpu_sys_us_per_task",
+        ] {
+            assert!(json[key].is_null(), "{key}: {json}");
+        }
+        assert_eq!(json["loadgen_cpu_sys_s"].as_f64(), Some(0.5));
     }
 
     #[test]
