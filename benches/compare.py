@@ -11,6 +11,12 @@ the idle-session memory test. Writes BENCHMARKS.md and benches/scaling.svg.
 
     benches/compare.sh                # the full matrix (about 30 minutes)
     benches/compare.sh --quick        # headline rows only (about 5 minutes)
+    benches/compare.sh --cpu-split    # uring against epoll, CPU split (benches/CPU_SPLIT.md)
+    benches/compare.py --table-from runs.json   # the tables again from saved runs
+
+Every row shows the worker's CPU per task as a total and split into user
+space and kernel time (utime and stime of /proc/PID/stat over the measured
+window), each against the epoll reference.
 """
 
 import argparse
@@ -201,6 +207,117 @@ def matrix(quick):
 def fmt_payload(p):
     return "1 MiB" if p == MIB else ("4 KiB" if p == 4096 else f"{p} B")
 
+# The CPU columns of every row: (report key, header), the total first.
+CPU_KEYS = (("agent_cpu_us_per_task", "CPU µs/task"),
+            ("agent_cpu_user_us_per_task", "user µs/task"),
+            ("agent_cpu_sys_us_per_task", "kernel µs/task"))
+
+
+def ratio(value, base):
+    return f"{value / base:.2f}×" if value is not None and base else "–"
+
+
+def main_table(configs, med, iperf):
+    """The headline table: one row per worker and configuration, medians."""
+    header = (["worker", "sessions", "payload", "handler", "in flight", "tasks/s", "payload MiB/s", "p99 µs"]
+              + [h for _, h in CPU_KEYS] + ["tasks/s vs epoll"] + [f"{h.split(' ')[0]}/task vs epoll" for _, h in CPU_KEYS]
+              + ["vs iperf3"])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for config in configs:
+        sessions, payload, handler, c = config
+        base_tps = med("epoll", config, "tasks_per_sec")
+        base_cpu = [med("epoll", config, key) for key, _ in CPU_KEYS]
+        for worker in ("uring", "uring-1t", "epoll", "blocking"):
+            tps = med(worker, config, "tasks_per_sec")
+            if tps is None:
+                continue
+            mib = med(worker, config, "payload_mib_per_sec") or 0
+            p99 = med(worker, config, "latency_p99") or 0
+            cpu = [med(worker, config, key) for key, _ in CPU_KEYS]
+            vs_wire = f"{100 * mib / iperf:.0f} %" if iperf and payload == MIB else ""
+            cells = ([worker, sessions, fmt_payload(payload), handler, c, f"{tps:,.0f}", f"{mib:,.1f}", f"{p99:,.0f}"]
+                     + [f"{v:.3f}" if v is not None else "–" for v in cpu] + [ratio(tps, base_tps)]
+                     + [ratio(v, b) for v, b in zip(cpu, base_cpu)] + [vs_wire])
+            lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
+    return lines
+
+
+CPU_SPLIT_CONFIGS = ((256, 64, "echo", 32), (16, 64, "echo", 32), (256, 64, "echo", 1))
+SPLIT_KEYS = (("tasks_per_sec", "tasks/s", "{:,.0f}"),
+              ("agent_cpu_user_us_per_task", "user µs/task", "{:.3f}"),
+              ("agent_cpu_sys_us_per_task", "kernel µs/task", "{:.3f}"),
+              ("agent_cpu_us_per_task", "total µs/task", "{:.3f}"),
+              ("loadgen_cpu_us_per_task", "loadgen µs/task", "{:.3f}"))
+
+
+def split_table(configs, runs):
+    """uring against epoll: median (min–max) of each figure, and the ratio of the medians."""
+    def values(worker, config, key):
+        return [r[key] for r in runs.get((worker,) + config, []) if r.get(key) is not None]
+
+    header = ["worker", "sessions", "in flight", "runs"] + [h for _, h, _ in SPLIT_KEYS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for config in configs:
+        sessions, _, _, c = config
+        medians = {}
+        for worker in ("uring", "epoll"):
+            cells = [worker, str(sessions), str(c), str(len(runs.get((worker,) + config, [])))]
+            for key, _, form in SPLIT_KEYS:
+                v = values(worker, config, key)
+                medians[(worker, key)] = statistics.median(v) if v else None
+                cells.append(f"{form.format(statistics.median(v))} ({form.format(min(v))}–{form.format(max(v))})"
+                             if v else "–")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| uring/epoll | " + f"{sessions} | {c} | | "
+                     + " | ".join(ratio(medians[("uring", k)], medians[("epoll", k)]) for k, _, _ in SPLIT_KEYS) + " |")
+    return lines
+
+
+def cpu_split(repeats, seconds, warmup, save):
+    """64 B echo, uring and epoll alternating run by run; /proc/loadavg before each run."""
+    runs, log = {}, []
+    for config in CPU_SPLIT_CONFIGS:
+        sessions, payload, handler, c = config
+        for repeat in range(repeats):
+            for worker in ("uring", "epoll"):
+                with open("/proc/loadavg") as f:
+                    load = " ".join(f.read().split()[:3])
+                r = loadgen(worker, sessions, payload, handler, c, seconds, warmup)
+                ok = r and r["tasks_wrong"] == 0 and r["tasks_lost"] == 0
+                if ok:
+                    r.update(worker=worker, sessions=sessions, payload=payload, handler=handler, concurrency=c, loadavg=load)
+                    runs.setdefault((worker,) + config, []).append(r)
+                    log.append(r)
+                print(f"[{repeat + 1}/{repeats}] load {load}  {worker:5} s={sessions:<3} c={c:<2} "
+                      f"{(r or {}).get('tasks_per_sec', 0):>10,.0f} tasks/s  user "
+                      f"{(r or {}).get('agent_cpu_user_us_per_task') or 0:.3f}  kernel "
+                      f"{(r or {}).get('agent_cpu_sys_us_per_task') or 0:.3f} µs/task" + ("" if ok else "  FAILED"),
+                      file=sys.stderr)
+    if save:
+        with open(save, "w") as f:
+            json.dump([{k: v for k, v in r.items() if k != "connections"} for r in log], f, indent=1)
+    return split_table(CPU_SPLIT_CONFIGS, runs)
+
+
+def table_from(path):
+    """The tables again from saved runs: a JSON list of loadgen reports, each with the
+    keys worker, sessions, payload, handler and concurrency added (as --save writes)."""
+    with open(path) as f:
+        saved = json.load(f)
+    runs, configs = {}, []
+    for r in saved:
+        config = (int(r["sessions"]), int(r["payload"]), r["handler"], int(r["concurrency"]))
+        r.setdefault("latency_p99", (r.get("latency_us") or {}).get("p99"))
+        runs.setdefault((r["worker"],) + config, []).append(r)
+        if config not in configs:
+            configs.append(config)
+
+    def med(worker, config, key):
+        values = [r[key] for r in runs.get((worker,) + config, []) if r.get(key) is not None]
+        return statistics.median(values) if values else None
+
+    return main_table(configs, med, None) + [""] + split_table(configs, runs)
+
 
 def main():
     parser = argparse.ArgumentParser()
@@ -210,8 +327,22 @@ def main():
     parser.add_argument("--warmup", type=float, default=1)
     parser.add_argument("--tls-only", action="store_true",
                         help="run only the TLS-against-TCP rows and print them (BENCHMARKS.md untouched)")
+    parser.add_argument("--cpu-split", action="store_true",
+                        help="run only uring against epoll, 64 B echo, and print user and kernel CPU per task "
+                             "(median and min-max; BENCHMARKS.md untouched)")
+    parser.add_argument("--save", metavar="PATH", help="with --cpu-split: write every run's report to PATH")
+    parser.add_argument("--table-from", metavar="PATH",
+                        help="print the tables from runs saved with --save, running nothing")
+    parser.add_argument("--no-build", action="store_true", help="use the release binaries already in target/")
     args = parser.parse_args()
-    subprocess.run(["cargo", "build", "--release", "--workspace", "-q"], cwd=ROOT, check=True)
+    if args.table_from:
+        print("\n".join(table_from(args.table_from)))
+        return
+    if not args.no_build:
+        subprocess.run(["cargo", "build", "--release", "--workspace", "-q"], cwd=ROOT, check=True)
+    if args.cpu_split:
+        print("\n".join(cpu_split(args.repeats, args.seconds, args.warmup, args.save)))
+        return
     if args.tls_only:
         print("\n".join(tls_comparison(args.repeats, args.seconds, args.warmup)))
         return
@@ -251,28 +382,11 @@ def main():
              "`uring` runs with its default of one event-loop thread per CPU (2 here); `uring-1t` with "
              "`--threads 1` (64 B echo rows with several sessions): with the loadgen on the same 2 cores, one "
              "loop thread avoids a preempted loop stalling its sessions. "
-             "CPU is the worker's user+system time per task over the measured window.", ""]
+             "CPU is the worker's user+system time per task over the measured window; user and kernel are "
+             "the two apart (utime and stime of /proc/PID/stat).", ""]
     if iperf:
         lines += [f"**Wire limit:** `iperf3 -l 1M` over loopback, single stream: **{iperf:,.0f} MiB/s**.", ""]
-    lines += ["| worker | sessions | payload | handler | in flight | tasks/s | payload MiB/s | p99 µs | CPU µs/task | tasks/s vs epoll | CPU/task vs epoll | vs iperf3 |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for config in configs:
-        sessions, payload, handler, c = config
-        base_tps = med("epoll", config, "tasks_per_sec")
-        base_cpu = med("epoll", config, "agent_cpu_us_per_task")
-        for worker in ("uring", "uring-1t", "epoll", "blocking"):
-            tps = med(worker, config, "tasks_per_sec")
-            if tps is None:
-                continue
-            mib = med(worker, config, "payload_mib_per_sec") or 0
-            p99 = med(worker, config, "latency_p99") or 0
-            cpu = med(worker, config, "agent_cpu_us_per_task")
-            ratio = f"{tps / base_tps:.2f}×" if base_tps else "–"
-            cpu_ratio = f"{cpu / base_cpu:.2f}×" if base_cpu and cpu else "–"
-            vs_wire = f"{100 * mib / iperf:.0f} %" if iperf and payload == MIB else ""
-            lines.append(f"| {worker} | {sessions} | {fmt_payload(payload)} | {handler} | {c} | {tps:,.0f} | {mib:,.1f} | "
-                         f"{p99:,.0f} | {cpu:.3f} | {ratio} | {cpu_ratio} | {vs_wire} |" if cpu is not None else
-                         f"| {worker} | {sessions} | {fmt_payload(payload)} | {handler} | {c} | {tps:,.0f} | {mib:,.1f} | {p99:,.0f} | – | {ratio} | – | {vs_wire} |")
+    lines += main_table(configs, med, iperf)
     lines += ["", "**Syscalls per task** (64 B echo, 32 in flight per session, `strace -f -c` on the worker; "
               "strace slows every worker, the ratio is what matters):", "",
               "| worker | 16 sessions | 256 sessions |", "|---|---|---|"]
