@@ -2,7 +2,9 @@
 //! results, stats and the summary line. Sans-IO: bytes in, frames out, time
 //! passed in as `base + Duration`.
 
+use super::runner::same_name;
 use super::*;
+use crate::handlers::{Reply, TaskFailure};
 use crate::protocol::frame::{
     encode_frame, FrameBuffer, FrameKind, FLAG_ACK_REQUESTED, FLAG_FAILED,
 };

@@ -1,0 +1,212 @@
+//! Running tasks: the handler found for each TASK is called, its output
+//! answered at once (written straight into the output buffer when the
+//! handler appends) or kept as a delayed result until its timer fires, and
+//! every RESULT queued is counted.
+//!
+//! It answers each task exactly once and never writes to a socket; a delayed
+//! result is due at an instant computed from the `now` it was given, never
+//! from the clock.
+
+use std::cmp::Reverse;
+use std::time::Instant;
+
+use crate::handlers::{Reply, TaskFailure};
+use crate::protocol::machine::NotInFlight;
+use crate::protocol::{TaskOutcome, TaskRequest};
+
+use super::{Delayed, WorkerSession};
+
+impl WorkerSession {
+    /// The next instant at which [`WorkerSession::handle_timeout`] has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let delayed = self.delayed.peek().map(|Reverse(d)| d.due);
+        match (self.machine.poll_timeout(), delayed) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Fire due timers: delayed results, heartbeats, the handshake timeout.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse(next)) = self.delayed.peek() {
+            if next.due > now {
+                break;
+            }
+            let Some(Reverse(delayed)) = self.delayed.pop() else {
+                break;
+            };
+            let outcome = match &delayed.output {
+                Ok(output) => TaskOutcome::Ok(output),
+                Err((code, message)) => TaskOutcome::Failed { code, message },
+            };
+            self.finish(delayed.id, delayed.handler, outcome, now);
+        }
+        self.machine.handle_timeout(now);
+        self.process(now);
+    }
+
+    /// Run a task decoded in place. A handler that appends its output writes
+    /// the RESULT body straight into the output buffer.
+    #[inline(always)]
+    pub(super) fn run_task(&mut self, task: TaskRequest<'_>, now: Instant) {
+        let found = self.runner.find(task.handler);
+        if let Some(index) = found.filter(|&index| self.runner.appends_output(index)) {
+            let out = self.machine.begin_result(task.id);
+            let reply = self.runner.call(found, task.handler, task.payload, out);
+            self.answer_begun(task.id, index, reply, now);
+            return;
+        }
+        self.run_into_scratch(task, found, now);
+    }
+
+    /// Answer a task whose RESULT was begun in the output buffer
+    /// ([`WorkerMachine::begin_result`]) and written by handler `index`.
+    ///
+    /// [`WorkerMachine::begin_result`]: crate::protocol::WorkerMachine::begin_result
+    #[inline(always)]
+    pub(super) fn answer_begun(
+        &mut self,
+        id: u64,
+        index: usize,
+        reply: Result<Reply, TaskFailure>,
+        now: Instant,
+    ) {
+        match reply {
+            Ok(Reply::Ready) => match self.machine.commit_result(id, now) {
+                Ok(len) => {
+                    let ok = len <= self.machine.peer_max_body() as usize;
+                    self.count_answer(Some(index), ok);
+                }
+                Err(NotInFlight(id)) => self.not_in_flight(id),
+            },
+            other => self.answer_begun_later(id, Some(index), other, now),
+        }
+    }
+
+    /// The handler that appended its output did not answer at once: keep
+    /// what it wrote for later (a delayed answer), or drop it (a failure).
+    #[cold]
+    #[inline(never)]
+    fn answer_begun_later(
+        &mut self,
+        id: u64,
+        handler: Option<usize>,
+        reply: Result<Reply, TaskFailure>,
+        now: Instant,
+    ) {
+        match reply {
+            Ok(Reply::After(delay)) => {
+                let body = self.machine.result_body();
+                let output = if body.is_empty() {
+                    Vec::new()
+                } else {
+                    body.to_vec()
+                };
+                self.machine.abandon_result();
+                self.runner.record_delay(handler, delay);
+                self.schedule(id, handler, now + delay, Ok(output));
+            }
+            other => {
+                self.machine.abandon_result();
+                self.answer_from_scratch(id, handler, other, now);
+            }
+        }
+    }
+
+    /// A task for a handler with a buffer of its own, or for no handler.
+    #[inline(never)]
+    fn run_into_scratch(&mut self, task: TaskRequest<'_>, found: Option<usize>, now: Instant) {
+        self.scratch.clear();
+        let reply = self
+            .runner
+            .call(found, task.handler, task.payload, &mut self.scratch);
+        self.answer_from_scratch(task.id, found, reply, now);
+    }
+
+    /// Answer a task whose handler wrote its output into the scratch buffer.
+    pub(super) fn answer_from_scratch(
+        &mut self,
+        id: u64,
+        handler: Option<usize>,
+        reply: Result<Reply, TaskFailure>,
+        now: Instant,
+    ) {
+        match reply {
+            Ok(Reply::Ready) => {
+                let output = std::mem::take(&mut self.scratch);
+                self.finish(id, handler, TaskOutcome::Ok(&output), now);
+                self.scratch = output;
+            }
+            Ok(Reply::After(delay)) => {
+                self.runner.record_delay(handler, delay);
+                let output = if self.scratch.is_empty() {
+                    Vec::new()
+                } else {
+                    self.scratch.clone()
+                };
+                self.schedule(id, handler, now + delay, Ok(output));
+            }
+            Err(TaskFailure { code, message }) => {
+                self.finish(
+                    id,
+                    handler,
+                    TaskOutcome::Failed {
+                        code,
+                        message: &message,
+                    },
+                    now,
+                );
+            }
+        }
+    }
+
+    fn schedule(
+        &mut self,
+        id: u64,
+        handler: Option<usize>,
+        due: Instant,
+        output: Result<Vec<u8>, (&'static str, String)>,
+    ) {
+        self.delayed_seq += 1;
+        self.delayed.push(Reverse(Delayed {
+            due,
+            seq: self.delayed_seq,
+            id,
+            handler,
+            output,
+        }));
+    }
+
+    fn finish(&mut self, id: u64, handler: Option<usize>, outcome: TaskOutcome<'_>, now: Instant) {
+        match self.machine.complete_task(id, outcome, now) {
+            Ok(()) => {
+                let ok = outcome_is_ok(&outcome, self.machine.peer_max_body());
+                self.count_answer(handler, ok);
+            }
+            Err(NotInFlight(id)) => self.not_in_flight(id),
+        }
+    }
+
+    /// A RESULT was queued.
+    #[inline]
+    fn count_answer(&mut self, handler: Option<usize>, ok: bool) {
+        self.tasks_this_connection += 1;
+        self.stats.record_task(handler, ok);
+    }
+
+    #[cold]
+    fn not_in_flight(&self, id: u64) {
+        tracing::error!(
+            session = self.index,
+            task = id,
+            "internal: completed a task that is not in flight"
+        );
+    }
+}
+
+fn outcome_is_ok(outcome: &TaskOutcome<'_>, peer_max_body: u32) -> bool {
+    match outcome {
+        TaskOutcome::Ok(output) => output.len() <= peer_max_body as usize,
+        TaskOutcome::Failed { .. } => false,
+    }
+}
