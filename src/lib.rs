@@ -22,7 +22,7 @@
 //!   [`logging`]: its logs on stderr, text or JSON; [`reload`]: SIGHUP
 //!   re-reads the config file and applies what can change live;
 //!   [`notify`]: readiness, status and watchdog pings for systemd.
-//! - [`stats`], [`format`]: live counters and their human form;
+//! - [`stats`], [`format`](mod@format): live counters and their human form;
 //!   [`metrics`], [`http`]: Prometheus metrics and the HTTP listener
 //!   (`/metrics`, `/healthz`, `/readyz`, `/status`) on a thread of its own.
 //! - [`manager`]: the manager side of the protocol, for the loadgen and tests.

@@ -12,7 +12,7 @@ use super::{CloseReason, DrainOrigin, Phase, WorkerMachine};
 use crate::protocol::frame::{encode_frame, FrameKind};
 
 /// How soon a manager that sent EOF while tasks run is probed again with a
-/// PING ([`WorkerMachine::probe_peer`]); the interval doubles up to
+/// PING (`WorkerMachine::probe_peer`); the interval doubles up to
 /// [`EOF_PROBE_MAX`].
 pub const EOF_PROBE_EVERY: Duration = Duration::from_millis(250);
 pub const EOF_PROBE_MAX: Duration = Duration::from_secs(8);
