@@ -160,11 +160,6 @@ fn run(args: &Settings) -> ExitCode {
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
-    tracing::info!(
-        "memory bound: {} sessions x {}",
-        config.sessions,
-        config.memory_bound()
-    );
     if let Some(key) = config.tls.as_ref().and(config.tls_key.as_deref()) {
         ringworker::transport::tls::warn_if_exposed(key);
     }
@@ -253,6 +248,12 @@ fn run(args: &Settings) -> ExitCode {
         fatal(&config, &notifier, format_args!("{err}"));
         return ExitCode::from(1);
     }
+    // After the start, so that a start that fails stays one line.
+    tracing::info!(
+        "memory bound: {} sessions x {}",
+        config.sessions,
+        config.memory_bound()
+    );
     let report = agent.wait();
     if let Some(reason) = &report.fatal {
         fatal(&config, &notifier, format_args!("{reason}"));
