@@ -25,6 +25,15 @@ pub struct DrainTally {
 }
 
 impl DrainTally {
+    /// `in_flight` tasks still running and `unwritten` RESULTs not known to
+    /// be written.
+    fn left(in_flight: usize, unwritten: u64) -> DrainTally {
+        DrainTally {
+            abandoned_tasks: in_flight as u64,
+            undelivered_results: unwritten,
+        }
+    }
+
     /// Nothing was left unfinished.
     pub fn is_clean(&self) -> bool {
         self.abandoned_tasks == 0 && self.undelivered_results == 0
@@ -36,6 +45,18 @@ impl std::ops::AddAssign for DrainTally {
         self.abandoned_tasks += other.abandoned_tasks;
         self.undelivered_results += other.undelivered_results;
     }
+}
+
+/// The one error line of a drain that left work unfinished, also kept as
+/// the session's last error.
+fn log_unfinished(session: u32, tally: &DrainTally, line: String, stats: &SessionStats) {
+    tracing::error!(
+        session,
+        abandoned = tally.abandoned_tasks,
+        undelivered = tally.undelivered_results,
+        "session {session}: {line}"
+    );
+    stats.set_last_error(Some(line));
 }
 
 /// A connection's drain after a stop request.
@@ -77,22 +98,14 @@ impl StopDrain {
         unwritten: u64,
         stats: &SessionStats,
     ) -> DrainTally {
-        let tally = DrainTally {
-            abandoned_tasks: in_flight as u64,
-            undelivered_results: unwritten,
-        };
+        let tally = DrainTally::left(in_flight, unwritten);
         let why = self.message(&tally);
         if tally.is_clean() {
             tracing::warn!(session, "session {session}: {why}");
+            stats.set_last_error(Some(why));
         } else {
-            tracing::error!(
-                session,
-                abandoned = tally.abandoned_tasks,
-                undelivered = tally.undelivered_results,
-                "session {session}: {why}"
-            );
+            log_unfinished(session, &tally, why, stats);
         }
-        stats.set_last_error(Some(why));
         tally
     }
 
@@ -108,22 +121,13 @@ impl StopDrain {
         why: &str,
         stats: &SessionStats,
     ) -> DrainTally {
-        let tally = DrainTally {
-            abandoned_tasks: in_flight as u64,
-            undelivered_results: unwritten,
-        };
+        let tally = DrainTally::left(in_flight, unwritten);
         if !tally.is_clean() {
             let line = format!(
                 "drain cut short ({why}): {} tasks abandoned, {} RESULTs undelivered",
                 tally.abandoned_tasks, tally.undelivered_results
             );
-            tracing::error!(
-                session,
-                abandoned = tally.abandoned_tasks,
-                undelivered = tally.undelivered_results,
-                "session {session}: {line}"
-            );
-            stats.set_last_error(Some(line));
+            log_unfinished(session, &tally, line, stats);
         }
         tally
     }
