@@ -10,13 +10,11 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{http_get, plan, start, tcp_listener};
 use ringworker::http::HttpServer;
 use ringworker::manager::ManagerEvent;
-use ringworker::metrics::{Telemetry, TelemetryOptions};
 use ringworker::runtime::{RuntimeKind, RuntimeMode};
 use ringworker::transport::BlockingListener;
 
@@ -37,15 +35,7 @@ fn agent_with_sessions(
         RuntimeKind::Blocking,
         plan(listener.local_endpoint().unwrap(), sessions, 8),
     );
-    let options = TelemetryOptions {
-        session_metrics: false,
-        requested_runtime: "blocking",
-    };
-    let server = HttpServer::start(
-        "127.0.0.1:0".parse().unwrap(),
-        Arc::new(Telemetry::with_options(agent.stats(), options)),
-    )
-    .unwrap();
+    let server = common::http_without_session_metrics(&*agent);
     let addr = server.addr().to_string();
     (listener, agent, server, addr)
 }
