@@ -77,7 +77,7 @@ pub(super) fn proc_value(path: &str, key: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::token::tests::args;
+    use super::super::tests::args;
     use super::super::{ByteSize, Settings, MAX_IN_FLIGHT, MAX_MAX_BODY};
     use super::*;
 

@@ -3,7 +3,8 @@
 
 use super::*;
 
-fn args(manager: Option<&str>) -> Settings {
+/// Flags naming only the manager (the config tests' starting point).
+pub(in crate::config) fn args(manager: Option<&str>) -> Settings {
     Settings {
         manager: manager.map(str::to_owned),
         ..Settings::default()

@@ -99,17 +99,10 @@ pub(super) fn is_loopback_host(host: &str) -> bool {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+mod tests {
+    use super::super::tests::args;
     use super::super::{Config, Settings};
     use super::*;
-
-    /// Flags naming only `manager`.
-    pub(in crate::config) fn args(manager: Option<&str>) -> Settings {
-        Settings {
-            manager: manager.map(str::to_owned),
-            ..Settings::default()
-        }
-    }
 
     #[test]
     fn token_files_must_be_private_and_the_token_is_redacted() {
