@@ -8,11 +8,10 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
+use common::process::Spawned;
 use common::{accept, tcp_listener, TIMEOUT};
 use ringworker::manager::ManagerEvent;
 
@@ -57,7 +56,7 @@ fn agent_under_seccomp(manager: &str, runtime: &str) -> Command {
 fn auto_falls_back_to_blocking_when_seccomp_refuses_io_uring() {
     let listener = tcp_listener();
     let endpoint = listener.local_endpoint().unwrap().to_string();
-    let mut child = agent_under_seccomp(&endpoint, "auto").spawn().unwrap();
+    let mut agent = Spawned::new(agent_under_seccomp(&endpoint, "auto"));
     let (mut conn, hello) = accept(&listener);
     assert_eq!(hello.runtime, "blocking", "auto picked the fallback");
     for id in 1..=5u64 {
@@ -74,33 +73,8 @@ fn auto_falls_back_to_blocking_when_seccomp_refuses_io_uring() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    let status = Command::new("kill")
-        .args(["-s", "TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    loop {
-        match conn.next_event(TIMEOUT) {
-            Ok(ManagerEvent::Goodbye { .. }) | Err(_) => break,
-            Ok(_) => {}
-        }
-    }
-    drop(conn);
-    let deadline = Instant::now() + TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "agent did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let status = common::manager::stop(&mut agent, conn);
+    let stderr = agent.final_log();
     assert!(status.success(), "{stderr}");
     let why: Vec<&str> = stderr
         .lines()
