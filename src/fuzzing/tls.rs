@@ -130,17 +130,7 @@ pub fn tls(peers: &TlsPeers, data: &[u8]) {
         match input.byte() % 10 {
             // The worker writes; the manager reads (maybe damaged records).
             0 | 1 => {
-                let out = link.take_output(Vec::new());
-                if failed_and_flushed {
-                    assert!(
-                        out.is_empty(),
-                        "{} bytes written after the link failed",
-                        out.len()
-                    );
-                }
-                if link.failure().is_some() {
-                    failed_and_flushed = true;
-                }
+                let out = take_checked(&mut link, &mut failed_and_flushed);
                 to_server.extend_from_slice(&out);
                 link.on_flushed(now);
                 if input.byte() % 4 == 0 {
@@ -237,17 +227,7 @@ pub fn tls(peers: &TlsPeers, data: &[u8]) {
     for _ in 0..4 {
         now += Duration::from_secs(11);
         link.handle_timeout(now);
-        let out = link.take_output(Vec::new());
-        if failed_and_flushed {
-            assert!(
-                out.is_empty(),
-                "{} bytes written after the link failed",
-                out.len()
-            );
-        }
-        if link.failure().is_some() {
-            failed_and_flushed = true;
-        }
+        let _ = take_checked(&mut link, &mut failed_and_flushed);
         link.on_flushed(now);
     }
     assert!(
@@ -255,4 +235,21 @@ pub fn tls(peers: &TlsPeers, data: &[u8]) {
         "after EOF and the timeouts the link neither failed nor closed (handshaking {})",
         link.welcomed_at().is_none()
     );
+}
+
+/// The link's output, checked: nothing may be written after the output that
+/// followed its failure (its alert) was taken.
+fn take_checked(link: &mut Link, failed_and_flushed: &mut bool) -> Vec<u8> {
+    let out = link.take_output(Vec::new());
+    if *failed_and_flushed {
+        assert!(
+            out.is_empty(),
+            "{} bytes written after the link failed",
+            out.len()
+        );
+    }
+    if link.failure().is_some() {
+        *failed_and_flushed = true;
+    }
+    out
 }

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use super::task_body::task_request;
 use super::{CloseReason, DrainOrigin, Event, FrameAt, Phase, Step, WorkerMachine};
-use crate::protocol::frame::{decode, Decoded, FrameKind, HEADER_LEN};
+use crate::protocol::frame::{decode, Decoded, FrameError, FrameKind, HEADER_LEN};
 
 /// A whole frame, or a header that will be refused, is at the front of `bytes`.
 pub(super) fn has_frame(bytes: &[u8], max_body: u32) -> bool {
@@ -107,11 +107,7 @@ impl WorkerMachine {
                     self.check_drained();
                     return None;
                 }
-                Err(err) => {
-                    let code = err.code();
-                    self.violation(code, err.to_string());
-                    return self.take_close_event();
-                }
+                Err(err) => return self.refuse_undecodable(err),
             };
             match self.on_frame(header, FrameAt::Buffered, now) {
                 Step::Continue => {}
@@ -169,11 +165,7 @@ impl WorkerMachine {
                     self.check_drained();
                     return None;
                 }
-                Err(err) => {
-                    let code = err.code();
-                    self.violation(code, err.to_string());
-                    return self.take_close_event();
-                }
+                Err(err) => return self.refuse_undecodable(err),
             };
             let bytes: &'b [u8] = input;
             let (frame, rest) = bytes.split_at(header.frame_len());
@@ -258,5 +250,16 @@ impl WorkerMachine {
     /// A whole frame (or a header that will be refused) is buffered.
     pub(super) fn has_buffered_frame(&self) -> bool {
         has_frame(self.recv.pending(), self.recv.max_body())
+    }
+}
+
+impl WorkerMachine {
+    /// A frame that cannot be decoded (either input path): the ERROR its
+    /// code names, and the close.
+    #[cold]
+    fn refuse_undecodable(&mut self, err: FrameError) -> Option<Event<'static>> {
+        let code = err.code();
+        self.violation(code, err.to_string());
+        self.take_close_event()
     }
 }
