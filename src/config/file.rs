@@ -4,7 +4,7 @@
 use std::fmt;
 use std::path::Path;
 
-use super::settings::{Settings, FILE_KEYS};
+use super::settings::{Settings, FILE_KEYS, FILE_TABLES};
 use super::ConfigError;
 
 /// What is wrong with a config file's text.
@@ -89,7 +89,10 @@ pub fn parse_file(text: &str) -> Result<Settings, FileError> {
     {
         let mut unknown: Vec<UnknownKey> = keys
             .keys()
-            .filter(|key| !FILE_KEYS.contains(&key.get_ref().as_str()))
+            .filter(|key| {
+                let key = key.get_ref().as_str();
+                !FILE_KEYS.contains(&key) && !FILE_TABLES.contains(&key)
+            })
             .map(|key| UnknownKey {
                 line: line_of(key.span().start),
                 key: key.get_ref().clone(),
@@ -112,6 +115,7 @@ pub fn parse_file(text: &str) -> Result<Settings, FileError> {
 fn nearest(key: &str) -> Option<&'static str> {
     FILE_KEYS
         .iter()
+        .chain(FILE_TABLES)
         .map(|known| (strsim::damerau_levenshtein(key, known), *known))
         .filter(|&(distance, _)| distance <= 3)
         .min_by_key(|&(distance, known)| {

@@ -24,6 +24,8 @@
 //! - [`file`](mod@file): reading the file, naming unknown keys ([`FileError`]);
 //! - [`args`]: usage errors of the command line as one line;
 //! - [`token`]: reading the token file and deciding it is private enough;
+//! - [`handlers`](mod@handlers): the `[handlers.NAME]` tables, the one part
+//!   of the file that is not a flag, resolved into [`HandlerSet`];
 //! - [`memory`]: the worst-case memory of a configuration ([`MemoryBound`]).
 
 use std::fmt;
@@ -34,14 +36,16 @@ use crate::transport::{Endpoint, EndpointError};
 
 pub mod args;
 pub mod file;
+pub mod handlers;
 pub mod memory;
 pub mod settings;
 pub mod token;
 
 pub use args::{parse_args_or_exit, usage_error_line};
 pub use file::{load_file, parse_file, FileError, UnknownKey};
+pub use handlers::{HandlerDecl, HandlerProblem, HandlerSet, HandlerTable};
 pub use memory::MemoryBound;
-pub use settings::{ByteSize, LogFormat, RuntimeChoice, Settings, FILE_KEYS};
+pub use settings::{ByteSize, LogFormat, RuntimeChoice, Settings, FILE_KEYS, FILE_TABLES};
 
 /// A configuration that cannot be used, with what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +102,12 @@ pub enum ConfigError {
     EmptyTokenFile { path: PathBuf },
     #[error("token file {path} is readable by others or by a group other than the agent's (mode {mode:o}); run `chmod 600 {path}` (0440 is accepted when the file's group is the agent's own), deliver it as a systemd credential, or pass --allow-insecure-token-file")]
     InsecureTokenFile { path: PathBuf, mode: u32 },
+    /// A `[handlers.NAME]` table that cannot be used.
+    #[error("handlers.{name}: {problem}")]
+    Handler {
+        name: String,
+        problem: HandlerProblem,
+    },
 }
 
 /// The message of [`ConfigError::OutOfRange`].
@@ -314,6 +324,10 @@ impl Config {
             .or_else(|| args.log_level.clone())
             .or(file.log_level)
             .unwrap_or_else(|| crate::logging::DEFAULT_FILTER.to_owned());
+        // Declared handlers come from the file only; checked here so that
+        // `run` and `check-config` refuse a bad one. Resolved for use with
+        // `HandlerSet::resolve`.
+        HandlerSet::resolve(&file.handlers, max_body)?;
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&log_level) {
             return Err(ConfigError::LogLevel {
                 filter: log_level,

@@ -215,6 +215,11 @@ pub struct Settings {
     #[arg(long, env = "RINGWORKER_TLS_SERVER_NAME", value_name = "NAME")]
     #[serde(alias = "tls-server-name")]
     pub tls_server_name: Option<String>,
+    /// `[handlers.NAME]` tables: declared handlers, from the file only (no
+    /// flag; `Config::merge` reads the file's and never the flags').
+    #[arg(skip)]
+    #[serde(default, skip_serializing)]
+    pub handlers: std::collections::BTreeMap<String, super::handlers::HandlerTable>,
 }
 
 /// A path as text: a file name that is not UTF-8 is written lossily, as
@@ -227,8 +232,19 @@ fn lossy_path<S: serde::Serializer>(path: &Option<PathBuf>, out: S) -> Result<S:
 }
 
 /// The keys of the config file: the fields of [`Settings`] that serde
-/// reads, each in snake_case and, where it differs, kebab-case.
-pub static FILE_KEYS: LazyLock<&'static [&'static str]> = LazyLock::new(field_names::<Settings>);
+/// reads, each in snake_case and, where it differs, kebab-case; the
+/// tables ([`FILE_TABLES`]) aside.
+pub static FILE_KEYS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+    field_names::<Settings>()
+        .iter()
+        .copied()
+        .filter(|key| !FILE_TABLES.contains(key))
+        .collect()
+});
+
+/// The tables of the config file: fields of [`Settings`] that are not
+/// flags and not a `key = value` of the effective configuration.
+pub const FILE_TABLES: &[&str] = &["handlers"];
 
 /// The names a derived `Deserialize` accepts for a struct's fields,
 /// aliases included, in declaration order (each field's own names sorted).
@@ -300,6 +316,8 @@ impl From<&Config> for Settings {
             tls_cert: config.tls_cert.clone(),
             tls_key: config.tls_key.clone(),
             tls_server_name: config.tls_server_name.clone(),
+            // Rendered by `HandlerSet::to_toml`, not as a key.
+            handlers: Default::default(),
         }
     }
 }
