@@ -28,28 +28,67 @@ pub enum Reply {
 }
 
 /// A task that failed; becomes RESULT `FAILED` with this code and message.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{code}: {message}")]
-pub struct TaskFailure {
+///
+/// One pointer wide (the code and message live out of line), so that
+/// `Result<Reply, TaskFailure>` comes back from [`Handler::call`] in
+/// registers: failures are rare, and the common answer pays nothing for
+/// their size. Read the fields through it like a struct's:
+/// `failure.code`, `failure.message`.
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {}", .0.code, .0.message)]
+pub struct TaskFailure(Box<Failure>);
+
+/// What a [`TaskFailure`] holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The RESULT's `code` (PROTOCOL.md "Error codes").
     pub code: &'static str,
     pub message: String,
 }
 
+impl std::fmt::Debug for TaskFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskFailure")
+            .field("code", &self.0.code)
+            .field("message", &self.0.message)
+            .finish()
+    }
+}
+
+impl std::ops::Deref for TaskFailure {
+    type Target = Failure;
+
+    fn deref(&self) -> &Failure {
+        &self.0
+    }
+}
+
 impl TaskFailure {
-    /// The payload is not what the handler accepts (`bad_payload`).
-    pub fn bad_payload(message: impl Into<String>) -> Self {
-        TaskFailure {
-            code: codes::BAD_PAYLOAD,
+    /// A failure with any code (PROTOCOL.md "Error codes").
+    #[cold]
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        TaskFailure(Box::new(Failure {
+            code,
             message: message.into(),
-        }
+        }))
+    }
+
+    /// The payload is not what the handler accepts (`bad_payload`).
+    #[cold]
+    pub fn bad_payload(message: impl Into<String>) -> Self {
+        TaskFailure::new(codes::BAD_PAYLOAD, message)
     }
 
     /// The handler could not do its work (`handler_failed`).
+    #[cold]
     pub fn handler_failed(message: impl Into<String>) -> Self {
-        TaskFailure {
-            code: codes::HANDLER_FAILED,
-            message: message.into(),
-        }
+        TaskFailure::new(codes::HANDLER_FAILED, message)
+    }
+
+    /// The code and the message.
+    pub fn into_parts(self) -> (&'static str, String) {
+        let Failure { code, message } = *self.0;
+        (code, message)
     }
 }
 
@@ -91,11 +130,51 @@ pub enum RegistryError {
     Duplicate(String),
 }
 
+/// A registered handler: a built-in, called without going through `dyn`
+/// (the session matches on it and the call is inlined), or one of a library
+/// user's own.
+#[derive(Clone)]
+pub(crate) enum Dispatch {
+    Echo,
+    Sink,
+    Crc32c,
+    Sha256,
+    Sleep,
+    Custom(Arc<dyn Handler>),
+}
+
+impl Dispatch {
+    /// The handler as a trait object.
+    fn as_dyn(&self) -> &dyn Handler {
+        match self {
+            Dispatch::Echo => &Echo,
+            Dispatch::Sink => &Sink,
+            Dispatch::Crc32c => &Crc32c,
+            Dispatch::Sha256 => &Sha256,
+            Dispatch::Sleep => &Sleep,
+            Dispatch::Custom(handler) => &**handler,
+        }
+    }
+
+    /// Run the handler; a built-in is called directly.
+    #[inline(always)]
+    pub(crate) fn call(&self, payload: &[u8], out: &mut Vec<u8>) -> Result<Reply, TaskFailure> {
+        match self {
+            Dispatch::Echo => Echo.call(payload, out),
+            Dispatch::Sink => Sink.call(payload, out),
+            Dispatch::Crc32c => Crc32c.call(payload, out),
+            Dispatch::Sha256 => Sha256.call(payload, out),
+            Dispatch::Sleep => Sleep.call(payload, out),
+            Dispatch::Custom(handler) => handler.call(payload, out),
+        }
+    }
+}
+
 /// Handlers by name. Cheap to clone (the handlers are shared).
 #[derive(Clone, Default)]
 pub struct HandlerRegistry {
     /// Sorted by name: lookups are a binary search over a handful of entries.
-    entries: Vec<(Box<str>, Arc<dyn Handler>)>,
+    entries: Vec<(Box<str>, Dispatch)>,
 }
 
 impl std::fmt::Debug for HandlerRegistry {
@@ -113,12 +192,12 @@ impl HandlerRegistry {
     /// The five handlers of PROTOCOL.md: `echo`, `sink`, `crc32c`, `sha256`, `sleep`.
     pub fn with_builtins() -> Self {
         let mut registry = HandlerRegistry::new();
-        let builtins: [(&str, Arc<dyn Handler>); 5] = [
-            ("echo", Arc::new(Echo)),
-            ("sink", Arc::new(Sink)),
-            ("crc32c", Arc::new(Crc32c)),
-            ("sha256", Arc::new(Sha256)),
-            ("sleep", Arc::new(Sleep)),
+        let builtins = [
+            ("echo", Dispatch::Echo),
+            ("sink", Dispatch::Sink),
+            ("crc32c", Dispatch::Crc32c),
+            ("sha256", Dispatch::Sha256),
+            ("sleep", Dispatch::Sleep),
         ];
         for (name, handler) in builtins {
             registry
@@ -134,11 +213,11 @@ impl HandlerRegistry {
         name: &str,
         handler: impl Handler,
     ) -> Result<&mut Self, RegistryError> {
-        self.insert(name, Arc::new(handler))?;
+        self.insert(name, Dispatch::Custom(Arc::new(handler)))?;
         Ok(self)
     }
 
-    fn insert(&mut self, name: &str, handler: Arc<dyn Handler>) -> Result<(), RegistryError> {
+    fn insert(&mut self, name: &str, handler: Dispatch) -> Result<(), RegistryError> {
         if name.is_empty()
             || name.len() > crate::protocol::frame::MAX_HANDLER_NAME
             || !name.bytes().all(|b| b.is_ascii_graphic())
@@ -155,19 +234,13 @@ impl HandlerRegistry {
     }
 
     /// The handler registered under `name`.
-    pub fn get(&self, name: &str) -> Option<&Arc<dyn Handler>> {
-        self.entries
-            .binary_search_by(|(n, _)| (**n).cmp(name))
-            .ok()
-            .map(|at| &self.entries[at].1)
+    pub fn get(&self, name: &str) -> Option<&dyn Handler> {
+        self.position(name).map(|at| self.entries[at].1.as_dyn())
     }
 
-    /// The position of `name` in [`HandlerRegistry::names`], and its handler.
-    pub fn lookup(&self, name: &str) -> Option<(usize, &Arc<dyn Handler>)> {
-        self.entries
-            .binary_search_by(|(n, _)| (**n).cmp(name))
-            .ok()
-            .map(|at| (at, &self.entries[at].1))
+    /// The position of `name` in [`HandlerRegistry::names`].
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.entries.binary_search_by(|(n, _)| (**n).cmp(name)).ok()
     }
 
     /// For each position of [`HandlerRegistry::names`], whether that handler
@@ -175,13 +248,14 @@ impl HandlerRegistry {
     pub fn appends_output(&self) -> Vec<bool> {
         self.entries
             .iter()
-            .map(|(_, handler)| handler.appends_output())
+            .map(|(_, handler)| handler.as_dyn().appends_output())
             .collect()
     }
 
     /// The handler at position `index` of [`HandlerRegistry::names`].
-    pub fn lookup_index(&self, index: usize) -> Option<(usize, &Arc<dyn Handler>)> {
-        self.entries.get(index).map(|(_, handler)| (index, handler))
+    #[inline]
+    pub(crate) fn dispatch(&self, index: usize) -> Option<&Dispatch> {
+        self.entries.get(index).map(|(_, handler)| handler)
     }
 
     /// Every name, sorted; HELLO's `handlers`.
@@ -196,12 +270,12 @@ impl HandlerRegistry {
         payload: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<Reply, TaskFailure> {
-        match self.get(name) {
+        match self.position(name).and_then(|at| self.dispatch(at)) {
             Some(handler) => handler.call(payload, out),
-            None => Err(TaskFailure {
-                code: codes::UNKNOWN_HANDLER,
-                message: format!("no handler named {name:?}"),
-            }),
+            None => Err(TaskFailure::new(
+                codes::UNKNOWN_HANDLER,
+                format!("no handler named {name:?}"),
+            )),
         }
     }
 }
@@ -245,6 +319,23 @@ mod tests {
         registry.call("echo", b"+more", &mut out).unwrap();
         registry.call("crc32c", b"", &mut out).unwrap();
         assert_eq!(out, b"held+more\0\0\0\0");
+    }
+
+    #[test]
+    fn a_handler_result_is_two_words() {
+        // Returned in registers, not through memory the caller reads back.
+        assert!(std::mem::size_of::<Result<Reply, TaskFailure>>() <= 16);
+        assert_eq!(
+            std::mem::size_of::<TaskFailure>(),
+            std::mem::size_of::<usize>()
+        );
+        let failure = TaskFailure::bad_payload("short");
+        assert_eq!(
+            (failure.code, failure.message.as_str()),
+            ("bad_payload", "short")
+        );
+        assert_eq!(failure.to_string(), "bad_payload: short");
+        assert_eq!(failure.into_parts(), ("bad_payload", "short".to_owned()));
     }
 
     #[test]

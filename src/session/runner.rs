@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::handlers::{Handler, HandlerRegistry, Reply, TaskFailure};
+use crate::handlers::{Dispatch, Handler, HandlerRegistry, Reply, TaskFailure};
 use crate::protocol::frame::MAX_HANDLER_NAME;
 
 use super::TIMING_SAMPLE;
@@ -74,8 +74,7 @@ impl TaskRunner {
 
     #[inline(never)]
     fn find_in_registry(&mut self, name: &[u8]) -> Option<usize> {
-        let found = self.handlers.lookup(std::str::from_utf8(name).ok()?);
-        let (index, _) = found?;
+        let index = self.handlers.position(std::str::from_utf8(name).ok()?)?;
         if let Some(slot) = self.last_name.get_mut(..name.len()) {
             slot.copy_from_slice(name);
             self.last_name_len = name.len() as u8;
@@ -94,21 +93,19 @@ impl TaskRunner {
         payload: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<Reply, TaskFailure> {
-        let Some((index, handler)) = found.and_then(|index| self.handlers.lookup_index(index))
+        let Some((index, handler)) =
+            found.and_then(|index| Some((index, self.handlers.dispatch(index)?)))
         else {
-            return Err(TaskFailure {
-                code: crate::protocol::codes::UNKNOWN_HANDLER,
-                message: format!("no handler named {:?}", String::from_utf8_lossy(name)),
-            });
+            return Err(unknown(name));
         };
         // One task in TIMING_SAMPLE is timed: two clock reads per task would
         // cost more than the rest of the metrics.
         self.timing_tick = self.timing_tick.wrapping_add(1);
         if self.timing_tick % TIMING_SAMPLE != 0 {
-            return contained(&**handler, payload, out);
+            return run(handler, payload, out);
         }
         let started = Instant::now();
-        let reply = contained(&**handler, payload, out);
+        let reply = run(handler, payload, out);
         if let Some(histogram) = self.durations.get(index) {
             histogram.record(started.elapsed().as_secs_f64());
         }
@@ -123,11 +120,31 @@ impl TaskRunner {
     }
 }
 
+/// Run a built-in directly (the match is inlined into the session's task
+/// loop), a handler of the library user's through `dyn`, with its panics
+/// contained.
+#[inline(always)]
+fn run(handler: &Dispatch, payload: &[u8], out: &mut Vec<u8>) -> Result<Reply, TaskFailure> {
+    match handler {
+        Dispatch::Custom(handler) => contained(&**handler, payload, out),
+        builtin => builtin.call(payload, out),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn unknown(name: &[u8]) -> TaskFailure {
+    TaskFailure::new(
+        crate::protocol::codes::UNKNOWN_HANDLER,
+        format!("no handler named {:?}", String::from_utf8_lossy(name)),
+    )
+}
+
 /// Run `handler`, turning a panic into a `handler_failed` answer: a bug in
 /// one handler fails its task, not the session or the event loop with every
 /// session on it. What it appended before panicking is discarded like any
 /// failed call's output.
-#[inline(always)]
+#[inline(never)]
 fn contained(
     handler: &dyn Handler,
     payload: &[u8],

@@ -146,7 +146,8 @@ impl WorkerSession {
                 };
                 self.schedule(id, handler, now + delay, Ok(output));
             }
-            Err(TaskFailure { code, message }) => {
+            Err(failure) => {
+                let (code, message) = failure.into_parts();
                 self.finish(
                     id,
                     handler,
