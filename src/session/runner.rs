@@ -18,6 +18,7 @@ pub(super) struct TaskRunner {
     handlers: HandlerRegistry,
     /// `ringworker_task_duration_seconds{handler}`, by registry position.
     durations: Vec<::metrics::Histogram>,
+    /// Tasks until the next one timed.
     timing_tick: u64,
     /// By registry position: the handler appends its output, so it may write
     /// straight into the machine's output buffer.
@@ -98,10 +99,7 @@ impl TaskRunner {
         else {
             return Err(unknown(name));
         };
-        // One task in TIMING_SAMPLE is timed: two clock reads per task would
-        // cost more than the rest of the metrics.
-        self.timing_tick = self.timing_tick.wrapping_add(1);
-        if self.timing_tick % TIMING_SAMPLE != 0 {
+        if !timing_due(&mut self.timing_tick) {
             return run(handler, payload, out);
         }
         let started = Instant::now();
@@ -112,10 +110,33 @@ impl TaskRunner {
         reply
     }
 
+    /// Whether this call is one of the one in [`TIMING_SAMPLE`] timed: two
+    /// clock reads per task would cost more than the rest of the metrics.
+    /// The first call is, so that a short session is measured too.
+    #[cfg(test)]
+    pub(super) fn timing_due(&mut self) -> bool {
+        timing_due(&mut self.timing_tick)
+    }
+
     /// A delayed answer's handler time is its delay.
     pub(super) fn record_delay(&self, handler: Option<usize>, delay: Duration) {
         if let Some(histogram) = handler.and_then(|index| self.durations.get(index)) {
             histogram.record(delay.as_secs_f64());
+        }
+    }
+}
+
+/// Count a call down to the next one timed ([`TaskRunner::call`]).
+#[inline(always)]
+fn timing_due(tick: &mut u64) -> bool {
+    match tick.checked_sub(1) {
+        Some(left) => {
+            *tick = left;
+            false
+        }
+        None => {
+            *tick = TIMING_SAMPLE - 1;
+            true
         }
     }
 }

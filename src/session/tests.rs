@@ -1069,3 +1069,13 @@ fn an_appending_handler_on_frames_completed_in_the_buffer() {
     );
     assert_eq!((stats.tasks_ok(), stats.tasks_failed()), (3, 2));
 }
+
+#[test]
+fn one_task_in_timing_sample_is_timed_the_first_included() {
+    let mut runner = super::runner::TaskRunner::new(HandlerRegistry::with_builtins());
+    let due: Vec<usize> = (0..4 * super::TIMING_SAMPLE as usize)
+        .filter(|_| runner.timing_due())
+        .collect();
+    let every = super::TIMING_SAMPLE as usize;
+    assert_eq!(due, [0, every, 2 * every, 3 * every]);
+}
