@@ -111,6 +111,12 @@ impl WorkerMachine {
     /// [`WorkerMachine::complete_task`], a body larger than the manager's
     /// `max_body` becomes a FAILED `result_too_large`. Returns the body's
     /// length.
+    ///
+    /// This is the per-task path: unlike [`WorkerMachine::complete_task`] it
+    /// does not check whether a drain is over. The driver polls again after
+    /// answering ([`WorkerMachine::poll_event`], [`WorkerMachine::poll_input`]),
+    /// and the poll that finds no frame to take makes GOODBYE due, once per
+    /// batch of input.
     #[inline]
     pub fn commit_result(&mut self, id: u64, now: Instant) -> Result<usize, NotInFlight> {
         let start = self.result_start;
@@ -136,7 +142,8 @@ impl WorkerMachine {
         }
         self.results_queued += 1;
         self.last_sent = now;
-        self.check_drained();
+        // Whether GOODBYE is now due is decided once per batch, when the
+        // driver's next poll finds no frame to take, not per task.
         Ok(body_len)
     }
 

@@ -1993,6 +1993,24 @@ fn tasks_held_and_the_one_just_handed_out_complete_in_any_order() {
     assert_eq!(ids, [3, 1, 4, 2]);
 }
 
+/// A RESULT written in place leaves the drain check to the next poll: GOODBYE
+/// is due once per batch, when the poll finds nothing more to take.
+#[test]
+fn an_in_place_result_ends_a_drain_at_the_next_poll() {
+    let (mut m, t0) = welcomed(4);
+    m.handle_input(&task(1, b"a"), t0);
+    expect_task(&mut m, t0, 1);
+    m.start_drain(t0);
+    m.begin_result(1).extend_from_slice(b"a");
+    assert_eq!(m.commit_result(1, t0), Ok(1));
+    assert_eq!(m.phase(), Phase::Draining(DrainOrigin::Worker));
+    assert_eq!(poll(&mut m, t0), None);
+    assert_eq!(m.phase(), Phase::GoodbyeDue);
+    let out = take(&mut m);
+    assert_eq!(kinds(&out), [FrameKind::Drain, FrameKind::Result]);
+    assert_eq!(out[1].body, b"a");
+}
+
 /// `poll_input` acts on the same frames as `poll_event` would, whatever the
 /// split of the stream, and leaves the undecoded rest for `stash_input`.
 #[test]
