@@ -120,9 +120,11 @@ fn a_wrong_result_is_caught_and_exits_non_zero() {
     let calls = std::sync::atomic::AtomicU64::new(0);
     handlers
         .register("echo", move |payload: &[u8], out: &mut Vec<u8>| {
+            // `out` holds earlier frames: this task's output starts here.
+            let start = out.len();
             out.extend_from_slice(payload);
             if calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 1000 == 999 {
-                out[0] ^= 0xFF;
+                out[start] ^= 0xFF;
             }
             Ok(Reply::Ready)
         })

@@ -17,10 +17,6 @@ impl Handler for Echo {
         out.extend_from_slice(payload);
         Ok(Reply::Ready)
     }
-
-    fn appends_output(&self) -> bool {
-        true
-    }
 }
 
 /// `sink`: nothing.
@@ -30,10 +26,6 @@ pub struct Sink;
 impl Handler for Sink {
     fn call(&self, _payload: &[u8], _out: &mut Vec<u8>) -> Result<Reply, TaskFailure> {
         Ok(Reply::Ready)
-    }
-
-    fn appends_output(&self) -> bool {
-        true
     }
 }
 
@@ -46,10 +38,6 @@ impl Handler for Crc32c {
         out.extend_from_slice(&crc32c::crc32c(payload).to_be_bytes());
         Ok(Reply::Ready)
     }
-
-    fn appends_output(&self) -> bool {
-        true
-    }
 }
 
 /// `sha256`: the 32-byte SHA-256 digest of the payload.
@@ -60,10 +48,6 @@ impl Handler for Sha256 {
     fn call(&self, payload: &[u8], out: &mut Vec<u8>) -> Result<Reply, TaskFailure> {
         out.extend_from_slice(&sha2::Sha256::digest(payload));
         Ok(Reply::Ready)
-    }
-
-    fn appends_output(&self) -> bool {
-        true
     }
 }
 
@@ -87,10 +71,6 @@ impl Handler for Sleep {
             )));
         }
         Ok(Reply::After(Duration::from_millis(ms.into())))
-    }
-
-    fn appends_output(&self) -> bool {
-        true
     }
 }
 

@@ -1,7 +1,8 @@
 //! Handlers: the work a TASK names, and the registry that finds them.
 //!
-//! A [`Handler`] turns a payload into output bytes synchronously, writing into
-//! a buffer the caller reuses, so the common handlers allocate nothing per
+//! A [`Handler`] turns a payload into output bytes synchronously, appending
+//! them to the connection's output buffer behind the RESULT header, so the
+//! output is written once and the common handlers allocate nothing per
 //! task. A handler whose answer is due later (the built-in `sleep`) returns
 //! [`Reply::After`]; the runtime keeps the timer, so a sleeping task never
 //! holds up the others on its session. Handlers run on the runtime's threads:
@@ -94,21 +95,15 @@ impl TaskFailure {
 
 /// Work a TASK can name.
 pub trait Handler: Send + Sync + 'static {
-    /// Run on `payload`, appending the output to `out` (empty on entry,
-    /// unless [`Handler::appends_output`] says otherwise).
-    fn call(&self, payload: &[u8], out: &mut Vec<u8>) -> Result<Reply, TaskFailure>;
-
-    /// Whether [`Handler::call`] only ever appends to `out`: it never reads,
-    /// truncates or rewrites what `out` held on entry, and leaves its
-    /// capacity to the caller. A session then passes its output buffer
-    /// itself (already holding other frames) and the output is written once,
-    /// in place, instead of being copied there from a buffer of its own.
-    /// Whatever was appended is discarded if the call fails.
+    /// Run on `payload`, appending the output to `out`.
     ///
-    /// The default is `false`: `out` is an empty buffer of the handler's own.
-    fn appends_output(&self) -> bool {
-        false
-    }
+    /// `out` is the connection's output buffer: on entry it may already
+    /// hold other frames and the RESULT header of this task, and the output
+    /// is written there once, in place, never copied. A handler only ever
+    /// appends: it must not read, truncate or rewrite what `out` held on
+    /// entry (measure its own output from `out.len()` on entry). Whatever
+    /// it appended is discarded if the call fails.
+    fn call(&self, payload: &[u8], out: &mut Vec<u8>) -> Result<Reply, TaskFailure>;
 }
 
 impl<F> Handler for F
@@ -243,15 +238,6 @@ impl HandlerRegistry {
         self.entries.binary_search_by(|(n, _)| (**n).cmp(name)).ok()
     }
 
-    /// For each position of [`HandlerRegistry::names`], whether that handler
-    /// [appends its output](Handler::appends_output).
-    pub fn appends_output(&self) -> Vec<bool> {
-        self.entries
-            .iter()
-            .map(|(_, handler)| handler.as_dyn().appends_output())
-            .collect()
-    }
-
     /// The handler at position `index` of [`HandlerRegistry::names`].
     #[inline]
     pub(crate) fn dispatch(&self, index: usize) -> Option<&Dispatch> {
@@ -294,31 +280,23 @@ mod tests {
     }
 
     #[test]
-    fn builtins_append_their_output_and_closures_get_a_buffer_of_their_own() {
+    fn every_handler_appends_behind_what_the_buffer_held() {
         let mut registry = HandlerRegistry::with_builtins();
         registry
-            .register("closure", |_: &[u8], _: &mut Vec<u8>| Ok(Reply::Ready))
+            .register("closure", |payload: &[u8], out: &mut Vec<u8>| {
+                out.extend(payload.iter().rev());
+                Ok(Reply::Ready)
+            })
             .unwrap();
-        assert_eq!(
-            registry
-                .names()
-                .into_iter()
-                .zip(registry.appends_output())
-                .collect::<Vec<_>>(),
-            [
-                ("closure".to_owned(), false),
-                ("crc32c".to_owned(), true),
-                ("echo".to_owned(), true),
-                ("sha256".to_owned(), true),
-                ("sink".to_owned(), true),
-                ("sleep".to_owned(), true),
-            ]
-        );
-        // Appending leaves what the buffer held untouched.
         let mut out = b"held".to_vec();
         registry.call("echo", b"+more", &mut out).unwrap();
         registry.call("crc32c", b"", &mut out).unwrap();
-        assert_eq!(out, b"held+more\0\0\0\0");
+        registry.call("sink", b"ignored", &mut out).unwrap();
+        registry.call("closure", b"ab", &mut out).unwrap();
+        assert_eq!(out, b"held+more\0\0\0\0ba");
+        assert!(registry.get("closure").is_some());
+        assert!(registry.get("nope").is_none());
+        assert_eq!(registry.position("echo"), Some(2));
     }
 
     #[test]

@@ -93,19 +93,18 @@ impl WorkerSession {
                 Event::Task(task) => {
                     let (id, payload_len) = (task.id, task.payload.len());
                     let found = self.runner.find(task.handler);
-                    if let Some(index) = found.filter(|&index| self.runner.appends_output(index)) {
-                        // The payload is read from the receive buffer while
-                        // the handler appends to the output.
-                        let (payload, out) = self.machine.begin_buffered_result(id, payload_len);
-                        let reply = self.runner.call(found, b"", payload, out);
-                        self.answer_begun(id, index, reply, now);
+                    if found.is_none() {
+                        let name = task.handler.to_vec();
+                        let out = self.machine.begin_result(id);
+                        let reply = self.runner.call(found, &name, b"", out);
+                        self.answer_begun(id, found, reply, now);
                         continue;
                     }
-                    self.scratch.clear();
-                    let reply =
-                        self.runner
-                            .call(found, task.handler, task.payload, &mut self.scratch);
-                    self.answer_from_scratch(id, found, reply, now);
+                    // The payload is read from the receive buffer while
+                    // the handler appends to the output.
+                    let (payload, out) = self.machine.begin_buffered_result(id, payload_len);
+                    let reply = self.runner.call(found, b"", payload, out);
+                    self.answer_begun(id, found, reply, now);
                 }
                 Event::Welcomed(welcome) => self.on_event(Event::Welcomed(welcome), now),
                 Event::DrainRequested => self.on_event(Event::DrainRequested, now),

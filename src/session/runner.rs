@@ -20,9 +20,6 @@ pub(super) struct TaskRunner {
     durations: Vec<::metrics::Histogram>,
     /// Tasks until the next one timed.
     timing_tick: u64,
-    /// By registry position: the handler appends its output, so it may write
-    /// straight into the machine's output buffer.
-    appends_output: Vec<bool>,
     last_handler: Option<usize>,
     /// The name of `last_handler`, the first `last_name_len` bytes.
     last_name: [u8; MAX_HANDLER_NAME],
@@ -38,7 +35,6 @@ impl TaskRunner {
             .map(|name| ::metrics::histogram!(crate::metrics::TASK_DURATION, "handler" => name.clone()))
             .collect();
         TaskRunner {
-            appends_output: handlers.appends_output(),
             handlers,
             durations,
             timing_tick: 0,
@@ -46,12 +42,6 @@ impl TaskRunner {
             last_name: [0; MAX_HANDLER_NAME],
             last_name_len: 0,
         }
-    }
-
-    /// Whether the handler at `index` appends its output.
-    #[inline]
-    pub(super) fn appends_output(&self, index: usize) -> bool {
-        self.appends_output.get(index).copied().unwrap_or(false)
     }
 
     /// The registry position of the handler named `name`.

@@ -1,14 +1,14 @@
 //! Running tasks: the handler found for each TASK is called, its output
-//! answered at once (written straight into the output buffer when the
-//! handler appends) or kept as a delayed result until its timer fires, and
-//! every RESULT queued is counted.
+//! written straight into the output buffer and answered at once, or kept
+//! as a delayed result until its timer fires, and every RESULT queued is
+//! counted.
 //!
 //! It answers each task exactly once and never writes to a socket; a delayed
 //! result is due at an instant computed from the `now` it was given, never
 //! from the clock.
 
 use std::cmp::Reverse;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::handlers::{Reply, TaskFailure};
 use crate::protocol::machine::NotInFlight;
@@ -45,29 +45,26 @@ impl WorkerSession {
         self.process(now);
     }
 
-    /// Run a task decoded in place. A handler that appends its output writes
-    /// the RESULT body straight into the output buffer.
+    /// Run a task decoded in place. Every handler writes its output
+    /// straight into the output buffer, behind the RESULT header begun for
+    /// it.
     #[inline(always)]
     pub(super) fn run_task(&mut self, task: TaskRequest<'_>, now: Instant) {
         let found = self.runner.find(task.handler);
-        if let Some(index) = found.filter(|&index| self.runner.appends_output(index)) {
-            let out = self.machine.begin_result(task.id);
-            let reply = self.runner.call(found, task.handler, task.payload, out);
-            self.answer_begun(task.id, index, reply, now);
-            return;
-        }
-        self.run_into_scratch(task, found, now);
+        let out = self.machine.begin_result(task.id);
+        let reply = self.runner.call(found, task.handler, task.payload, out);
+        self.answer_begun(task.id, found, reply, now);
     }
 
     /// Answer a task whose RESULT was begun in the output buffer
-    /// ([`WorkerMachine::begin_result`]) and written by handler `index`.
+    /// ([`WorkerMachine::begin_result`]) and written by handler `handler`.
     ///
     /// [`WorkerMachine::begin_result`]: crate::protocol::WorkerMachine::begin_result
     #[inline(always)]
     pub(super) fn answer_begun(
         &mut self,
         id: u64,
-        index: usize,
+        handler: Option<usize>,
         reply: Result<Reply, TaskFailure>,
         now: Instant,
     ) {
@@ -75,78 +72,35 @@ impl WorkerSession {
             Ok(Reply::Ready) => match self.machine.commit_result(id, now) {
                 Ok(len) => {
                     let ok = len <= self.machine.peer_max_body() as usize;
-                    self.count_answer(Some(index), ok);
+                    self.count_answer(handler, ok);
                 }
                 Err(NotInFlight(id)) => self.not_in_flight(id),
             },
-            other => self.answer_begun_later(id, Some(index), other, now),
+            Ok(Reply::After(delay)) => self.answer_begun_later(id, handler, Ok(delay), now),
+            Err(failure) => self.answer_begun_later(id, handler, Err(failure), now),
         }
     }
 
-    /// The handler that appended its output did not answer at once: keep
-    /// what it wrote for later (a delayed answer), or drop it (a failure).
+    /// The handler did not answer at once: keep what it wrote for later (a
+    /// delayed answer), or drop it (a failure).
     #[cold]
     #[inline(never)]
     fn answer_begun_later(
         &mut self,
         id: u64,
         handler: Option<usize>,
-        reply: Result<Reply, TaskFailure>,
+        reply: Result<Duration, TaskFailure>,
         now: Instant,
     ) {
         match reply {
-            Ok(Reply::After(delay)) => {
-                let body = self.machine.result_body();
-                let output = if body.is_empty() {
-                    Vec::new()
-                } else {
-                    body.to_vec()
-                };
+            Ok(delay) => {
+                let output = self.machine.result_body().to_vec();
                 self.machine.abandon_result();
                 self.runner.record_delay(handler, delay);
-                self.schedule(id, handler, now + delay, Ok(output));
-            }
-            other => {
-                self.machine.abandon_result();
-                self.answer_from_scratch(id, handler, other, now);
-            }
-        }
-    }
-
-    /// A task for a handler with a buffer of its own, or for no handler.
-    #[inline(never)]
-    fn run_into_scratch(&mut self, task: TaskRequest<'_>, found: Option<usize>, now: Instant) {
-        self.scratch.clear();
-        let reply = self
-            .runner
-            .call(found, task.handler, task.payload, &mut self.scratch);
-        self.answer_from_scratch(task.id, found, reply, now);
-    }
-
-    /// Answer a task whose handler wrote its output into the scratch buffer.
-    pub(super) fn answer_from_scratch(
-        &mut self,
-        id: u64,
-        handler: Option<usize>,
-        reply: Result<Reply, TaskFailure>,
-        now: Instant,
-    ) {
-        match reply {
-            Ok(Reply::Ready) => {
-                let output = std::mem::take(&mut self.scratch);
-                self.finish(id, handler, TaskOutcome::Ok(&output), now);
-                self.scratch = output;
-            }
-            Ok(Reply::After(delay)) => {
-                self.runner.record_delay(handler, delay);
-                let output = if self.scratch.is_empty() {
-                    Vec::new()
-                } else {
-                    self.scratch.clone()
-                };
                 self.schedule(id, handler, now + delay, Ok(output));
             }
             Err(failure) => {
+                self.machine.abandon_result();
                 let (code, message) = failure.into_parts();
                 self.finish(
                     id,

@@ -6,7 +6,7 @@ use super::runner::same_name;
 use super::*;
 use crate::handlers::{Reply, TaskFailure};
 use crate::protocol::frame::{
-    encode_frame, FrameBuffer, FrameKind, FLAG_ACK_REQUESTED, FLAG_FAILED,
+    encode_frame, FrameBuffer, FrameKind, FLAG_ACK_REQUESTED, FLAG_FAILED, HEADER_LEN,
 };
 use crate::protocol::machine::encode_task_body;
 use crate::protocol::{DrainOrigin, ErrorBody, GoodbyeBody};
@@ -850,10 +850,6 @@ impl crate::handlers::Handler for Appender {
             _ => Ok(Reply::Ready),
         }
     }
-
-    fn appends_output(&self) -> bool {
-        true
-    }
 }
 
 fn session_with(
@@ -891,9 +887,7 @@ fn what_an_appending_handler_wrote_before_failing_is_discarded() {
 }
 
 /// Appends its payload, then panics when the payload starts with `!`.
-struct Panicker {
-    appends: bool,
-}
+struct Panicker;
 
 impl crate::handlers::Handler for Panicker {
     fn call(&self, payload: &[u8], out: &mut Vec<u8>) -> Result<Reply, TaskFailure> {
@@ -903,16 +897,12 @@ impl crate::handlers::Handler for Panicker {
         }
         Ok(Reply::Ready)
     }
-
-    fn appends_output(&self) -> bool {
-        self.appends
-    }
 }
 
 #[test]
 fn a_panicking_handler_fails_its_task_and_the_session_carries_on() {
-    for appends in [true, false] {
-        let (mut s, stats, t0) = session_with("buggy", Panicker { appends });
+    {
+        let (mut s, stats, t0) = session_with("buggy", Panicker);
         let mut input = task(1, "buggy", b"!partial");
         input.extend(task(2, "buggy", b"fine"));
         input.extend(task(3, "echo", b"after"));
@@ -920,8 +910,7 @@ fn a_panicking_handler_fails_its_task_and_the_session_carries_on() {
         let out = take(&mut s);
         assert_eq!(
             out.iter().map(|f| (f.id, f.flags)).collect::<Vec<_>>(),
-            [(1, FLAG_FAILED), (2, 0), (3, 0)],
-            "appends {appends}"
+            [(1, FLAG_FAILED), (2, 0), (3, 0)]
         );
         let failure = error_body(&out[0]);
         assert_eq!(failure.code, "handler_failed");
@@ -968,17 +957,19 @@ fn an_appending_handler_over_the_manager_max_body_is_result_too_large() {
 }
 
 #[test]
-fn a_closure_handler_still_gets_an_empty_buffer_of_its_own() {
+fn a_closure_handler_appends_in_place_behind_earlier_frames() {
     let (mut s, _stats, t0) = session_with("fresh", |payload: &[u8], out: &mut Vec<u8>| {
-        assert!(out.is_empty(), "out holds {} bytes on entry", out.len());
-        out.resize(payload.len(), b'z');
+        // The ACK and RESULT of task 1 and this task's RESULT header.
+        assert_eq!(out.len(), 3 * HEADER_LEN + 5, "out on entry");
+        out.resize(out.len() + payload.len(), b'z');
         Ok(Reply::Ready)
     });
-    let mut input = task(1, "echo", b"first");
+    let mut input = task_frame(1, FLAG_ACK_REQUESTED, "echo", b"first");
     input.extend(task(2, "fresh", b"abc"));
     s.on_input(&input, t0);
     let out = take(&mut s);
-    assert_eq!(out[1].body, b"zzz");
+    assert_eq!(out.iter().map(|f| f.id).collect::<Vec<_>>(), [1, 1, 2]);
+    assert_eq!(out[2].body, b"zzz");
 }
 
 #[test]
