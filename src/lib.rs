@@ -58,6 +58,7 @@ pub mod agent;
 pub mod config;
 pub mod connection;
 pub mod demo;
+pub mod exec;
 pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
