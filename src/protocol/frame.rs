@@ -349,22 +349,6 @@ impl FrameBuffer {
         }
     }
 
-    /// Copy in as much of `bytes` as completes the frame under way (the rest
-    /// of its header, then the rest of its body), so that what follows can be
-    /// decoded where it lies; returns how many bytes were taken. Takes
-    /// nothing when the buffer is empty or already holds a whole frame.
-    pub fn complete_from(&mut self, bytes: &[u8]) -> usize {
-        let mut taken = 0;
-        loop {
-            let want = self.needed().min(bytes.len() - taken);
-            if want == 0 {
-                return taken;
-            }
-            self.extend(&bytes[taken..taken + want]);
-            taken += want;
-        }
-    }
-
     /// Copy `bytes` in. Grows without zero-filling, and reserves a frame
     /// whose header has been validated in one step rather than by doubling.
     pub fn extend(&mut self, bytes: &[u8]) {
@@ -477,6 +461,89 @@ impl FrameBuffer {
     }
 }
 
+/// Where the body of a frame taken by [`FrameBuffer::next_from`] lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body<'i> {
+    /// In the caller's input, where it was received.
+    Input(&'i [u8]),
+    /// In the buffer: [`FrameBuffer::last_body`], until more bytes are written in.
+    Buffered,
+}
+
+/// One frame taken by [`FrameBuffer::next_from`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Taken<'i> {
+    pub header: FrameHeader,
+    pub body: Body<'i>,
+}
+
+impl FrameBuffer {
+    /// The next whole frame of the stream made of what this buffer holds
+    /// followed by `input`, the one way frames are taken from bytes handed
+    /// over by a reader:
+    ///
+    /// - a frame the buffer holds (or holds the start of, completed here from
+    ///   the front of `input`, copying only the bytes it still needs) comes
+    ///   first, its body [`Body::Buffered`];
+    /// - otherwise a whole frame at the front of `input` is cut from it and
+    ///   decoded where it lies, [`Body::Input`], nothing copied;
+    /// - otherwise `input` holds the start of a frame, or nothing: it is
+    ///   kept here, `input` is left empty and `Ok(None)` returned.
+    ///
+    /// An `Err` is a protocol violation: the session should end.
+    #[inline]
+    pub fn next_from<'i>(&mut self, input: &mut &'i [u8]) -> Result<Option<Taken<'i>>, FrameError> {
+        if self.start != self.end {
+            return self.next_buffered(input);
+        }
+        match decode(input, self.max_body)? {
+            Decoded::Frame(header) => {
+                let (frame, rest) = input.split_at(header.frame_len());
+                *input = rest;
+                let body = frame.get(HEADER_LEN..).unwrap_or_default();
+                Ok(Some(Taken {
+                    header,
+                    body: Body::Input(body),
+                }))
+            }
+            Decoded::Incomplete { .. } => {
+                self.keep(input);
+                Ok(None)
+            }
+        }
+    }
+
+    /// [`FrameBuffer::next_from`] while the buffer holds bytes.
+    #[inline(never)]
+    fn next_buffered<'i>(&mut self, input: &mut &'i [u8]) -> Result<Option<Taken<'i>>, FrameError> {
+        // At most twice: the rest of the header, then the rest of the body.
+        while let Decoded::Incomplete { needed } = decode(self.pending(), self.max_body)? {
+            if input.len() < needed {
+                self.keep(input);
+                // A header refused from its first bytes is refused now.
+                decode(self.pending(), self.max_body)?;
+                return Ok(None);
+            }
+            let (completing, rest) = input.split_at(needed);
+            self.extend(completing);
+            *input = rest;
+        }
+        Ok(self.next_frame()?.map(|frame| Taken {
+            header: frame.header,
+            body: Body::Buffered,
+        }))
+    }
+
+    /// Keep all of `input` after what the buffer holds (bytes the reader
+    /// cannot take frames from now); `input` is left empty.
+    pub fn keep(&mut self, input: &mut &[u8]) {
+        if !input.is_empty() {
+            self.extend(input);
+            *input = &[];
+        }
+    }
+}
+
 /// A receive buffer that held a large frame and is now empty gives its
 /// memory back once it is larger than this.
 /// A buffer grown above this by a large frame or large output is given back
@@ -549,6 +616,20 @@ mod tests {
                 assert_eq!(decode(&header[..n], 1024), Err(whole.clone()), "{n} bytes");
             }
         }
+    }
+
+    #[test]
+    fn next_from_refuses_a_broken_header_completed_across_reads() {
+        let header = header_bytes(12, 0x7e, 0, 0, 0);
+        let mut buffer = FrameBuffer::new(1024);
+        let mut input = &header[..3];
+        assert_eq!(buffer.next_from(&mut input), Ok(None));
+        assert_eq!(buffer.buffered(), 3);
+        let mut input = &header[3..6];
+        assert_eq!(
+            buffer.next_from(&mut input),
+            Err(FrameError::UnknownKind { kind: 0x7e })
+        );
     }
 
     #[test]
@@ -701,6 +782,43 @@ mod tests {
             }
             prop_assert_eq!(decoded, frames);
             prop_assert_eq!(buffer.buffered(), 0);
+        }
+
+        #[test]
+        fn next_from_takes_the_same_frames_in_place_for_any_split(
+            frames in proptest::collection::vec(arb_frame(), 1..12),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..12),
+        ) {
+            let mut stream = Vec::new();
+            for (kind, flags, id, body) in &frames {
+                encode_frame(&mut stream, *kind, *flags, *id, body);
+            }
+            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(stream.len() + 1)).collect();
+            points.push(0);
+            points.push(stream.len());
+            points.sort_unstable();
+            let mut buffer = FrameBuffer::new(1024);
+            let mut decoded = Vec::new();
+            let mut copied = 0;
+            for pair in points.windows(2) {
+                let mut input = &stream[pair[0]..pair[1]];
+                while let Some(taken) = buffer.next_from(&mut input).unwrap() {
+                    let body = match taken.body {
+                        Body::Input(body) => body,
+                        Body::Buffered => {
+                            copied += 1;
+                            buffer.last_body()
+                        }
+                    };
+                    let h = taken.header;
+                    decoded.push((h.kind, h.flags, h.id, body.to_vec()));
+                }
+                prop_assert!(input.is_empty());
+            }
+            prop_assert_eq!(decoded, frames);
+            prop_assert_eq!(buffer.buffered(), 0);
+            // Only a frame cut by a split is read from the buffer.
+            prop_assert!(copied <= points.len() - 2);
         }
 
         #[test]

@@ -13,5 +13,6 @@ pub mod machine;
 pub use frame::{FrameError, FrameHeader, FrameKind, HEADER_LEN};
 pub use hello::{codes, ErrorBody, GoodbyeBody, Hello, Welcome, PROTOCOL_VERSION};
 pub use machine::{
-    CloseReason, DrainOrigin, Event, MachineConfig, Phase, TaskOutcome, TaskRequest, WorkerMachine,
+    CloseReason, DrainOrigin, Event, Input, MachineConfig, Phase, TaskAt, TaskOutcome, TaskRequest,
+    WorkerMachine,
 };

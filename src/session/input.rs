@@ -1,6 +1,7 @@
-//! Bytes in: reads reported by the runtime, the frames they complete decoded
-//! (in place when whole, else in the machine's buffer) and acted on, and the
-//! events that are not tasks (WELCOME, a drain request, the close).
+//! Bytes in: reads reported by the runtime handed to the machine, which
+//! decodes the frames they complete (in place when whole, else in its
+//! buffer), the tasks run and the events that are not tasks (WELCOME, a
+//! drain request, the close) acted on.
 //!
 //! This is the hot path. It hands tasks to the `tasks` module and never runs
 //! a handler or builds a RESULT itself; it never reads the clock (time comes
@@ -8,7 +9,7 @@
 
 use std::time::Instant;
 
-use crate::protocol::{Event, Phase};
+use crate::protocol::{Event, Input, Phase};
 use crate::stats::SessionState;
 
 use super::WorkerSession;
@@ -33,39 +34,23 @@ impl WorkerSession {
     /// whatever they complete.
     pub fn on_received(&mut self, n: usize, now: Instant) {
         self.machine.handle_received(n, now);
-        self.process(now);
+        self.on_input(&[], now);
     }
 
     /// Bytes read elsewhere (a provided buffer, a channel): decode and run
     /// whatever they complete.
     ///
-    /// Whole frames are decoded where they lie in `bytes`; only what cannot
-    /// be acted on yet (the start of a frame, or frames held back by a full
-    /// window) is copied into the frame buffer. A frame whose start is
-    /// already buffered is completed there first.
-    pub fn on_input(&mut self, bytes: &[u8], now: Instant) {
-        self.machine.note_input(bytes.len(), now);
-        let mut input = bytes;
-        if self.machine.buffered() > 0 {
-            let taken = self.machine.complete_buffered(input);
-            input = input.get(taken..).unwrap_or_default();
-            // Frames after the completed one are still in `input`.
-            self.machine.set_more_input(!input.is_empty());
-            self.process_buffered(now);
-            if self.machine.buffered() > 0 {
-                // Held back (a full window) or still incomplete.
-                self.machine.stash_input(input);
-                self.after_events();
-                return;
+    /// `input` goes to the machine, which takes each frame from it where it
+    /// lies (after completing one whose start it kept from before) and keeps
+    /// what it cannot act on yet itself.
+    pub fn on_input(&mut self, input: &[u8], now: Instant) {
+        let mut input = input;
+        while let Some(next) = self.machine.poll_input(&mut input, now) {
+            match next {
+                Input::Task(task) => self.run_task(task, now),
+                Input::Event(event) => self.on_event(event, now),
             }
         }
-        while let Some(event) = self.machine.poll_input(&mut input, now) {
-            match event {
-                Event::Task(task) => self.run_task(task, now),
-                other => self.on_event(other, now),
-            }
-        }
-        self.machine.stash_input(input);
         self.after_events();
     }
 
@@ -81,36 +66,9 @@ impl WorkerSession {
         self.process(now);
     }
 
+    /// Act on what the machine holds: frames kept from before, a close.
     pub(super) fn process(&mut self, now: Instant) {
-        self.process_buffered(now);
-        self.after_events();
-    }
-
-    /// Act on the frames in the machine's receive buffer.
-    fn process_buffered(&mut self, now: Instant) {
-        while let Some(event) = self.machine.poll_event(now) {
-            match event {
-                Event::Task(task) => {
-                    let (id, payload_len) = (task.id, task.payload.len());
-                    let found = self.runner.find(task.handler);
-                    if found.is_none() {
-                        let name = task.handler.to_vec();
-                        let out = self.machine.begin_result(id);
-                        let reply = self.runner.call(found, &name, b"", out);
-                        self.answer_begun(id, found, reply, now);
-                        continue;
-                    }
-                    // The payload is read from the receive buffer while
-                    // the handler appends to the output.
-                    let (payload, out) = self.machine.begin_buffered_result(id, payload_len);
-                    let reply = self.runner.call(found, b"", payload, out);
-                    self.answer_begun(id, found, reply, now);
-                }
-                Event::Welcomed(welcome) => self.on_event(Event::Welcomed(welcome), now),
-                Event::DrainRequested => self.on_event(Event::DrainRequested, now),
-                Event::Closed(reason) => self.on_event(Event::Closed(reason), now),
-            }
-        }
+        self.on_input(&[], now);
     }
 
     /// Anything but a task.
@@ -137,10 +95,8 @@ impl WorkerSession {
                     welcome.manager
                 );
             }
-            Event::Task(task) => {
-                // Not reached: tasks are matched before; run it all the same.
-                self.run_task(task, now);
-            }
+            // Not reached: poll_input hands tasks out as `Input::Task`.
+            Event::Task(_) => {}
             Event::DrainRequested => {
                 self.stats.set_state(SessionState::Draining);
                 tracing::info!(

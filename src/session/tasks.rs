@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::handlers::{Reply, TaskFailure};
 use crate::protocol::machine::NotInFlight;
-use crate::protocol::{TaskOutcome, TaskRequest};
+use crate::protocol::{TaskAt, TaskOutcome};
 
 use super::{Delayed, WorkerSession};
 
@@ -49,11 +49,12 @@ impl WorkerSession {
     /// straight into the output buffer, behind the RESULT header begun for
     /// it.
     #[inline(always)]
-    pub(super) fn run_task(&mut self, task: TaskRequest<'_>, now: Instant) {
+    pub(super) fn run_task(&mut self, task: TaskAt<'_>, now: Instant) {
+        let id = task.id();
+        let (task, out) = self.machine.begin_task(task);
         let found = self.runner.find(task.handler);
-        let out = self.machine.begin_result(task.id);
         let reply = self.runner.call(found, task.handler, task.payload, out);
-        self.answer_begun(task.id, found, reply, now);
+        self.answer_begun(id, found, reply, now);
     }
 
     /// Answer a task whose RESULT was begun in the output buffer

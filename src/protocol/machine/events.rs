@@ -157,6 +157,35 @@ pub enum Event<'a> {
     Closed(CloseReason),
 }
 
+/// What [`WorkerMachine::poll_input`] hands the driver: a task, or any
+/// other event.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Input<'i> {
+    /// A task to run: read it and begin its RESULT with
+    /// [`WorkerMachine::begin_task`].
+    Task(TaskAt<'i>),
+    /// Anything but a task (never [`Event::Task`]).
+    Event(Event<'static>),
+}
+
+/// Where a task handed out by [`WorkerMachine::poll_input`] lies: in the
+/// driver's input (`'i`), or in the machine's receive buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskAt<'i> {
+    pub(super) id: u64,
+    pub(super) name_len: usize,
+    pub(super) ack_requested: bool,
+    /// The TASK body, when it lies in the driver's input.
+    pub(super) body: Option<&'i [u8]>,
+}
+
+impl TaskAt<'_> {
+    /// The task's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
 /// A TASK frame, borrowed from the receive buffer (or the driver's input).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TaskRequest<'a> {

@@ -1,7 +1,7 @@
-//! Bytes in: reading into the receive buffer or decoding in place from
-//! the driver's input ([`WorkerMachine::poll_event`],
-//! [`WorkerMachine::poll_input`]), the `max_in_flight` and output
-//! back-pressure that pauses reading, and EOF from the manager.
+//! Bytes in: one decode path ([`WorkerMachine::poll_input`]) that takes
+//! frames from what the receive buffer holds, then from the driver's input
+//! where it lies, and keeps what it cannot act on yet; the `max_in_flight`
+//! and output back-pressure that pauses reading, and EOF from the manager.
 //!
 //! It only cuts frames and hands each to the frame handling
 //! ([`WorkerMachine::on_frame`]); it never acts on a frame's meaning itself,
@@ -10,8 +10,11 @@
 use std::time::Instant;
 
 use super::task_body::task_request;
-use super::{CloseReason, DrainOrigin, Event, FrameAt, Phase, Step, WorkerMachine};
-use crate::protocol::frame::{decode, Decoded, FrameError, FrameKind, HEADER_LEN};
+use super::{
+    CloseReason, DrainOrigin, Event, FrameAt, Input, Phase, Step, TaskAt, TaskRequest,
+    WorkerMachine,
+};
+use crate::protocol::frame::{decode, Body, Decoded, FrameError, FrameKind, Taken};
 
 /// A whole frame, or a header that will be refused, is at the front of `bytes`.
 pub(super) fn has_frame(bytes: &[u8], max_body: u32) -> bool {
@@ -59,6 +62,7 @@ impl WorkerMachine {
     /// before): GOODBYE's `bytes_received` will count them, so every TASK in
     /// them is answered first. The drain goes on; GOODBYE is due again once
     /// they are.
+    #[inline]
     fn reopen_drain(&mut self) {
         if self.phase == Phase::GoodbyeDue {
             self.phase = Phase::Draining(self.drain.unwrap_or(DrainOrigin::Worker));
@@ -90,88 +94,65 @@ impl WorkerMachine {
         }
     }
 
-    /// The next thing for the driver to act on, or `None` when it must read
-    /// more (or wait for in-flight tasks to free a slot).
+    /// The next thing for the driver to act on from the bytes already in the
+    /// receive buffer ([`WorkerMachine::handle_input`],
+    /// [`WorkerMachine::handle_received`]), or `None` when it must read more
+    /// (or wait for in-flight tasks to free a slot). A task borrows from the
+    /// machine: answer it with [`WorkerMachine::complete_task`].
     pub fn poll_event(&mut self, now: Instant) -> Option<Event<'_>> {
-        if self.close_pending {
-            self.close_pending = false;
-            return self.close_reason.clone().map(Event::Closed);
-        }
-        loop {
-            if !self.may_take_frame() {
-                return None;
-            }
-            let header = match self.recv.next_frame() {
-                Ok(Some(frame)) => frame.header,
-                Ok(None) => {
-                    self.check_drained();
-                    return None;
-                }
-                Err(err) => return self.refuse_undecodable(err),
-            };
-            match self.on_frame(header, FrameAt::Buffered, now) {
-                Step::Continue => {}
-                Step::Return(event) => return event,
-                Step::Task {
-                    ack_requested,
-                    name_len,
-                } => {
-                    // The frame's body is still where `next_frame` left it.
-                    let body = self.recv.last_body();
-                    return Some(Event::Task(task_request(
-                        header.id,
-                        body,
-                        name_len,
-                        ack_requested,
-                    )));
-                }
-            }
+        let mut input: &[u8] = &[];
+        match self.poll_input(&mut input, now)? {
+            Input::Event(event) => Some(event),
+            Input::Task(task) => Some(Event::Task(self.task(task))),
         }
     }
 
-    /// Like [`WorkerMachine::poll_event`], but decodes frames where they lie
-    /// in `input` instead of copying them into the receive buffer first. Each
-    /// frame acted on is cut from the front of `input`; a task borrows from
-    /// `input`, not from the machine.
+    /// The next thing for the driver to act on, taken from the stream of
+    /// what the receive buffer holds followed by `input`: the one decode
+    /// path. Each frame taken is cut from the front of `input` and decoded
+    /// where it lies, unless the receive buffer holds its start (then it is
+    /// completed there from `input`). A task is handed out as a [`TaskAt`]:
+    /// read it, and begin its RESULT, with [`WorkerMachine::begin_task`].
     ///
-    /// When this returns `None`, what is left in `input` (the start of a
-    /// frame, or whole frames held back by a full window or a closed
-    /// connection) must be handed to [`WorkerMachine::stash_input`] before
-    /// any more bytes arrive. Only call this while the receive buffer holds
-    /// nothing ([`WorkerMachine::buffered`] is 0): the bytes buffered come
-    /// first. If it does not, nothing is decoded and `None` is returned.
-    ///
-    /// Record the arrival of the bytes with [`WorkerMachine::note_input`].
+    /// Poll until this returns `None`; by then `input` is empty, and
+    /// whatever of it could not be acted on (the start of a frame, or whole
+    /// frames held back by a full window) is kept in the receive buffer, to
+    /// come first next time. The poll that returns `None` also decides
+    /// whether a drain is over, once per batch.
     #[inline]
-    pub fn poll_input<'b>(&mut self, input: &mut &'b [u8], now: Instant) -> Option<Event<'b>> {
-        self.more_input = false;
-        if self.close_pending {
-            self.close_pending = false;
-            return self.close_reason.clone().map(Event::Closed);
+    pub fn poll_input<'i>(&mut self, input: &mut &'i [u8], now: Instant) -> Option<Input<'i>> {
+        if !input.is_empty() {
+            self.last_received = now;
+            self.reopen_drain();
         }
-        if self.recv.buffered() != 0 {
-            return None;
+        if self.close_pending {
+            return self.take_close_event().map(Input::Event);
         }
         loop {
             if !self.may_take_frame() {
+                self.recv.keep(input);
+                self.more_input = false;
                 return None;
             }
-            let header = match decode(input, self.recv.max_body()) {
-                Ok(Decoded::Frame(header)) => header,
-                Ok(Decoded::Incomplete { .. }) => {
-                    // The start of a frame left in `input` is stashed next;
-                    // its TASK still counts as arriving.
-                    self.more_input = !input.is_empty();
+            let Taken { header, body } = match self.recv.next_from(input) {
+                Ok(Some(taken)) => taken,
+                Ok(None) => {
+                    // What was left of `input` is kept in the receive
+                    // buffer: a TASK begun there still counts as arriving.
+                    self.more_input = false;
                     self.check_drained();
                     return None;
                 }
-                Err(err) => return self.refuse_undecodable(err),
+                Err(err) => return self.refuse_undecodable(err).map(Input::Event),
             };
-            let bytes: &'b [u8] = input;
-            let (frame, rest) = bytes.split_at(header.frame_len());
-            *input = rest;
-            let body = frame.get(HEADER_LEN..).unwrap_or_default();
-            let at = FrameAt::Input { body, rest };
+            // Until the driver polls again, the frames after this one are
+            // still unread in `input`: no GOODBYE may be declared due
+            // meanwhile.
+            self.more_input = !input.is_empty();
+            let at = match body {
+                Body::Input(body) => FrameAt::Input { body, rest: input },
+                Body::Buffered => FrameAt::Buffered,
+            };
             let step = if header.kind == FrameKind::Task && self.phase != Phase::AwaitingWelcome {
                 self.on_task(header, at, now)
             } else {
@@ -179,55 +160,35 @@ impl WorkerMachine {
             };
             match step {
                 Step::Continue => {}
-                Step::Return(event) => return event,
+                Step::Return(event) => return event.map(Input::Event),
                 Step::Task {
                     ack_requested,
                     name_len,
                 } => {
-                    // Until the driver polls again, frames after this one
-                    // are not in the receive buffer but still unread in
-                    // `input`: no GOODBYE may be declared due meanwhile.
-                    self.more_input = !rest.is_empty();
-                    return Some(Event::Task(task_request(
-                        header.id,
-                        body,
+                    return Some(Input::Task(TaskAt {
+                        id: header.id,
                         name_len,
                         ack_requested,
-                    )));
+                        body: match body {
+                            Body::Input(body) => Some(body),
+                            Body::Buffered => None,
+                        },
+                    }));
                 }
             }
         }
     }
 
-    /// `len` bytes arrived that the driver decodes in place
-    /// ([`WorkerMachine::poll_input`]).
-    pub fn note_input(&mut self, len: usize, now: Instant) {
-        if len > 0 {
-            self.last_received = now;
-            self.reopen_drain();
-        }
+    /// The task `at` points at, read where its frame lies.
+    #[inline]
+    pub(super) fn task<'s>(&'s self, at: TaskAt<'s>) -> TaskRequest<'s> {
+        let body = at.body.unwrap_or_else(|| self.recv.last_body());
+        task_request(at.id, body, at.name_len, at.ack_requested)
     }
 
     /// Bytes received and not yet decoded, held in the receive buffer.
     pub fn buffered(&self) -> usize {
         self.recv.buffered()
-    }
-
-    /// Copy into the receive buffer as much of `input` as completes the
-    /// frame it holds the start of; returns how many bytes were taken. What
-    /// follows can then go to [`WorkerMachine::poll_input`] once
-    /// [`WorkerMachine::poll_event`] has taken that frame.
-    pub fn complete_buffered(&mut self, input: &[u8]) -> usize {
-        self.recv.complete_from(input)
-    }
-
-    /// Keep bytes [`WorkerMachine::poll_input`] left undecoded (or that could
-    /// not be decoded in place) in the receive buffer, after what it holds.
-    pub fn stash_input(&mut self, input: &[u8]) {
-        self.more_input = false;
-        if !input.is_empty() {
-            self.recv.extend(input);
-        }
     }
 
     /// Whether another frame may be taken now. A task handed out before
@@ -239,12 +200,6 @@ impl WorkerMachine {
         }
         !matches!(self.phase, Phase::Closed | Phase::GoodbyeDue)
             && self.in_flight.len() < self.max_in_flight
-    }
-
-    /// The driver still holds input it will hand over right after what it
-    /// handed over last: GOODBYE may not be declared due before that.
-    pub fn set_more_input(&mut self, more: bool) {
-        self.more_input = more;
     }
 
     /// A whole frame (or a header that will be refused) is buffered.

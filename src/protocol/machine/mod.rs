@@ -41,7 +41,8 @@ mod timers;
 mod welcome;
 
 pub use events::{
-    CloseReason, DrainOrigin, Event, MachineConfig, NotInFlight, Phase, TaskOutcome, TaskRequest,
+    CloseReason, DrainOrigin, Event, Input, MachineConfig, NotInFlight, Phase, TaskAt, TaskOutcome,
+    TaskRequest,
 };
 pub use task_body::{encode_task_body, split_task_body};
 pub use timers::{EOF_PROBE_EVERY, EOF_PROBE_MAX};
@@ -116,7 +117,7 @@ pub struct WorkerMachine {
     /// RESULT frames in the output the driver took last, until it says that
     /// output was written ([`WorkerMachine::output_written`]).
     results_taken: u64,
-    /// [`WorkerMachine::poll_input`] handed out a task and the driver's
+    /// [`WorkerMachine::poll_input`] handed out a frame and the driver's
     /// input holds more bytes it has not decoded yet.
     more_input: bool,
     /// Where the RESULT begun by [`WorkerMachine::begin_result`] starts in `out`.

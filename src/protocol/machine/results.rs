@@ -9,7 +9,8 @@
 
 use std::time::Instant;
 
-use super::{NotInFlight, Phase, TaskOutcome, WorkerMachine};
+use super::task_body::task_request;
+use super::{NotInFlight, Phase, TaskAt, TaskOutcome, TaskRequest, WorkerMachine};
 use crate::protocol::frame::{
     encode_frame, header_bytes, FrameKind, FLAG_FAILED, HEADER_LEN, LEN_COUNTED_HEADER,
 };
@@ -72,17 +73,21 @@ impl WorkerMachine {
     }
 
     /// [`WorkerMachine::begin_result`] for the task
-    /// [`WorkerMachine::poll_event`] handed out last, whose frame is still in
-    /// the receive buffer: also returns that task's payload (the last
-    /// `payload_len` bytes of the frame's body), so that its handler can read
-    /// it there while appending to the output.
-    pub fn begin_buffered_result(&mut self, id: u64, payload_len: usize) -> (&[u8], &mut Vec<u8>) {
-        self.begin_result_header(id);
-        let body = self.recv.last_body();
-        let payload = body
-            .get(body.len().saturating_sub(payload_len)..)
-            .unwrap_or_default();
-        (payload, &mut self.out)
+    /// [`WorkerMachine::poll_input`] handed out last: also returns the task,
+    /// read where its frame lies (the driver's input or the receive buffer),
+    /// so that its handler reads the payload there while appending to the
+    /// output.
+    #[inline]
+    pub fn begin_task<'s>(&'s mut self, at: TaskAt<'s>) -> (TaskRequest<'s>, &'s mut Vec<u8>) {
+        self.begin_result_header(at.id);
+        let body = match at.body {
+            Some(body) => body,
+            None => self.recv.last_body(),
+        };
+        (
+            task_request(at.id, body, at.name_len, at.ack_requested),
+            &mut self.out,
+        )
     }
 
     #[inline]

@@ -2012,35 +2012,29 @@ fn an_in_place_result_ends_a_drain_at_the_next_poll() {
 }
 
 /// `poll_input` acts on the same frames as `poll_event` would, whatever the
-/// split of the stream, and leaves the undecoded rest for `stash_input`.
+/// split of the stream, and keeps the undecoded rest itself.
 #[test]
 fn poll_input_matches_poll_event_for_every_split() {
     let mut stream = task_frame(1, FLAG_ACK_REQUESTED, "echo", b"one");
     stream.extend(frame(FrameKind::Ping, 0, 5, b""));
     stream.extend(task(2, b"two"));
     stream.extend(task(3, b"three"));
-    let run = |cut: Option<usize>| {
+    let run = |cuts: &[usize]| {
         let (mut m, t0) = welcomed(2);
         let mut events = Vec::new();
-        let pieces = match cut {
-            Some(cut) => vec![&stream[..cut], &stream[cut..]],
-            None => vec![&stream[..]],
-        };
-        for piece in pieces {
-            if cut.is_none() {
-                m.handle_input(piece, t0);
-                events.extend(poll_all(&mut m, t0));
-                continue;
-            }
-            let mut input = piece;
-            if m.buffered() > 0 {
-                let taken = m.complete_buffered(input);
-                input = &input[taken..];
-                events.extend(poll_all(&mut m, t0));
-            }
-            if m.buffered() == 0 {
-                while let Some(event) = m.poll_input(&mut input, t0) {
-                    if let Event::Task(task) = &event {
+        if cuts.is_empty() {
+            m.handle_input(&stream, t0);
+            events.extend(poll_all(&mut m, t0));
+        }
+        let mut points = vec![0];
+        points.extend(cuts);
+        points.push(stream.len());
+        for piece in points.windows(2).filter(|_| !cuts.is_empty()) {
+            let mut input = &stream[piece[0]..piece[1]];
+            while let Some(next) = m.poll_input(&mut input, t0) {
+                match next {
+                    Input::Task(at) => {
+                        let task = m.task(at);
                         events.push(Ev::Task {
                             id: task.id,
                             handler: task.handler_name().to_owned(),
@@ -2048,21 +2042,56 @@ fn poll_input_matches_poll_event_for_every_split() {
                             ack: task.ack_requested,
                         });
                     }
+                    Input::Event(event) => panic!("unexpected {event:?}"),
                 }
             }
-            m.stash_input(input);
+            assert!(input.is_empty(), "the rest is kept by the machine");
         }
         // Window of 2: task 3 waits until one completes.
         m.complete_task(1, TaskOutcome::Ok(b""), t0).unwrap();
         events.extend(poll_all(&mut m, t0));
         (events, take(&mut m), m.in_flight())
     };
-    let whole = run(None);
+    let whole = run(&[]);
     assert_eq!(whole.0.len(), 3);
     assert_eq!(whole.2, 2);
     for cut in 0..=stream.len() {
-        assert_eq!(run(Some(cut)), whole, "split at {cut}");
+        assert_eq!(run(&[cut]), whole, "split at {cut}");
+        for second in cut..=stream.len() {
+            assert_eq!(run(&[cut, second]), whole, "split at {cut} and {second}");
+        }
     }
+}
+
+/// A RESULT begun for a task read from the driver's input, and one whose
+/// frame straddled two reads (read from the receive buffer), both carry
+/// the payload to the handler and the body to the wire.
+#[test]
+fn begin_task_reads_the_task_where_its_frame_lies() {
+    let (mut m, t0) = welcomed(4);
+    let mut stream = task(1, b"in place");
+    stream.extend(task(2, b"straddling"));
+    let cut = stream.len() - 3;
+    for (piece, id) in [(&stream[..cut], 1), (&stream[cut..], 2)] {
+        let mut input = piece;
+        let Some(Input::Task(at)) = m.poll_input(&mut input, t0) else {
+            panic!("task {id} expected");
+        };
+        let (task, out) = m.begin_task(at);
+        assert_eq!(task.id, id);
+        let payload = task.payload.to_vec();
+        out.extend_from_slice(&payload);
+        assert_eq!(m.commit_result(id, t0), Ok(payload.len()));
+        assert_eq!(m.poll_input(&mut input, t0), None);
+        assert!(input.is_empty());
+    }
+    let out = take(&mut m);
+    assert_eq!(
+        out.iter()
+            .map(|f| (f.id, f.body.as_slice()))
+            .collect::<Vec<_>>(),
+        [(1, &b"in place"[..]), (2, &b"straddling"[..])]
+    );
 }
 
 #[test]
