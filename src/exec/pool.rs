@@ -278,12 +278,24 @@ impl Pool {
         self.dispatch(now);
     }
 
-    /// End of file on `slot`'s fd 3 before its exit: the worker closed it.
+    /// End of file on `slot`'s fd 3: the worker closed it, most often
+    /// because it is exiting. It takes no more tasks; its exit is awaited
+    /// for the grace (so that its tasks fail with its exit status), then
+    /// its group is killed.
     pub fn on_eof(&mut self, slot: usize, now: Instant) {
-        if let Some(s) = self.slots.get(slot) {
-            if matches!(s.state, SlotState::Up) || !s.in_flight.is_empty() {
-                self.stop(slot, "closed its protocol descriptor", now);
+        let grace = self.limits.kill_grace;
+        let Some(s) = self.slots.get_mut(slot) else {
+            return;
+        };
+        if matches!(s.state, SlotState::Up | SlotState::Retiring { .. }) {
+            let retiring_idle =
+                matches!(s.state, SlotState::Retiring { .. }) && s.in_flight.is_empty();
+            if !retiring_idle {
+                s.failures = s.failures.saturating_add(1);
             }
+            s.state = SlotState::Stopping {
+                kill_at: Some(now + grace),
+            };
         }
     }
 
@@ -300,7 +312,8 @@ impl Pool {
                 s.failures = s.failures.saturating_add(1);
                 false
             }
-            SlotState::Stopping { .. } => false,
+            // Stopped, or its input ended: failures already counted.
+            SlotState::Stopping { .. } => s.failures == 0,
         };
         let lost = std::mem::take(&mut s.in_flight);
         let delay = if retired {

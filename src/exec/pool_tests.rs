@@ -301,14 +301,47 @@ fn protocol_errors_stop_the_worker() {
             "{actions:?}"
         );
     }
-    let mut pool = started(limits(1, 1), t0);
+}
+
+#[test]
+fn end_of_file_awaits_the_exit_for_the_grace_then_kills() {
+    let t0 = Instant::now();
+    let mut pool = started(limits(2, 1), t0);
+    pool.submit(1, t0).unwrap();
+    drain(&mut pool);
     pool.on_eof(0, t0);
+    assert!(
+        drain(&mut pool).is_empty(),
+        "its task waits for the exit status"
+    );
+    pool.submit(2, t0).unwrap();
     assert_eq!(
-        drain(&mut pool),
-        [PoolAction::Signal {
-            slot: 0,
-            signal: Signal::Term
-        }]
+        sent_to(&drain(&mut pool)[0]),
+        1,
+        "no task for a closed worker"
+    );
+    pool.on_exit(0, ExitStatus::Code(70), t0 + MS);
+    let actions = drain(&mut pool);
+    assert_eq!(actions[0], PoolAction::Reap { slot: 0 });
+    assert!(
+        matches!(&actions[1], PoolAction::Complete { task: 1, outcome: Outcome::Failed { code: "worker_lost", message } } if message.contains("exit status 70")),
+        "{actions:?}"
+    );
+    assert_eq!(
+        pool.next_deadline(),
+        Some(t0 + 101 * MS),
+        "a failure: back-off"
+    );
+    // One that closes fd 3 but does not exit is killed after the grace.
+    pool.on_eof(1, t0);
+    pool.poll(t0 + 100 * MS);
+    let actions = drain(&mut pool);
+    assert!(
+        actions.contains(&PoolAction::Signal {
+            slot: 1,
+            signal: Signal::Kill
+        }),
+        "{actions:?}"
     );
 }
 
