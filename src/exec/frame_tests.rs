@@ -34,6 +34,15 @@ fn the_document_example_encodes_to_its_bytes() {
         answer,
         [0, 0, 0, 11, 0x02, 0, 0, 0, 0, 0, 0, 0, 7, b'h', b'i']
     );
+    let mut failed = Vec::new();
+    encode_answer(KIND_FAILED, 7, b"bad input", &mut failed);
+    assert_eq!(
+        failed,
+        [
+            0, 0, 0, 0x12, 0x03, 0, 0, 0, 0, 0, 0, 0, 7, 0x62, 0x61, 0x64, 0x20, 0x69, 0x6e, 0x70,
+            0x75, 0x74
+        ]
+    );
     let mut decoder = FrameDecoder::new(16);
     let (frames, err) = decode_all(&mut decoder, &[&out, &answer]);
     assert_eq!(err, None);
