@@ -6,7 +6,8 @@
 //! This module owns starting a child fenced in ([`spawn`]), the state of a
 //! task run by a child ([`task`]), the handler protocol's framing
 //! ([`frame`]), the state of a pool of workers ([`pool`]) and the bounded
-//! queue of tasks waiting for either ([`queue`]). The state types are
+//! queue of tasks waiting for either, with an `exec` handler's
+//! concurrency limit ([`queue`]). The state types are
 //! sans-IO: they are fed bytes, exits and the time (`now` is always
 //! passed in) and answer with actions (write these bytes, signal the
 //! group, spawn, finish the task); the runtime's event loop moves the
@@ -23,7 +24,7 @@ pub mod task;
 
 pub use frame::{Frame, FrameDecoder, FrameError};
 pub use pool::{Pool, PoolAction, PoolLimits};
-pub use queue::WaitQueue;
+pub use queue::{Admission, ExecGate, WaitQueue};
 pub use spawn::{Child, SpawnError, SpawnSpec, HANDLER_FD, HANDLER_FD_VARIABLE};
 pub use task::{ExecAction, ExecLimits, ExecTask};
 

@@ -1,5 +1,6 @@
 //! [`WaitQueue`]: tasks waiting for a free child or worker, first come
-//! first served, never more than a fixed number.
+//! first served, never more than a fixed number; [`ExecGate`]: an `exec`
+//! handler's `concurrency` with such a queue in front.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -82,6 +83,75 @@ impl<K: PartialEq> WaitQueue<K> {
     }
 }
 
+/// What [`ExecGate::submit`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Start its child now.
+    Start,
+    /// It waits for a running child to end.
+    Wait,
+}
+
+/// An `exec` handler's concurrency: at most `limit` children at once,
+/// the tasks beyond them waiting (bounded) in arrival order.
+#[derive(Debug, Clone)]
+pub struct ExecGate<K> {
+    limit: usize,
+    running: usize,
+    waiting: WaitQueue<K>,
+}
+
+impl<K: PartialEq> ExecGate<K> {
+    pub fn new(limit: usize, max_waiting: usize) -> Self {
+        ExecGate {
+            limit: limit.max(1),
+            running: 0,
+            waiting: WaitQueue::new(max_waiting),
+        }
+    }
+
+    /// A task arrives: start it, queue it, or (`Err`, the queue full) give
+    /// it back so that the caller takes no more tasks for now.
+    pub fn submit(&mut self, key: K, now: Instant) -> Result<Admission, K> {
+        if self.running < self.limit && self.waiting.is_empty() {
+            self.running += 1;
+            return Ok(Admission::Start);
+        }
+        self.waiting.push(key, now)?;
+        Ok(Admission::Wait)
+    }
+
+    /// A child ended: the next waiting task to start, with its wait.
+    pub fn finished(&mut self, now: Instant) -> Option<(K, Duration)> {
+        self.running = self.running.saturating_sub(1);
+        let next = self.waiting.pop(now)?;
+        self.running += 1;
+        Some(next)
+    }
+
+    /// Waiting tasks whose `timeout` (from their arrival) has passed,
+    /// taken out: answer them FAILED `timeout`.
+    pub fn expired(&mut self, now: Instant, timeout: Duration) -> Vec<K> {
+        match now.checked_sub(timeout) {
+            Some(cutoff) => self.waiting.take_older_than(cutoff),
+            None => Vec::new(),
+        }
+    }
+
+    /// When the oldest waiting task's `timeout` passes.
+    pub fn next_deadline(&self, timeout: Duration) -> Option<Instant> {
+        self.waiting.oldest().map(|since| since + timeout)
+    }
+
+    pub fn running(&self) -> usize {
+        self.running
+    }
+
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,5 +183,32 @@ mod tests {
         );
         assert!(queue.is_empty());
         assert_eq!(queue.pop(t0), None);
+    }
+
+    #[test]
+    fn the_gate_starts_up_to_its_limit_and_queues_the_rest_in_order() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis(1);
+        let mut gate = ExecGate::new(2, 2);
+        assert_eq!(gate.submit("a", t0), Ok(Admission::Start));
+        assert_eq!(gate.submit("b", t0), Ok(Admission::Start));
+        assert_eq!(gate.submit("c", t0 + ms), Ok(Admission::Wait));
+        assert_eq!(gate.submit("d", t0 + 2 * ms), Ok(Admission::Wait));
+        assert_eq!(gate.submit("e", t0), Err("e"), "bounded");
+        assert_eq!((gate.running(), gate.waiting()), (2, 2));
+        assert_eq!(gate.finished(t0 + 5 * ms), Some(("c", 4 * ms)));
+        assert_eq!(gate.running(), 2, "c took a's place");
+        assert_eq!(gate.next_deadline(100 * ms), Some(t0 + 102 * ms));
+        assert_eq!(gate.expired(t0 + 101 * ms, 100 * ms), Vec::<&str>::new());
+        assert_eq!(gate.expired(t0 + 102 * ms, 100 * ms), vec!["d"]);
+        assert_eq!(gate.finished(t0), None);
+        assert_eq!(gate.finished(t0), None);
+        assert_eq!(gate.running(), 0);
+        // A free place is not taken ahead of a waiting task.
+        let mut gate = ExecGate::new(1, 4);
+        assert_eq!(gate.submit(1, t0), Ok(Admission::Start));
+        assert_eq!(gate.submit(2, t0), Ok(Admission::Wait));
+        assert_eq!(gate.finished(t0), Some((2, Duration::ZERO)));
+        assert_eq!(gate.submit(3, t0), Ok(Admission::Wait));
     }
 }
