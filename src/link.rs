@@ -52,6 +52,26 @@ impl Link {
         }
     }
 
+    /// The session above the transport.
+    pub fn session(&self) -> &WorkerSession {
+        &self.session
+    }
+
+    /// The session, to drive it directly (what does not pass the transport:
+    /// timers, the drain, direct receives of plaintext).
+    pub fn session_mut(&mut self) -> &mut WorkerSession {
+        &mut self.session
+    }
+
+    /// Everything taken by [`Link::take_output`] is written. Over TLS the
+    /// session learns of it only once no record is left to write.
+    pub fn output_written(&mut self) {
+        if self.tls.as_ref().is_some_and(|t| t.layer.wants_write()) {
+            return;
+        }
+        self.session.output_written();
+    }
+
     /// Whether this link runs TLS.
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()

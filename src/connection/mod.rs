@@ -1,9 +1,12 @@
-//! The lifecycle rules of one manager connection, shared by both runtimes.
+//! One manager connection, as a sans-IO state machine both runtimes drive.
 //!
-//! A runtime dials, reads and writes; when to redial, how long a closing
-//! connection may take to write its last frames, when a drain is over and
-//! what it left unfinished, and when a refusal stops the agent are decided
-//! here, once, without sockets or clocks (callers pass `now`):
+//! A runtime dials, reads and writes; [`Connection`] decides everything
+//! else, once, without sockets, threads or clocks (callers pass `now`):
+//! when to dial and redial, how to receive, what to send, when a closing
+//! connection has waited long enough, when a drain is over and what it left
+//! unfinished, and when a refusal stops the agent. Its module documents the
+//! call order. The rules it applies are here:
+//! - [`lifecycle`]: [`Connection`], its events and [`Action`]s;
 //! - [`backoff`]: the delay between dial attempts (exponential, full
 //!   jitter, reset after a stable connection);
 //! - [`drain`]: the drain after a stop request, whose deadline ends every
@@ -16,6 +19,9 @@
 
 pub mod backoff;
 pub mod drain;
+pub mod lifecycle;
+
+pub use lifecycle::{Action, Connection, Receive};
 
 use std::time::{Duration, Instant};
 
