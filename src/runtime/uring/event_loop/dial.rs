@@ -1,8 +1,9 @@
 //! Dialling: the manager's addresses from the resolver (one slot polls the
 //! first lookup, the others wait for it), the dial queue that keeps at most
-//! [`MAX_DIALS`] connects in flight, the connect and its completion, and the
-//! back-off before a redial. It must never exceed [`MAX_DIALS`] connects in
-//! flight, nor start a session before its connect has completed.
+//! [`MAX_DIALS`] connects in flight, the connect and its completion. It must
+//! never exceed [`MAX_DIALS`] connects in flight, nor start a session before
+//! its connect has completed. When to dial, and the back-off after a failed
+//! dial, are the connection's.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -10,87 +11,77 @@ use std::time::Instant;
 
 use io_uring::{opcode, types};
 
-use super::{user_data, EventLoop, Op, SlotPhase, MAX_DIALS, RESOLVE_POLL};
-use crate::link::Link;
-use crate::session::WorkerSession;
-use crate::stats::SessionState;
+use super::{user_data, DialWait, EventLoop, Life, Op, Recv, MAX_DIALS, RESOLVE_POLL};
 use crate::transport::Endpoint;
 
 impl EventLoop {
-    pub(super) fn dial(&mut self, slot_id: u32, now: Instant) {
+    /// Carry out a connection's [`Action::Dial`](crate::connection::Action):
+    /// start the connect, or fail it at once. Returns `false` when the dial
+    /// waits (for the first lookup or a place in the dial queue); the slot
+    /// is driven again when it may go on.
+    pub(super) fn dial(&mut self, slot_id: u32, now: Instant) -> bool {
         let endpoint = self.plan.endpoint.clone();
         let Some(addresses) = self.resolver.addresses(now) else {
             // The first lookup of the manager's name is under way: one slot
             // looks again every RESOLVE_POLL, the others wait for it (10,000
             // slots polling would be half a million wake-ups a second).
             let s = &mut self.slots[slot_id as usize];
-            if !s.resolve_waiting {
-                s.resolve_waiting = true;
+            if s.dial != DialWait::Resolving {
+                s.dial = DialWait::Resolving;
                 self.resolve_waiters.push(slot_id);
             }
             if self.resolve_waiters.first() == Some(&slot_id) {
                 self.schedule(slot_id, Some(now + RESOLVE_POLL));
             }
-            return;
+            return false;
         };
         if !self.resolve_waiters.is_empty() {
             for waiter in std::mem::take(&mut self.resolve_waiters) {
-                self.slots[waiter as usize].resolve_waiting = false;
+                self.slots[waiter as usize].dial = DialWait::None;
                 self.mark_dirty(waiter);
             }
         }
         if self.dials >= MAX_DIALS {
             let s = &mut self.slots[slot_id as usize];
-            if !s.dial_queued {
-                s.dial_queued = true;
+            if s.dial != DialWait::Queued {
+                s.dial = DialWait::Queued;
                 self.dial_queue.push_back(slot_id);
             }
-            return;
+            return false;
         }
         let s = &mut self.slots[slot_id as usize];
-        if s.dialled_once {
-            self.agent.record_reconnect();
-        }
-        s.dialled_once = true;
-        s.stats.set_state(SessionState::Connecting);
+        s.dial = DialWait::None;
         let target = match addresses {
             Ok(addresses) => {
                 s.address_index = self.next_address;
                 addresses[s.address_index % addresses.len()].clone()
             }
             Err(err) => {
-                let message = format!("cannot reach manager {endpoint}: {err}");
-                self.dial_failed(slot_id, message, now);
-                return;
+                let why = format!("cannot reach manager {endpoint}: {err}");
+                s.conn.on_dial_failed(why, now);
+                return true;
             }
         };
         let socket = match socket2::Socket::new(target.domain(), socket2::Type::STREAM, None) {
             Ok(socket) => socket,
             Err(err) => {
-                self.dial_failed(slot_id, format!("cannot create a socket: {err}"), now);
-                return;
+                s.conn
+                    .on_dial_failed(format!("cannot create a socket: {err}"), now);
+                return true;
             }
         };
         if matches!(endpoint, Endpoint::Tcp { .. } | Endpoint::Tls { .. }) {
             if let Err(err) = self.plan.tcp.apply(socket2::SockRef::from(&socket)) {
-                self.dial_failed(slot_id, format!("cannot set up a socket: {err}"), now);
-                return;
+                s.conn
+                    .on_dial_failed(format!("cannot set up a socket: {err}"), now);
+                return true;
             }
         }
-        let s = &mut self.slots[slot_id as usize];
+        s.conn.on_dialling(now);
         s.generation = (s.generation + 1) & 0x00FF_FFFF;
-        s.phase = SlotPhase::Connecting;
-        s.deadline = Some(now + self.plan.connect_timeout);
-        s.broken = None;
-        s.eof = false;
-        s.recv_armed = false;
-        s.recv_cancelled = false;
-        s.body_recv = false;
-        s.body_waitall = false;
-        s.body_cancelled = false;
-        s.direct = false;
-        s.teardown_cancelled = false;
-        s.send_inflight = false;
+        s.recv = Recv::None;
+        s.send_buf = Vec::new();
+        s.life = Life::Running;
         s.inflight = 1;
         let fd = socket.as_raw_fd();
         s.registered = self.file_table
@@ -106,99 +97,49 @@ impl EventLoop {
                 .build()
         })
         .user_data(user_data(Op::Connect, s.generation, slot_id));
-        let deadline = s.deadline;
-        s.dialling = true;
+        s.dial = DialWait::Connecting;
         self.dials += 1;
         self.push(entry);
-        self.schedule(slot_id, deadline);
+        true
     }
 
     /// The slot's connect finished (or will never complete): the next slot
     /// waiting to dial may.
     pub(super) fn dial_done(&mut self, slot_id: u32) {
         let s = &mut self.slots[slot_id as usize];
-        if !s.dialling {
+        if s.dial != DialWait::Connecting {
             return;
         }
-        s.dialling = false;
+        s.dial = DialWait::None;
         self.dials -= 1;
         while let Some(next) = self.dial_queue.pop_front() {
             let waiting = &mut self.slots[next as usize];
-            if waiting.dial_queued {
-                waiting.dial_queued = false;
+            if waiting.dial == DialWait::Queued {
+                waiting.dial = DialWait::None;
                 self.mark_dirty(next);
                 break;
             }
         }
     }
 
-    fn dial_failed(&mut self, slot_id: u32, message: String, now: Instant) {
-        let s = &mut self.slots[slot_id as usize];
-        crate::log_limit::warn_session(s.index, &message, now);
-        s.stats.set_last_error(Some(message));
-        self.back_off(slot_id, now);
-    }
-
-    pub(super) fn back_off(&mut self, slot_id: u32, now: Instant) {
-        if self.stop_seen {
-            self.stop_slot(slot_id);
-            return;
-        }
-        let delay = {
-            let s = &mut self.slots[slot_id as usize];
-            s.backoff.next_delay(&mut self.rng)
-        };
-        let s = &mut self.slots[slot_id as usize];
-        s.phase = SlotPhase::Idle;
-        s.stats.set_state(SessionState::Disconnected);
-        s.retry_at = now + delay;
-        let at = s.retry_at;
-        self.schedule(slot_id, Some(at));
-    }
-
     pub(super) fn on_connect(&mut self, slot_id: u32, result: i32, now: Instant) {
         self.dial_done(slot_id);
         let s = &mut self.slots[slot_id as usize];
         s.inflight = s.inflight.saturating_sub(1);
-        s.deadline = None;
         if result < 0 {
             // Dials go to the manager's next address from now on.
             if self.next_address == s.address_index {
                 self.next_address = self.next_address.wrapping_add(1);
             }
-            if s.broken.is_none() {
-                s.broken = Some(format!(
-                    "cannot reach manager {}: {}",
-                    self.plan.endpoint,
-                    io::Error::from_raw_os_error(-result)
-                ));
-            }
-            s.phase = SlotPhase::Teardown;
-            return;
-        }
-        if s.phase != SlotPhase::Connecting {
+            let why = format!(
+                "cannot reach manager {}: {}",
+                self.plan.endpoint,
+                io::Error::from_raw_os_error(-result)
+            );
+            s.conn.on_dial_failed(why, now);
             return;
         }
         self.next_address = s.address_index;
-        s.stats.begin_connection();
-        s.phase = SlotPhase::Open;
-        let session = WorkerSession::new(
-            s.index,
-            &self.plan.session,
-            self.plan.handlers.clone(),
-            s.stats.clone(),
-            now,
-        );
-        let link = match &self.plan.tls {
-            None => Link::plain(session),
-            Some(tls) => match tls.connect() {
-                Ok(conn) => Link::tls(session, conn),
-                Err(why) => {
-                    s.broken = Some(why);
-                    return;
-                }
-            },
-        };
-        s.session = Some(Box::new(link));
+        s.conn.on_connected(now);
     }
 }

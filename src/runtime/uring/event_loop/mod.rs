@@ -4,14 +4,18 @@
 //! Every socket read and write is a submission and a completion; the only
 //! syscall in steady state is `io_uring_enter`, once per loop iteration, which
 //! submits everything queued and waits for the next completion or timer.
-//! Reads are multishot receives into the shared buffer ring, decoded where
-//! they lie and the buffer handed straight back; large frames are received
-//! directly into the session's frame buffer instead (see `drive_open`).
-//! Writes are coalesced: whatever a session produced while its previous send
-//! was in flight goes out as one send, except that a receive producing
-//! [`EARLY_SEND`] bytes or more sends them at once. At most one receive and
-//! one send are in flight per socket, so the stream order is the order of
-//! the frames.
+//!
+//! The loop is an executor: each slot's [`Connection`] decides what happens
+//! (dial, send, receive how, shut down, close, stop) and the loop carries it
+//! out on the ring and reports the completions back. Reads are multishot
+//! receives into the shared buffer ring, decoded where they lie and the
+//! buffer handed straight back, or, when the connection asks for it
+//! ([`Receive::Direct`](crate::connection::Receive)), one-shot receives into
+//! the session's frame buffer. Writes are coalesced: whatever a session
+//! produced while its previous send was in flight goes out as one send,
+//! except that a receive producing [`EARLY_SEND`] bytes or more sends them
+//! at once. At most one receive and one send are in flight per socket, so
+//! the stream order is the order of the frames.
 //!
 //! Operation lifetimes: each operation's `user_data` names its slot, the
 //! connection generation and its kind. A completion for an older generation
@@ -21,9 +25,9 @@
 //!
 //! The loop is split by concern. This file holds the types, the constants
 //! and the loop itself (`new`, `run`, submitting and waiting, timers);
-//! `drive` moves each dirty slot one step forward; `dial` connects (the
-//! resolver, the dial queue, back-off); `recv` arms the multishot and direct
-//! receives and handles their completions; `send` writes output (early sends
+//! `drive` carries out each dirty slot's actions; `dial` connects (the
+//! resolver, the dial queue); `recv` arms the multishot and direct receives
+//! and handles their completions; `send` writes output (early sends
 //! included); `teardown` cancels a connection's operations and closes it;
 //! `reap` collects completions, dispatches them, and shuts the loop down.
 
@@ -34,16 +38,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use io_uring::{opcode, squeue, types, IoUring};
-use rand::SeedableRng;
 
 use super::bufring::BufRing;
 use super::resolver::Resolver;
 use super::timers::Timers;
-use crate::connection::drain::{DrainTally, StopDrain};
-use crate::connection::READ_CHUNK;
-use crate::link::Link;
-use crate::runtime::{AgentPlan, Backoff, ByteCounters, StopHandle};
-use crate::stats::{AgentStats, SessionState, LOOP_BEAT_INTERVAL};
+use crate::connection::drain::DrainTally;
+use crate::connection::{Connection, READ_CHUNK};
+use crate::runtime::{AgentPlan, ByteCounters, StopHandle};
+use crate::stats::{AgentStats, LOOP_BEAT_INTERVAL};
 
 /// Submission queue size; the completion queue is 8 times larger because
 /// multishot receives post many completions per submission.
@@ -53,15 +55,6 @@ const BUF_GROUP: u16 = 7;
 /// Buffers in each loop's ring, and their size.
 pub const BUF_ENTRIES: u16 = 256;
 pub const BUF_LEN: usize = READ_CHUNK;
-/// A frame with at least this much left to arrive is received straight into
-/// its buffer.
-const LARGE_FRAME_REMAINDER: usize = 64 * 1024;
-/// A direct receive (see [`EventLoop::drive_open`]) asks for at least this
-/// much, and one that brings less ends the session's direct mode.
-const DIRECT_CHUNK: usize = 64 * 1024;
-/// The most one direct receive asks for: the rest of a larger frame takes
-/// several, so memory is committed as the bytes arrive.
-const DIRECT_MAX: usize = 4 * 1024 * 1024;
 /// A session with this much output queued by one receive completion sends it
 /// at once, before the rest of the completion batch is handled, so the peer
 /// works on the first results while the later ones are computed (as a
@@ -103,29 +96,37 @@ fn decode_user_data(data: u64) -> (u8, u32, u32) {
     )
 }
 
-/// Where a slot's connection stands.
+/// The receive in flight on a slot's socket (at most one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SlotPhase {
-    /// Waiting for `retry_at` before dialling.
-    Idle,
-    /// A connect is in flight.
-    Connecting,
-    /// Connected; the session runs.
-    Open,
-    /// Our last frame is written and our side shut down; reading to EOF.
-    Linger,
-    /// Cancelling the socket's operations; closed when none remain.
-    Teardown,
-    /// Ended for good.
-    Stopped,
+enum Recv {
+    None,
+    /// A multishot receive into the buffer ring.
+    Shared {
+        cancelled: bool,
+    },
+    /// A one-shot receive into the session's frame buffer.
+    Direct {
+        cancelled: bool,
+    },
 }
 
-/// One session of this loop: the same session index across reconnects.
+/// Where a slot's dial waits before its connect is submitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DialWait {
+    None,
+    /// For the first lookup of the manager's name.
+    Resolving,
+    /// In the loop's dial queue, for a connect to finish.
+    Queued,
+    /// Its connect is in flight and counts against [`MAX_DIALS`].
+    Connecting,
+}
+
+/// One session of this loop: its connection, and the socket and operations
+/// carrying it out.
 struct Slot {
-    index: u32,
+    conn: Connection,
     counters: ByteCounters,
-    stats: Arc<crate::stats::SessionStats>,
-    phase: SlotPhase,
     generation: u32,
     socket: Option<socket2::Socket>,
     /// The socket is in the ring's file table at index `slot`.
@@ -135,44 +136,32 @@ struct Slot {
     address_index: usize,
     /// Operations submitted on the current socket and not yet completed.
     inflight: u32,
-    recv_armed: bool,
-    recv_cancelled: bool,
-    /// A one-shot receive into the frame buffer is in flight.
-    body_recv: bool,
-    /// The direct receive in flight waits for all it asked for
-    /// (MSG_WAITALL), and whether it has been cancelled to collect what it
-    /// holds (see [`EventLoop::drive_open`]).
-    body_waitall: bool,
-    body_cancelled: bool,
-    /// Receive into the frame buffer, not the shared buffers: large frames
-    /// are arriving.
-    direct: bool,
-    teardown_cancelled: bool,
-    send_inflight: bool,
+    recv: Recv,
+    /// The bytes of the send in flight (empty: none), and how much of them
+    /// is written.
     send_buf: Vec<u8>,
     send_off: usize,
-    spare: Vec<u8>,
-    session: Option<Box<Link>>,
-    backoff: Backoff,
-    retry_at: Instant,
-    deadline: Option<Instant>,
-    /// The drain after a stop request: its deadline ends every wait.
-    drain: Option<StopDrain>,
-    /// When a closed session's last send must have completed by.
-    flush_deadline: Option<Instant>,
-    linger_until: Option<Instant>,
-    eof: bool,
-    broken: Option<String>,
-    /// What the drain left unfinished when its deadline passed.
-    unfinished: DrainTally,
-    dialled_once: bool,
-    /// A connect of this slot counts against [`MAX_DIALS`].
-    dialling: bool,
-    /// Waiting in the loop's dial queue for a connect to finish.
-    dial_queued: bool,
-    /// Waiting for the first lookup of the manager's name.
-    resolve_waiting: bool,
+    life: Life,
+    dial: DialWait,
     dirty: bool,
+}
+
+/// What the slot's executor is doing with its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Life {
+    /// Carrying out the connection's actions.
+    Running,
+    /// Closing the socket (the connection asked); `cancelled`: its
+    /// operations have been cancelled, the close waits for them.
+    Closing { cancelled: bool },
+    /// The connection has stopped for good.
+    Stopped,
+}
+
+impl Slot {
+    fn closing(&self) -> bool {
+        matches!(self.life, Life::Closing { .. })
+    }
 }
 
 /// What a finished loop reports.
@@ -194,13 +183,12 @@ pub struct EventLoop {
     wake_buf: Box<[u8]>,
     wake_armed: bool,
     dirty: Vec<u32>,
-    /// Slots in [`SlotPhase::Stopped`] (the loop ends when all are).
+    /// Slots whose connection has stopped (the loop ends when all have).
     stopped: usize,
     batch: Vec<u32>,
     completions: Vec<(u64, i32, u32)>,
     timers: Timers,
     resolver: Resolver,
-    rng: rand::rngs::SmallRng,
     /// A sparse file table with one entry per slot was registered.
     file_table: bool,
     /// Sends were queued while handling completions: submit them before
@@ -273,43 +261,21 @@ impl EventLoop {
         let slots = sessions
             .into_iter()
             .map(|index| {
-                let stats = agent.sessions[index as usize].clone();
+                let conn = Connection::new(index, plan.clone(), agent.clone(), now);
                 Slot {
-                    index,
-                    counters: ByteCounters::new(stats.clone()),
-                    stats,
-                    phase: SlotPhase::Idle,
+                    counters: ByteCounters::new(conn.stats().clone()),
+                    conn,
                     generation: 0,
                     socket: None,
                     registered: false,
                     address: None,
                     address_index: 0,
                     inflight: 0,
-                    recv_armed: false,
-                    recv_cancelled: false,
-                    body_recv: false,
-                    body_waitall: false,
-                    body_cancelled: false,
-                    direct: false,
-                    teardown_cancelled: false,
-                    send_inflight: false,
+                    recv: Recv::None,
                     send_buf: Vec::new(),
                     send_off: 0,
-                    spare: Vec::new(),
-                    session: None,
-                    backoff: Backoff::new(plan.reconnect),
-                    retry_at: now,
-                    deadline: None,
-                    drain: None,
-                    flush_deadline: None,
-                    linger_until: None,
-                    eof: false,
-                    broken: None,
-                    unfinished: DrainTally::default(),
-                    dialled_once: false,
-                    dialling: false,
-                    dial_queued: false,
-                    resolve_waiting: false,
+                    life: Life::Running,
+                    dial: DialWait::None,
                     dirty: false,
                 }
             })
@@ -334,7 +300,6 @@ impl EventLoop {
             completions: Vec::with_capacity(RING_ENTRIES as usize),
             timers,
             resolver,
-            rng: rand::rngs::SmallRng::from_os_rng(),
             file_table,
             submit_now: false,
             dials: 0,
@@ -346,9 +311,6 @@ impl EventLoop {
 
     /// Run until every session of this loop has stopped.
     pub fn run(mut self) -> LoopReport {
-        for slot in &self.slots {
-            slot.stats.set_state(SessionState::Disconnected);
-        }
         let beat = self.agent.register_loop();
         loop {
             if !self.wake_armed {
@@ -356,19 +318,9 @@ impl EventLoop {
             }
             if !self.stop_seen && self.stop.is_requested() {
                 self.stop_seen = true;
-                // A connection already closing when the stop came (its
-                // last frames or linger under way) ends by the drain
-                // deadline too.
-                let until = Instant::now() + self.plan.drain_timeout;
+                let now = Instant::now();
                 for i in 0..self.slots.len() {
-                    let s = &mut self.slots[i];
-                    for wait in [&mut s.linger_until, &mut s.flush_deadline] {
-                        if let Some(at) = wait.as_mut() {
-                            *at = (*at).min(until);
-                        }
-                    }
-                    let earliest = s.linger_until.into_iter().chain(s.flush_deadline).min();
-                    self.schedule(i as u32, earliest);
+                    self.slots[i].conn.request_stop(now);
                     self.mark_dirty(i as u32);
                 }
             }

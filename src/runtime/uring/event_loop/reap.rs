@@ -86,7 +86,7 @@ impl EventLoop {
     pub(super) fn shutdown(mut self) -> LoopReport {
         let report = LoopReport {
             unfinished: self.slots.iter().fold(DrainTally::default(), |mut sum, s| {
-                sum += s.unfinished;
+                sum += s.conn.unfinished();
                 sum
             }),
         };

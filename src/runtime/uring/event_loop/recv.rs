@@ -10,90 +10,57 @@ use std::time::Instant;
 
 use io_uring::{cqueue, opcode, types};
 
-use super::{user_data, EventLoop, Op, BUF_GROUP, DIRECT_CHUNK, DIRECT_MAX, LARGE_FRAME_REMAINDER};
+use super::{user_data, EventLoop, Op, Recv, BUF_GROUP};
 
 impl EventLoop {
-    /// Receive straight into the session's frame buffer: the `needed` bytes
-    /// that complete a large frame under way (all of them, up to
-    /// [`DIRECT_MAX`]: MSG_WAITALL), or else whatever has arrived, up to
-    /// [`DIRECT_CHUNK`] or the rest of the frame under way.
-    pub(super) fn submit_direct_recv(&mut self, slot_id: u32, needed: usize) {
+    /// Receive straight into the session's frame buffer, as the connection
+    /// asked ([`Receive::Direct`](crate::connection::Receive)): `wait_all`,
+    /// the rest of a large frame as one `MSG_WAITALL` receive (one
+    /// completion per frame rather than one per segment's worth; it says
+    /// nothing until it is complete, so the connection has it collected
+    /// when a deadline falls due meanwhile).
+    pub(super) fn submit_direct_recv(&mut self, slot_id: u32, len: usize, wait_all: bool) {
         let s = &mut self.slots[slot_id as usize];
-        let (Some(socket), Some(session)) = (&s.socket, s.session.as_mut()) else {
+        let Some(socket) = &s.socket else { return };
+        let fd = socket.as_raw_fd();
+        let Some(space) = s.conn.recv_space(len, wait_all) else {
             return;
         };
-        let fd = socket.as_raw_fd();
-        // The rest of a large frame is one MSG_WAITALL receive: one
-        // completion per frame rather than one per segment's worth. It says
-        // nothing until it is complete, so a session deadline that falls due
-        // meanwhile cancels it first (see `drive_open`).
-        let (len, flags) = if needed >= LARGE_FRAME_REMAINDER {
-            // At most DIRECT_MAX at a time: the buffer is filled with zeros
-            // up to `len` first, and a peer that sends only the header of a
-            // huge frame must not make the agent commit max_body at once.
-            (needed.min(DIRECT_MAX), libc::MSG_WAITALL)
-        } else {
-            (needed.max(DIRECT_CHUNK), 0)
-        };
-        let space = session.recv_space(len);
+        let flags = if wait_all { libc::MSG_WAITALL } else { 0 };
         let entry = on_socket!(s.registered, slot_id, fd, |t| {
             opcode::Recv::new(t, space.as_mut_ptr(), len as u32)
                 .flags(flags)
                 .build()
         })
         .user_data(user_data(Op::RecvBody, s.generation, slot_id));
-        s.body_recv = true;
-        s.body_waitall = flags != 0;
-        s.body_cancelled = false;
+        s.recv = Recv::Direct { cancelled: false };
         s.inflight += 1;
         self.push(entry);
     }
 
-    /// Cancel the direct receive in flight; it completes with the bytes it
-    /// has received so far (the kernel reports a partial receive's count,
-    /// not the cancellation, once any byte has arrived: `io_sendrecv_fail`,
-    /// Linux 6.0 on; the engine needs 6.1). The integration test
-    /// `a_large_frame_trickling_in_keeps_the_heartbeat_alive` checks the
-    /// echo of a frame received this way byte for byte.
-    pub(super) fn cancel_body_recv(&mut self, slot_id: u32) {
-        self.slots[slot_id as usize].body_cancelled = true;
-        self.cancel(slot_id, Op::RecvBody);
-    }
-
     /// Completion of [`EventLoop::submit_direct_recv`]: the other place bytes
-    /// are received, counted the same way.
+    /// are received, counted the same way. A cancelled receive completes
+    /// with the bytes it has received so far (the kernel reports a partial
+    /// receive's count, not the cancellation, once any byte has arrived:
+    /// `io_sendrecv_fail`, Linux 6.0 on; the engine needs 6.1). The
+    /// integration test `a_large_frame_trickling_in_keeps_the_heartbeat_alive`
+    /// checks the echo of a frame received this way byte for byte.
     pub(super) fn on_body_recv(&mut self, slot_id: u32, result: i32, now: Instant) {
         let s = &mut self.slots[slot_id as usize];
-        s.body_recv = false;
-        s.body_waitall = false;
-        s.body_cancelled = false;
+        s.recv = Recv::None;
         s.inflight = s.inflight.saturating_sub(1);
         match result {
             n if n > 0 => {
                 s.counters.received(n as usize);
-                // Stay direct while receives come large: a stream of large
-                // frames. Smaller ones go back to the shared buffers.
-                s.direct = n as usize >= DIRECT_CHUNK;
-                if let Some(session) = s.session.as_mut() {
-                    session.on_received(n as usize, now);
-                }
+                s.conn.on_received(n as usize, now);
                 self.send_early(slot_id);
             }
-            0 => {
-                s.eof = true;
-                if let Some(session) = s.session.as_mut() {
-                    session.on_eof(now);
-                }
-            }
-            r if r == -libc::ECANCELED || r == -libc::EINTR => {}
-            r => {
-                if s.broken.is_none() {
-                    s.broken = Some(format!(
-                        "connection lost: read failed: {}",
-                        io::Error::from_raw_os_error(-r)
-                    ));
-                }
-            }
+            0 => s.conn.on_eof(now),
+            r if r == -libc::ECANCELED || r == -libc::EINTR => s.conn.on_receive_cancelled(),
+            r => s.conn.on_io_error(format!(
+                "connection lost: read failed: {}",
+                io::Error::from_raw_os_error(-r)
+            )),
         }
     }
 
@@ -104,19 +71,18 @@ impl EventLoop {
             opcode::RecvMulti::new(t, BUF_GROUP).build()
         })
         .user_data(user_data(Op::Recv, s.generation, slot_id));
-        s.recv_armed = true;
-        s.recv_cancelled = false;
+        s.recv = Recv::Shared { cancelled: false };
         s.inflight += 1;
         self.push(entry);
     }
 
     pub(super) fn cancel_recv(&mut self, slot_id: u32) {
-        self.slots[slot_id as usize].recv_cancelled = true;
+        self.slots[slot_id as usize].recv = Recv::Shared { cancelled: true };
         self.cancel(slot_id, Op::Recv);
     }
 
     /// Cancel the slot's operation of kind `op` on its current connection.
-    fn cancel(&mut self, slot_id: u32, op: Op) {
+    pub(super) fn cancel(&mut self, slot_id: u32, op: Op) {
         let s = &mut self.slots[slot_id as usize];
         let target = user_data(op, s.generation, slot_id);
         s.inflight += 1;
@@ -141,37 +107,23 @@ impl EventLoop {
             let n = result as usize;
             s.counters.received(n);
             if let (Some(bid), Some(buffers)) = (selected, self.buffers.as_ref()) {
-                let data = buffers.data(bid, n);
-                if let Some(session) = s.session.as_mut() {
-                    if session.closed().is_none() {
-                        session.on_input(data, now);
-                    }
-                }
+                s.conn.on_input(buffers.data(bid, n), now);
             }
             self.send_early(slot_id);
         }
         self.recycle(selected);
-        let s = &mut self.slots[slot_id as usize];
         if !more {
-            s.recv_armed = false;
+            let s = &mut self.slots[slot_id as usize];
+            s.recv = Recv::None;
             s.inflight = s.inflight.saturating_sub(1);
             match result {
-                0 => {
-                    s.eof = true;
-                    if let Some(session) = s.session.as_mut() {
-                        session.on_eof(now);
-                    }
-                }
+                0 => s.conn.on_eof(now),
                 r if r > 0 => {}
                 r if r == -libc::ENOBUFS || r == -libc::ECANCELED || r == -libc::EINTR => {}
-                r => {
-                    if s.broken.is_none() {
-                        s.broken = Some(format!(
-                            "connection lost: read failed: {}",
-                            io::Error::from_raw_os_error(-r)
-                        ));
-                    }
-                }
+                r => s.conn.on_io_error(format!(
+                    "connection lost: read failed: {}",
+                    io::Error::from_raw_os_error(-r)
+                )),
             }
         }
     }

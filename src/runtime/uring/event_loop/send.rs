@@ -1,15 +1,14 @@
-//! Sending: a session's queued output taken into its send buffer, the one
-//! send in flight per socket, the early send of large output, and the send
-//! completion. It must never have two sends in flight on one socket, nor
-//! start one on a socket whose teardown has cancelled its operations.
+//! Sending: the bytes a connection hands out, the one send in flight per
+//! socket, the early send of large output, and the send completion. It
+//! must never have two sends in flight on one socket, nor start one on a
+//! socket whose teardown has cancelled its operations.
 
 use std::io;
 use std::os::fd::AsRawFd;
 
 use io_uring::{opcode, types};
 
-use super::{user_data, EventLoop, Op, SlotPhase, EARLY_SEND};
-use crate::protocol::frame::SHRINK_ABOVE;
+use super::{user_data, EventLoop, Op, EARLY_SEND};
 
 impl EventLoop {
     /// Send what a receive produced right away when it is large (see
@@ -17,34 +16,19 @@ impl EventLoop {
     /// small frames keep coalescing into one send per socket.
     pub(super) fn send_early(&mut self, slot_id: u32) {
         let s = &mut self.slots[slot_id as usize];
-        // Not while a send is in flight or a failed one left bytes unsent
-        // (the connection is broken; teardown decides), so the stream keeps
-        // its order.
-        if s.send_inflight
-            || s.phase != SlotPhase::Open
-            || s.broken.is_some()
-            || s.send_off < s.send_buf.len()
-        {
+        if !s.send_buf.is_empty() || s.closing() || s.conn.queued_output() < EARLY_SEND {
             return;
         }
-        let Some(session) = s.session.as_mut() else {
-            return;
-        };
-        if session.queued_output() < EARLY_SEND {
-            return;
+        if let Some(bytes) = s.conn.transmit() {
+            self.send(slot_id, bytes);
+            self.submit_now = true;
         }
-        self.send_output(slot_id);
-        self.submit_now = true;
     }
 
-    /// Take the session's queued output into `send_buf` and send it.
-    pub(super) fn send_output(&mut self, slot_id: u32) {
+    /// Carry out an [`Action::Send`](crate::connection::Action).
+    pub(super) fn send(&mut self, slot_id: u32, bytes: Vec<u8>) {
         let s = &mut self.slots[slot_id as usize];
-        let Some(session) = s.session.as_mut() else {
-            return;
-        };
-        let spare = std::mem::take(&mut s.spare);
-        s.send_buf = session.take_output(spare);
+        s.send_buf = bytes;
         s.send_off = 0;
         self.submit_send(slot_id);
     }
@@ -61,7 +45,6 @@ impl EventLoop {
                 .build()
         })
         .user_data(user_data(Op::Send, s.generation, slot_id));
-        s.send_inflight = true;
         s.inflight += 1;
         self.push(entry);
     }
@@ -69,46 +52,31 @@ impl EventLoop {
     pub(super) fn on_send(&mut self, slot_id: u32, result: i32) {
         let s = &mut self.slots[slot_id as usize];
         s.inflight = s.inflight.saturating_sub(1);
-        s.send_inflight = false;
-        if result < 0 {
-            if s.broken.is_none() {
-                s.broken = Some(format!(
+        if result <= 0 {
+            s.send_buf = Vec::new();
+            s.conn.on_io_error(if result == 0 {
+                "connection lost: write returned 0".to_owned()
+            } else {
+                format!(
                     "connection lost: write failed: {}",
                     io::Error::from_raw_os_error(-result)
-                ));
-            }
+                )
+            });
             return;
         }
         let n = result as usize;
         s.counters.sent(n);
         s.send_off += n;
         if s.send_off < s.send_buf.len() {
-            if n == 0 {
-                s.broken = Some("connection lost: write returned 0".to_owned());
-                return;
-            }
             // Once teardown has cancelled the socket's operations, nothing
             // new may start on it: a send submitted after the cancel would
             // keep the slot open for as long as the manager does not read.
-            if s.phase == SlotPhase::Teardown {
-                return;
+            if !s.closing() {
+                self.submit_send(slot_id);
             }
-            self.submit_send(slot_id);
         } else {
-            let mut done = std::mem::take(&mut s.send_buf);
-            // Like the frame buffer: a buffer grown by large output is kept
-            // while output stays large, and given back once it is small.
-            if done.capacity() > SHRINK_ABOVE && done.len() <= SHRINK_ABOVE {
-                done = Vec::new();
-            }
-            done.clear();
-            s.spare = done;
             s.send_off = 0;
-            // Its RESULTs are written, whatever the loop does next (a
-            // drain deadline may be judged before the slot is driven).
-            if let Some(session) = s.session.as_mut() {
-                session.output_written();
-            }
+            s.conn.on_sent(std::mem::take(&mut s.send_buf));
         }
     }
 }

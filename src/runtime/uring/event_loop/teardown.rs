@@ -1,40 +1,25 @@
-//! Ending a connection: cancelling the socket's operations, closing it once
-//! none remain, settling what the session's drain left, then backing off or
-//! stopping the slot. It must never close a socket, or drop it from the file
-//! table, while an operation on it is outstanding: the fd number could be
-//! reused under that operation.
+//! Closing a connection's socket: cancelling its operations, closing it once
+//! none remain, and telling the connection, which settles the session and
+//! decides between a redial and a stop. It must never close a socket, or
+//! drop it from the file table, while an operation on it is outstanding:
+//! the fd number could be reused under that operation.
 
 use std::os::fd::AsRawFd;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use io_uring::{opcode, types};
 
-use super::{user_data, EventLoop, Op, SlotPhase};
-use crate::connection::refusal;
-use crate::stats::SessionState;
+use super::{user_data, EventLoop, Life, Op, Recv};
 
 impl EventLoop {
-    pub(super) fn stop_slot(&mut self, slot_id: u32) {
-        let s = &mut self.slots[slot_id as usize];
-        if s.phase != SlotPhase::Stopped {
-            s.phase = SlotPhase::Stopped;
-            s.stats.set_state(SessionState::Stopped);
-            self.stopped += 1;
-        }
-    }
-
-    pub(super) fn begin_teardown(&mut self, slot_id: u32) {
-        let s = &mut self.slots[slot_id as usize];
-        s.phase = SlotPhase::Teardown;
-        self.mark_dirty(slot_id);
-    }
-
-    pub(super) fn continue_teardown(&mut self, slot_id: u32, now: Instant) {
+    /// Go on closing a slot's socket. Returns whether it is closed (and the
+    /// connection told); `false` while operations are still completing.
+    pub(super) fn continue_teardown(&mut self, slot_id: u32, now: Instant) -> bool {
         let s = &mut self.slots[slot_id as usize];
         if s.inflight > 0 {
-            if !s.teardown_cancelled {
+            if s.life == (Life::Closing { cancelled: false }) {
                 if let Some(socket) = &s.socket {
-                    s.teardown_cancelled = true;
+                    s.life = Life::Closing { cancelled: true };
                     s.inflight += 1;
                     let entry = on_socket!(s.registered, slot_id, socket.as_raw_fd(), |t| {
                         opcode::AsyncCancel2::new(types::CancelBuilder::fd(t).all()).build()
@@ -43,7 +28,7 @@ impl EventLoop {
                     self.push(entry);
                 }
             }
-            return;
+            return false;
         }
         // No operation refers to the socket any more: drop it from the file
         // table (which holds a reference of its own), then close it.
@@ -56,59 +41,13 @@ impl EventLoop {
         s.socket = None;
         // A slot waiting to redial holds no buffer.
         s.send_buf = Vec::new();
-        s.spare = Vec::new();
         s.send_off = 0;
-        s.send_inflight = false;
-        s.recv_armed = false;
-        let uptime;
-        let refused;
-        match s.session.take() {
-            Some(session) => {
-                // A stopping connection that ended before its deadline other
-                // than by GOODBYE: what it still held counts as the drain's.
-                if let (Some(stopping), true) = (s.drain, s.unfinished.is_clean()) {
-                    let why = s
-                        .broken
-                        .clone()
-                        .or_else(|| session.closed().map(|r| r.to_string()));
-                    s.unfinished += stopping.ended_early(
-                        s.index,
-                        session.in_flight(),
-                        session.results_unwritten(),
-                        why.as_deref().unwrap_or("connection closed"),
-                        &s.stats,
-                    );
-                }
-                session.log_end(s.broken.as_deref());
-                uptime = session
-                    .welcomed_at()
-                    .map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
-                refused = refusal(&self.plan.endpoint, s.index, session.closed());
-                s.stats.set_in_flight(0);
-            }
-            None => {
-                if let Some(why) = &s.broken {
-                    crate::log_limit::warn_session(s.index, why, now);
-                    s.stats.set_last_error(Some(why.clone()));
-                }
-                uptime = Duration::ZERO;
-                refused = None;
-            }
+        s.recv = Recv::None;
+        s.life = Life::Running;
+        if let Some(refusal) = s.conn.on_closed(now) {
+            // The loop head sees the stop and stops every connection.
+            self.stop.fail(refusal);
         }
-        s.backoff.connection_ended(uptime);
-        s.drain = None;
-        s.flush_deadline = None;
-        s.linger_until = None;
-        if let Some(message) = refused {
-            tracing::error!(session = s.index, "{message}");
-            self.stop.fail(message);
-            self.stop_seen = true;
-            for i in 0..self.slots.len() {
-                self.mark_dirty(i as u32);
-            }
-            self.stop_slot(slot_id);
-            return;
-        }
-        self.back_off(slot_id, now);
+        true
     }
 }
