@@ -19,18 +19,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, never, select, Receiver, RecvError, Sender};
-use rand::SeedableRng;
 
 use super::{
-    AgentPlan, Backoff, ByteCounters, RecvChunk, RunReport, RuntimeError, RuntimeKind, RuntimeMode,
+    AgentPlan, ByteCounters, RecvChunk, RunReport, RuntimeError, RuntimeKind, RuntimeMode,
     StopHandle,
 };
-use crate::connection::drain::{DrainTally, StopDrain};
-use crate::connection::{closing_deadline, refusal, READ_CHUNK};
-use crate::link::Link;
-use crate::protocol::{CloseReason, Phase};
-use crate::session::WorkerSession;
-use crate::stats::{AgentStats, SessionState, SessionStats, LOOP_BEAT_INTERVAL};
+use crate::connection::drain::DrainTally;
+use crate::connection::{Action, Connection, Receive, READ_CHUNK};
+use crate::stats::{AgentStats, LoopBeat, SessionStats, LOOP_BEAT_INTERVAL};
 use crate::transport::BlockingStream;
 
 /// How long a drain that ran out of time waits for the writer thread to
@@ -128,368 +124,276 @@ impl RuntimeMode for BlockingRuntime {
     }
 }
 
-/// One session: dial, run, back off, until stopped. Returns what its drains
-/// left unfinished.
+/// One session: its [`Connection`] driven with blocking calls until it
+/// stops. Returns what its drains left unfinished.
 fn supervise(
     index: u32,
-    plan: &AgentPlan,
+    plan: &Arc<AgentPlan>,
     agent: &Arc<AgentStats>,
     stop: &StopHandle,
     stop_rx: &Receiver<()>,
 ) -> DrainTally {
-    let stats = agent.sessions[index as usize].clone();
-    let mut backoff = Backoff::new(plan.reconnect);
-    let mut rng = rand::rngs::SmallRng::from_os_rng();
-    let mut unfinished = DrainTally::default();
-    let mut first_dial = true;
-    while !stop.is_requested() {
-        if !first_dial {
-            agent.record_reconnect();
+    let mut conn = Connection::new(index, plan.clone(), agent.clone(), Instant::now());
+    let mut io: Option<Io> = None;
+    let mut stop_seen = false;
+    let never_read = never::<ReadEvent>();
+    let never_written = never::<io::Result<Vec<u8>>>();
+    let never_stop = never::<()>();
+    loop {
+        let now = Instant::now();
+        if !stop_seen && stop.is_requested() {
+            stop_seen = true;
+            conn.request_stop(now);
         }
-        first_dial = false;
-        stats.set_state(SessionState::Connecting);
-        match BlockingStream::connect(&plan.endpoint, plan.connect_timeout, &plan.tcp) {
-            Err(err) => {
-                let message = format!("cannot reach manager {}: {err}", plan.endpoint);
-                crate::log_limit::warn_session(index, &message, Instant::now());
-                stats.set_last_error(Some(message));
+        if let Some(io) = io.as_mut() {
+            io.beat.beat(now);
+            if io.settle_before_poll(&mut conn, now) {
+                continue;
             }
-            Ok(stream) => {
-                stats.begin_connection();
-                let counters = ByteCounters::new(stats.clone());
-                let outcome =
-                    run_connection(index, stream, plan, agent, &stats, counters, stop, stop_rx);
-                unfinished += outcome.unfinished;
-                backoff.connection_ended(outcome.uptime);
-                if let Some(message) = refusal(&plan.endpoint, index, outcome.reason.as_ref()) {
-                    tracing::error!(session = index, "{message}");
-                    stop.fail(message);
-                    break;
+        }
+        match conn.poll(now) {
+            Action::Wait => {}
+            Action::Dial => {
+                conn.on_dialling(now);
+                match Io::connect(index, plan, agent, conn.stats()) {
+                    Ok(started) => {
+                        io = Some(started);
+                        conn.on_connected(Instant::now());
+                    }
+                    Err(why) => conn.on_dial_failed(why, Instant::now()),
                 }
+                continue;
             }
+            Action::Send(bytes) => {
+                match io.as_mut() {
+                    Some(io) if io.write_tx.send(bytes).is_ok() => io.writer_busy = true,
+                    _ => conn.on_io_error("connection lost: the writer thread ended".to_owned()),
+                }
+                continue;
+            }
+            // Reads here always report what they got (no wait-all receive).
+            Action::Collect => {
+                conn.on_receive_cancelled();
+                continue;
+            }
+            Action::ShutdownWrite => {
+                if let Some(io) = &io {
+                    let _ = io.stream.shutdown(Shutdown::Write);
+                }
+                continue;
+            }
+            Action::Close => {
+                if let Some(io) = io.take() {
+                    io.close();
+                }
+                if let Some(refusal) = conn.on_closed(Instant::now()) {
+                    stop.fail(refusal);
+                }
+                continue;
+            }
+            Action::Stop => break,
         }
-        if stop.is_requested() {
-            break;
-        }
-        stats.set_state(SessionState::Disconnected);
-        let delay = backoff.next_delay(&mut rng);
-        tracing::debug!(
-            session = index,
-            ?delay,
-            "session {index}: redialling after back-off"
-        );
-        if let Err(crossbeam_channel::RecvTimeoutError::Disconnected) = stop_rx.recv_timeout(delay)
-        {
-            break;
+        // Wait for the reader, the writer, a stop or the next deadline; at
+        // least once per beat interval, idle or not (the watchdog).
+        let (read_rx, written_rx) = match &io {
+            Some(io) => (
+                if conn.receive() != Receive::Off && !io.reader_done {
+                    &io.chunk_rx
+                } else {
+                    &never_read
+                },
+                if io.writer_busy {
+                    &io.written_rx
+                } else {
+                    &never_written
+                },
+            ),
+            None => (&never_read, &never_written),
+        };
+        let stop_branch = if stop_seen { &never_stop } else { stop_rx };
+        let timeout = conn.poll_timeout().map_or(LOOP_BEAT_INTERVAL, |at| {
+            at.saturating_duration_since(now).min(LOOP_BEAT_INTERVAL)
+        });
+        let woke = select! {
+            recv(read_rx) -> event => Woke::Read(event),
+            recv(written_rx) -> result => Woke::Written(result),
+            // The stop sender was dropped: the loop head starts the drain.
+            recv(stop_branch) -> _ => Woke::Nothing,
+            default(timeout) => Woke::Nothing,
+        };
+        if let Some(io) = io.as_mut() {
+            io.take(woke, &mut conn);
         }
     }
-    stats.set_state(SessionState::Stopped);
-    unfinished
+    conn.unfinished()
 }
 
-/// What a reader thread hands the core.
+/// What woke a waiting session.
+enum Woke {
+    Read(Result<ReadEvent, RecvError>),
+    Written(Result<io::Result<Vec<u8>>, RecvError>),
+    Nothing,
+}
+
+/// What a reader thread hands the session.
 enum ReadEvent {
     Data(RecvChunk, usize),
     Eof,
     Failed(io::Error),
 }
 
-struct ConnectionOutcome {
-    reason: Option<CloseReason>,
-    /// Time since WELCOME (zero if the handshake never completed).
-    uptime: Duration,
-    /// What the drain left unfinished when its deadline passed.
-    unfinished: DrainTally,
+/// One connection's socket and its reader and writer threads.
+struct Io {
+    stream: BlockingStream,
+    chunk_rx: Receiver<ReadEvent>,
+    recycle_tx: Sender<RecvChunk>,
+    write_tx: Sender<Vec<u8>>,
+    written_rx: Receiver<io::Result<Vec<u8>>>,
+    reader: JoinHandle<()>,
+    writer: JoinHandle<()>,
+    writer_busy: bool,
+    reader_done: bool,
+    /// Bytes handed to the session; the reader has counted them first.
+    fed: u64,
+    beat: LoopBeat,
 }
 
-/// Run one connection to its end.
-#[allow(clippy::too_many_arguments)] // the connection's context, passed once
-fn run_connection(
-    index: u32,
-    stream: BlockingStream,
-    plan: &AgentPlan,
-    agent: &AgentStats,
-    stats: &Arc<SessionStats>,
-    counters: ByteCounters,
-    stop: &StopHandle,
-    stop_rx: &Receiver<()>,
-) -> ConnectionOutcome {
-    let mut outcome = ConnectionOutcome {
-        reason: None,
-        uptime: Duration::ZERO,
-        unfinished: DrainTally::default(),
-    };
-    let (reader_stream, writer_stream) = match (stream.try_clone(), stream.try_clone()) {
-        (Ok(r), Ok(w)) => (r, w),
-        (Err(err), _) | (_, Err(err)) => {
-            tracing::warn!(
-                session = index,
-                "session {index}: cannot clone the socket: {err}"
-            );
-            return outcome;
-        }
-    };
-    let (chunk_tx, chunk_rx) = bounded::<ReadEvent>(1);
-    let (recycle_tx, recycle_rx) = bounded::<RecvChunk>(2);
-    let (write_tx, write_rx) = bounded::<Vec<u8>>(1);
-    let (written_tx, written_rx) = bounded::<io::Result<Vec<u8>>>(1);
-    let _ = recycle_tx.send(RecvChunk::new(READ_CHUNK));
-    let reader_counters = counters.clone();
-    let reader = std::thread::Builder::new()
-        .name(format!("session-{index}-rx"))
-        .stack_size(IO_THREAD_STACK)
-        .spawn(move || reader_loop(reader_stream, &reader_counters, &chunk_tx, &recycle_rx));
-    let writer = std::thread::Builder::new()
-        .name(format!("session-{index}-tx"))
-        .stack_size(IO_THREAD_STACK)
-        .spawn(move || writer_loop(writer_stream, &counters, &write_rx, &written_tx));
-    let (reader, writer) = match (reader, writer) {
-        (Ok(r), Ok(w)) => (r, w),
-        (r, w) => {
-            tracing::error!(
-                session = index,
-                "session {index}: cannot start the I/O threads"
-            );
-            let _ = stream.shutdown(Shutdown::Both);
-            drop(write_tx);
-            if let Ok(r) = r {
-                let _ = r.join();
+impl Io {
+    /// Dial the manager and start the connection's reader and writer.
+    fn connect(
+        index: u32,
+        plan: &AgentPlan,
+        agent: &AgentStats,
+        stats: &Arc<SessionStats>,
+    ) -> Result<Io, String> {
+        let stream = BlockingStream::connect(&plan.endpoint, plan.connect_timeout, &plan.tcp)
+            .map_err(|err| format!("cannot reach manager {}: {err}", plan.endpoint))?;
+        let cloned = stream
+            .try_clone()
+            .and_then(|r| Ok((r, stream.try_clone()?)));
+        let (reader_stream, writer_stream) =
+            cloned.map_err(|err| format!("cannot clone the socket: {err}"))?;
+        let counters = ByteCounters::new(stats.clone());
+        let (chunk_tx, chunk_rx) = bounded::<ReadEvent>(1);
+        let (recycle_tx, recycle_rx) = bounded::<RecvChunk>(2);
+        let (write_tx, write_rx) = bounded::<Vec<u8>>(1);
+        let (written_tx, written_rx) = bounded::<io::Result<Vec<u8>>>(1);
+        let _ = recycle_tx.send(RecvChunk::new(READ_CHUNK));
+        let reader_counters = counters.clone();
+        let reader = std::thread::Builder::new()
+            .name(format!("session-{index}-rx"))
+            .stack_size(IO_THREAD_STACK)
+            .spawn(move || reader_loop(reader_stream, &reader_counters, &chunk_tx, &recycle_rx));
+        let writer = std::thread::Builder::new()
+            .name(format!("session-{index}-tx"))
+            .stack_size(IO_THREAD_STACK)
+            .spawn(move || writer_loop(writer_stream, &counters, &write_rx, &written_tx));
+        match (reader, writer) {
+            (Ok(reader), Ok(writer)) => Ok(Io {
+                stream,
+                chunk_rx,
+                recycle_tx,
+                write_tx,
+                written_rx,
+                reader,
+                writer,
+                writer_busy: false,
+                reader_done: false,
+                fed: 0,
+                beat: agent.register_loop(),
+            }),
+            (reader, writer) => {
+                let _ = stream.shutdown(Shutdown::Both);
+                drop(write_tx);
+                drop(recycle_tx);
+                drop(chunk_rx);
+                if let Ok(reader) = reader {
+                    let _ = reader.join();
+                }
+                if let Ok(writer) = writer {
+                    let _ = writer.join();
+                }
+                Err("cannot start the connection's I/O threads".to_owned())
             }
-            if let Ok(w) = w {
-                let _ = w.join();
-            }
-            return outcome;
         }
-    };
+    }
 
-    let started = Instant::now();
-    let session = WorkerSession::new(
-        index,
-        &plan.session,
-        plan.handlers.clone(),
-        stats.clone(),
-        started,
-    );
-    let mut broken: Option<String> = None;
-    let mut session = match &plan.tls {
-        None => Link::plain(session),
-        Some(tls) => match tls.connect() {
-            Ok(conn) => Link::tls(session, conn),
-            Err(why) => {
-                broken = Some(why);
-                Link::plain(session)
-            }
-        },
-    };
-    let never_read = never::<ReadEvent>();
-    let never_stop = never::<()>();
-    let mut spare = Vec::new();
-    let mut writer_busy = false;
-    let mut reader_done = false;
-    // Bytes handed to the session; the reader has counted them first.
-    let mut fed = 0u64;
-    let mut stop_seen = false;
-    let mut drain: Option<StopDrain> = None;
-    let beat = agent.register_loop();
-
-    while broken.is_none() {
-        let now = Instant::now();
-        beat.beat(now);
-        if let Some(why) = session.failure().map(str::to_owned) {
-            // The alert rustls queued is the last write (awaited below).
-            if !writer_busy && session.has_output() {
-                let buf = session.take_output(std::mem::take(&mut spare));
-                writer_busy = write_tx.send(buf).is_ok();
-            }
-            broken = Some(why);
-            break;
-        }
-        if !writer_busy {
-            if session.has_output() {
-                let buf = session.take_output(std::mem::take(&mut spare));
-                if write_tx.send(buf).is_err() {
-                    broken = Some("connection lost: the writer thread ended".to_owned());
-                    break;
-                }
-                writer_busy = true;
-            } else {
-                if session.phase() == Phase::GoodbyeDue
-                    && !reader_done
-                    && stats.bytes_received() > fed
-                {
-                    // The reader has counted a chunk the session has not
-                    // seen. GOODBYE reports every byte read, so the TASKs in
-                    // it are answered first: the chunk is already on its way.
-                    let until = closing_deadline(now, drain.as_ref());
-                    let event = chunk_rx.recv_deadline(until).map_err(|_| RecvError);
-                    // (A timeout here means the reader is gone as well.)
-                    match take_read_event(&mut session, event, &recycle_tx, &mut fed) {
-                        Ok(eof) => reader_done |= eof,
-                        Err(why) => {
-                            broken = Some(why);
-                            break;
-                        }
-                    }
-                    continue;
-                }
-                session.on_flushed(now);
-                if session.has_output() {
-                    continue;
-                }
-                if session.closed().is_some() {
-                    break;
-                }
-            }
-        }
-        if !stop_seen && stop.is_requested() {
-            stop_seen = true;
-            drain = Some(StopDrain::start(now, plan.drain_timeout));
-            session.start_drain(now);
-            continue;
-        }
-        if let Some(stopping) = drain.filter(|d| d.is_over(now)) {
+    /// Before the connection decides, settle what only this runtime can
+    /// know: a write that finished but is not reported yet, and bytes the
+    /// reader counted but the session has not seen. Returns whether it
+    /// handled something (the caller polls again).
+    fn settle_before_poll(&mut self, conn: &mut Connection, now: Instant) -> bool {
+        if self.writer_busy && conn.drain_over(now) {
             // A write that finished meanwhile delivered its RESULTs; the
             // writer thread may not have said so yet (the manager can read
             // the bytes before that thread runs again): give it a moment.
-            if writer_busy {
-                if let Ok(Ok(_)) = written_rx.recv_timeout(WRITE_REPORT_GRACE) {
-                    writer_busy = false;
-                    session.output_written();
-                }
+            let result = self.written_rx.recv_timeout(WRITE_REPORT_GRACE);
+            if let Ok(result) = result {
+                self.take(Woke::Written(Ok(result)), conn);
             }
-            let in_flight = if session.closed().is_none() {
-                session.in_flight()
-            } else {
-                0
-            };
-            outcome.unfinished =
-                stopping.timed_out(index, in_flight, session.results_unwritten(), stats);
-            break;
+            return false;
         }
-        let read_rx = if session.wants_read() && !reader_done {
-            &chunk_rx
-        } else {
-            &never_read
-        };
-        let stop_branch = if stop_seen { &never_stop } else { stop_rx };
-        let deadline = match (session.poll_timeout(), drain.map(|d| d.deadline())) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        // Wake at least once per beat interval, idle or not (the watchdog).
-        let timeout = deadline.map_or(LOOP_BEAT_INTERVAL, |d| {
-            d.saturating_duration_since(now).min(LOOP_BEAT_INTERVAL)
-        });
-        select! {
-            recv(read_rx) -> event => match take_read_event(&mut session, event, &recycle_tx, &mut fed) {
-                Ok(eof) => reader_done |= eof,
-                Err(why) => {
-                    broken = Some(why);
-                    break;
-                }
-            },
-            recv(written_rx) -> result => match result {
-                Ok(Ok(buf)) => {
-                    writer_busy = false;
-                    session.output_written();
-                    spare = buf;
-                }
-                Ok(Err(err)) => {
-                    broken = Some(format!("connection lost: write failed: {err}"));
-                    break;
-                }
-                Err(_) => {
-                    broken = Some("connection lost: the writer thread ended".to_owned());
-                    break;
-                }
-            },
-            recv(stop_branch) -> _ => {
-                // The stop sender was dropped: the loop head starts the drain.
-            },
-            default(timeout) => session.handle_timeout(Instant::now()),
+        if !self.writer_busy
+            && !self.reader_done
+            && conn.goodbye_due()
+            && conn.stats().bytes_received() > self.fed
+        {
+            // GOODBYE reports every byte read, so the TASKs in a chunk the
+            // reader has counted are answered first: it is on its way. (A
+            // timeout here means the reader is gone as well.)
+            let until = conn.closing_deadline(now);
+            let event = self.chunk_rx.recv_deadline(until).map_err(|_| RecvError);
+            self.take(Woke::Read(event), conn);
+            return true;
         }
+        false
     }
 
-    // Close: finish writing, half-close, read what the manager still sends
-    // (so its last bytes are counted and it sees no reset), then tear down.
-    // A stopping connection waits for nothing past its drain deadline; one
-    // that was already closing when the stop came gets the drain's time
-    // from now.
-    drop(write_tx);
-    let drain = drain.or_else(|| {
-        stop.is_requested()
-            .then(|| StopDrain::start(Instant::now(), plan.drain_timeout))
-    });
-    let timed_out =
-        !outcome.unfinished.is_clean() || drain.is_some_and(|d| d.is_over(Instant::now()));
-    if writer_busy && !timed_out {
-        let until = closing_deadline(Instant::now(), drain.as_ref());
-        if let Ok(Ok(_)) = written_rx.recv_deadline(until) {
-            session.output_written();
-        }
-    }
-    let linger = session.closed().is_some_and(|r| r.wants_linger());
-    if broken.is_none() && !timed_out && linger {
-        let _ = stream.shutdown(Shutdown::Write);
-        let linger_until = closing_deadline(Instant::now(), drain.as_ref());
-        if !reader_done {
-            while let Ok(ReadEvent::Data(buf, _)) = chunk_rx.recv_deadline(linger_until) {
-                let _ = recycle_tx.try_send(buf);
+    /// Hand what woke the session to its connection.
+    fn take(&mut self, woke: Woke, conn: &mut Connection) {
+        match woke {
+            Woke::Read(Ok(ReadEvent::Data(buf, n))) => {
+                self.fed += n as u64;
+                conn.set_bytes_fed(self.fed);
+                conn.on_input(buf.data(n), Instant::now());
+                let _ = self.recycle_tx.try_send(buf);
             }
+            Woke::Read(Ok(ReadEvent::Eof)) => {
+                self.reader_done = true;
+                conn.on_eof(Instant::now());
+            }
+            Woke::Read(Ok(ReadEvent::Failed(err))) => {
+                self.reader_done = true;
+                conn.on_io_error(format!("connection lost: read failed: {err}"));
+            }
+            Woke::Read(Err(RecvError)) => {
+                self.reader_done = true;
+                conn.on_io_error("connection lost: the reader thread ended".to_owned());
+            }
+            Woke::Written(Ok(Ok(buf))) => {
+                self.writer_busy = false;
+                conn.on_sent(buf);
+            }
+            Woke::Written(Ok(Err(err))) => {
+                self.writer_busy = false;
+                conn.on_io_error(format!("connection lost: write failed: {err}"));
+            }
+            Woke::Written(Err(RecvError)) => {
+                self.writer_busy = false;
+                conn.on_io_error("connection lost: the writer thread ended".to_owned());
+            }
+            Woke::Nothing => {}
         }
     }
-    let _ = stream.shutdown(Shutdown::Both);
-    drop(recycle_tx);
-    drop(chunk_rx);
-    let _ = reader.join();
-    let _ = writer.join();
-    // A stopping connection that ended before its deadline other than by
-    // GOODBYE: what it still held counts as the drain's too.
-    if let (Some(stopping), true) = (drain, outcome.unfinished.is_clean()) {
-        let why = broken
-            .clone()
-            .or_else(|| session.closed().map(|r| r.to_string()));
-        outcome.unfinished = stopping.ended_early(
-            index,
-            session.in_flight(),
-            session.results_unwritten(),
-            why.as_deref().unwrap_or("connection closed"),
-            stats,
-        );
-    }
 
-    outcome.uptime = session
-        .welcomed_at()
-        .map_or(Duration::ZERO, |at| at.elapsed());
-    let reason = session.closed().cloned();
-    session.log_end(broken.as_deref());
-    stats.set_in_flight(0);
-    outcome.reason = reason;
-    outcome
-}
-
-/// Hand one event from the reader to the session. Returns whether it was
-/// EOF, or why the connection is over. `fed` adds up the bytes handed over.
-fn take_read_event(
-    session: &mut Link,
-    event: Result<ReadEvent, RecvError>,
-    recycle: &Sender<RecvChunk>,
-    fed: &mut u64,
-) -> Result<bool, String> {
-    match event {
-        Ok(ReadEvent::Data(buf, n)) => {
-            *fed += n as u64;
-            session.set_bytes_fed(*fed);
-            session.on_input(buf.data(n), Instant::now());
-            let _ = recycle.try_send(buf);
-            Ok(false)
-        }
-        Ok(ReadEvent::Eof) => {
-            session.on_eof(Instant::now());
-            Ok(true)
-        }
-        Ok(ReadEvent::Failed(err)) => Err(format!("connection lost: read failed: {err}")),
-        Err(RecvError) => Err("connection lost: the reader thread ended".to_owned()),
+    /// Close the socket and end both threads.
+    fn close(self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+        drop(self.write_tx);
+        drop(self.recycle_tx);
+        drop(self.chunk_rx);
+        let _ = self.reader.join();
+        let _ = self.writer.join();
     }
 }
 
