@@ -66,7 +66,16 @@ fn endpoints_report_health_readiness_status_and_metrics() {
         .iter()
         .all(|s| s["bytes_sent_formatted"].as_str().unwrap().ends_with('B')));
 
+    // This process's CPU time from the kernel, around the scrape: the
+    // exported counter must lie between. Work until a tick has been
+    // counted (the agent alone may not have used one yet).
+    let until = std::time::Instant::now() + TIMEOUT;
+    while own_cpu_seconds() == 0.0 && std::time::Instant::now() < until {
+        std::hint::black_box((0..100_000u64).sum::<u64>());
+    }
+    let cpu_before = own_cpu_seconds();
     let (status, metrics) = http_get(&addr, "/metrics").unwrap();
+    let cpu_after = own_cpu_seconds();
     assert_eq!(status, 200);
     for name in [
         "ringworker_session_bytes_sent{session=\"0\"}",
@@ -120,7 +129,12 @@ fn endpoints_report_health_readiness_status_and_metrics() {
     // socket at least.
     assert!(sample("process_open_fds") >= 2.0);
     assert!(sample("process_max_fds") >= sample("process_open_fds"));
-    assert!(sample("process_cpu_seconds_total") > 0.0);
+    let cpu = sample("process_cpu_seconds_total");
+    assert!(cpu_before > 0.0, "no CPU tick counted in {TIMEOUT:?}");
+    assert!(
+        cpu >= cpu_before && cpu <= cpu_after,
+        "process_cpu_seconds_total {cpu} outside [{cpu_before}, {cpu_after}]"
+    );
     assert!(sample("process_threads") >= 2.0);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -256,4 +270,21 @@ fn the_agent_binary_applies_session_metrics_off() {
     );
     agent.signal("TERM");
     agent.wait_within(TIMEOUT).expect("the agent stops");
+}
+
+/// utime + stime of this process, in seconds (`/proc/self/stat`).
+fn own_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the command name, which ends with the last ')'.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    static HZ: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let hz = HZ.get_or_init(|| {
+        let out = std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .expect("getconf runs");
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    });
+    ticks as f64 / hz
 }
