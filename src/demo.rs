@@ -93,6 +93,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<bool> {
         tls_key: None,
         tls_server_name: None,
         tls: None,
+        handlers: Default::default(),
     };
     let mut agent = Agent::new(&config, HandlerRegistry::with_builtins())?;
     let stats = agent.stats();

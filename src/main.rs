@@ -308,6 +308,10 @@ fn check_config(args: &Settings) -> ExitCode {
             if let (Some(_), Some(allow)) = (&config.token_file, allow_insecure_token_file) {
                 ringworker::say!("allow_insecure_token_file = {allow}");
             }
+            // Tables last: a top-level key may not follow one.
+            if !config.handlers.handlers.is_empty() {
+                ringworker::say!("{}", config.handlers.to_toml().trim_end());
+            }
             ExitCode::SUCCESS
         }
         Err(err) => {

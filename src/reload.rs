@@ -84,6 +84,13 @@ pub fn diff(running: &Config, new: &Config) -> Diff {
             to: "<changed>".to_owned(),
         });
     }
+    if running.handlers != new.handlers {
+        changes.push(Change {
+            key: "handlers".to_owned(),
+            from: running.handlers.names().join(","),
+            to: new.handlers.names().join(","),
+        });
+    }
     let (live, restart) = changes
         .into_iter()
         .partition(|change| LIVE_KEYS.contains(&change.key.as_str()));
@@ -254,6 +261,18 @@ mod tests {
                 "sessions 1 -> 3"
             ]
         );
+    }
+
+    #[test]
+    fn declared_handlers_need_a_restart() {
+        let running = config("manager = \"tcp://127.0.0.1:7000\"\n");
+        let new = config(
+            "manager = \"tcp://127.0.0.1:7000\"\n[handlers.upper]\nmode = \"exec\"\ncommand = [\"tr\", \"a-z\", \"A-Z\"]\n",
+        );
+        let diff = diff(&running, &new);
+        assert!(diff.live.is_empty(), "{diff:?}");
+        let restart: Vec<String> = diff.restart.iter().map(Change::to_string).collect();
+        assert_eq!(restart, ["handlers  -> upper"]);
     }
 
     #[test]

@@ -303,6 +303,72 @@ fn check_config_redacts_the_token_and_names_unknown_keys() {
 }
 
 #[test]
+fn check_config_shows_declared_handlers_with_the_program_found_on_path() {
+    let dir = std::env::temp_dir().join(format!("rw-cli-handlers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        "manager = \"tcp://127.0.0.1:7000\"\n\n[handlers.upper]\nmode = \"exec\"\n\
+         command = [\"tr\", \"a-z\", \"A-Z\"]\ntimeout = \"5s\"\n",
+    )
+    .unwrap();
+    let check = |config: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_ringworker"))
+            .args(["check-config", "--config"])
+            .arg(config)
+            .env("PATH", "/usr/bin:/bin")
+            .output()
+            .unwrap()
+    };
+    let output = check(&config);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let tr = ["/usr/bin/tr", "/bin/tr"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("tr is installed");
+    assert!(stdout.contains("[handlers.upper]"), "{stdout}");
+    assert!(stdout.contains(tr), "the resolved program in:\n{stdout}");
+    // What check-config prints is a config file it accepts again.
+    let again = dir.join("again.toml");
+    std::fs::write(&again, stdout.as_bytes()).unwrap();
+    let output = check(&again);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // A program that is nowhere on PATH, and a built-in's name: refused.
+    for (table, expect) in [
+        (
+            "[handlers.gone]\nmode = \"exec\"\ncommand = [\"no-such-program-here\"]\n",
+            "handlers.gone",
+        ),
+        (
+            "[handlers.echo]\nmode = \"exec\"\ncommand = [\"cat\"]\n",
+            "handlers.echo",
+        ),
+    ] {
+        std::fs::write(
+            &config,
+            format!("manager = \"tcp://127.0.0.1:7000\"\n{table}"),
+        )
+        .unwrap();
+        let output = check(&config);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(expect), "{stderr}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn check_config_applies_the_environment_and_flags_as_run_does() {
     let dir = std::env::temp_dir().join(format!("rw-cli-env-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -165,6 +165,9 @@ pub struct Config {
     pub tls_server_name: Option<String>,
     /// The loaded TLS client configuration, for `tls://` managers.
     pub tls: Option<crate::transport::tls::ClientTls>,
+    /// The operator's `[handlers.NAME]` tables, resolved (programs found
+    /// on `PATH`).
+    pub handlers: HandlerSet,
 }
 
 impl fmt::Debug for Config {
@@ -324,10 +327,8 @@ impl Config {
             .or_else(|| args.log_level.clone())
             .or(file.log_level)
             .unwrap_or_else(|| crate::logging::DEFAULT_FILTER.to_owned());
-        // Declared handlers come from the file only; checked here so that
-        // `run` and `check-config` refuse a bad one. Resolved for use with
-        // `HandlerSet::resolve`.
-        HandlerSet::resolve(&file.handlers, max_body)?;
+        // Declared handlers come from the file only.
+        let handlers = HandlerSet::resolve(&file.handlers, max_body)?;
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&log_level) {
             return Err(ConfigError::LogLevel {
                 filter: log_level,
@@ -366,6 +367,7 @@ impl Config {
             tls_key: tls_options.key,
             tls_server_name: tls_options.server_name,
             tls,
+            handlers,
         })
     }
 
