@@ -26,6 +26,23 @@ pub enum Reply {
     Ready,
     /// After this delay; other tasks keep flowing meanwhile.
     After(Duration),
+    /// Later, from outside the call: the task becomes a [`Job`] the
+    /// runtime runs (a declared handler's child process), and the session
+    /// answers when the runtime reports its outcome. Other tasks keep
+    /// flowing meanwhile; the task counts as in flight until then.
+    Deferred,
+}
+
+/// A task whose answer comes later ([`Reply::Deferred`]): what the runtime
+/// runs, and the task it answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    /// The declared handler (its index in the agent's
+    /// [`HandlerSet`](crate::config::HandlerSet)).
+    pub handler: usize,
+    /// The TASK's id.
+    pub task: u64,
+    pub payload: Vec<u8>,
 }
 
 /// A task that failed; becomes RESULT `FAILED` with this code and message.
@@ -136,6 +153,9 @@ pub(crate) enum Dispatch {
     Sha256,
     Sleep,
     Custom(Arc<dyn Handler>),
+    /// A declared handler, by its index in the agent's `HandlerSet`: its
+    /// tasks are deferred to the runtime.
+    External(usize),
 }
 
 impl Dispatch {
@@ -148,6 +168,7 @@ impl Dispatch {
             Dispatch::Sha256 => &Sha256,
             Dispatch::Sleep => &Sleep,
             Dispatch::Custom(handler) => &**handler,
+            Dispatch::External(_) => &Deferring,
         }
     }
 
@@ -161,7 +182,18 @@ impl Dispatch {
             Dispatch::Sha256 => Sha256.call(payload, out),
             Dispatch::Sleep => Sleep.call(payload, out),
             Dispatch::Custom(handler) => handler.call(payload, out),
+            Dispatch::External(_) => Ok(Reply::Deferred),
         }
+    }
+}
+
+/// What a declared handler is when called directly: every call is
+/// deferred to the runtime.
+struct Deferring;
+
+impl Handler for Deferring {
+    fn call(&self, _payload: &[u8], _out: &mut Vec<u8>) -> Result<Reply, TaskFailure> {
+        Ok(Reply::Deferred)
     }
 }
 
@@ -210,6 +242,21 @@ impl HandlerRegistry {
     ) -> Result<&mut Self, RegistryError> {
         self.insert(name, Dispatch::Custom(Arc::new(handler)))?;
         Ok(self)
+    }
+
+    /// Add declared handler `index` of the agent's `HandlerSet` under
+    /// `name`: its tasks become [`Job`]s for the runtime.
+    pub fn declare(&mut self, name: &str, index: usize) -> Result<&mut Self, RegistryError> {
+        self.insert(name, Dispatch::External(index))?;
+        Ok(self)
+    }
+
+    /// The declared handler's index, for the handler at `position`.
+    pub(crate) fn external_index(&self, position: usize) -> Option<usize> {
+        match self.dispatch(position)? {
+            Dispatch::External(index) => Some(*index),
+            _ => None,
+        }
     }
 
     fn insert(&mut self, name: &str, handler: Dispatch) -> Result<(), RegistryError> {

@@ -24,11 +24,11 @@ mod runner;
 mod tasks;
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::handlers::HandlerRegistry;
+use crate::handlers::{HandlerRegistry, Job};
 use crate::protocol::machine::MachineConfig;
 use crate::protocol::{CloseReason, Hello, Phase, WorkerMachine, PROTOCOL_VERSION};
 use crate::stats::{SessionState, SessionStats};
@@ -87,6 +87,11 @@ pub struct WorkerSession {
     stats: Arc<SessionStats>,
     delayed: BinaryHeap<Reverse<Delayed>>,
     delayed_seq: u64,
+    /// Tasks whose answer comes from a job: their handler, and when the
+    /// job was made.
+    deferred: HashMap<u64, (Option<usize>, Instant)>,
+    /// Jobs not yet handed to the runtime.
+    jobs: VecDeque<Job>,
     tasks_this_connection: u64,
     closed: Option<CloseReason>,
     welcomed_at: Option<Instant>,
@@ -114,6 +119,8 @@ impl WorkerSession {
             stats,
             delayed: BinaryHeap::new(),
             delayed_seq: 0,
+            deferred: HashMap::new(),
+            jobs: VecDeque::new(),
             tasks_this_connection: 0,
             closed: None,
             welcomed_at: None,

@@ -108,6 +108,11 @@ impl TaskRunner {
         timing_due(&mut self.timing_tick)
     }
 
+    /// The declared handler's index, when the handler at `position` is one.
+    pub(super) fn external_index(&self, position: usize) -> Option<usize> {
+        self.handlers.external_index(position)
+    }
+
     /// A delayed answer's handler time is its delay.
     pub(super) fn record_delay(&self, handler: Option<usize>, delay: Duration) {
         if let Some(histogram) = handler.and_then(|index| self.durations.get(index)) {

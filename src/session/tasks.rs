@@ -10,7 +10,8 @@
 use std::cmp::Reverse;
 use std::time::{Duration, Instant};
 
-use crate::handlers::{Reply, TaskFailure};
+use crate::exec::Outcome;
+use crate::handlers::{Job, Reply, TaskFailure};
 use crate::protocol::machine::NotInFlight;
 use crate::protocol::{TaskAt, TaskOutcome};
 
@@ -35,11 +36,7 @@ impl WorkerSession {
             let Some(Reverse(delayed)) = self.delayed.pop() else {
                 break;
             };
-            let outcome = match &delayed.output {
-                Ok(output) => TaskOutcome::Ok(output),
-                Err((code, message)) => TaskOutcome::Failed { code, message },
-            };
-            self.finish(delayed.id, delayed.handler, outcome, now);
+            self.complete_later(delayed.id, delayed.handler, delayed.output, now);
         }
         self.machine.handle_timeout(now);
         self.process(now);
@@ -54,7 +51,77 @@ impl WorkerSession {
         let (task, out) = self.machine.begin_task(task);
         let found = self.runner.find(task.handler);
         let reply = self.runner.call(found, task.handler, task.payload, out);
+        if let Ok(Reply::Deferred) = reply {
+            let payload = task.payload.to_vec();
+            self.defer(id, found, payload, now);
+            return;
+        }
         self.answer_begun(id, found, reply, now);
+    }
+
+    /// The handler answers later: its task becomes a [`Job`] for the
+    /// runtime ([`WorkerSession::take_job`]), answered by
+    /// [`WorkerSession::job_done`]. Only declared handlers have jobs; any
+    /// other handler deferring fails its task.
+    #[cold]
+    #[inline(never)]
+    fn defer(&mut self, id: u64, handler: Option<usize>, payload: Vec<u8>, now: Instant) {
+        self.machine.abandon_result();
+        let Some(external) = handler.and_then(|at| self.runner.external_index(at)) else {
+            let failure = TaskFailure::handler_failed(
+                "the handler deferred its answer, which only declared handlers may",
+            );
+            self.answer_begun_later(id, handler, Err(failure), now);
+            return;
+        };
+        self.deferred.insert(id, (handler, now));
+        self.jobs.push_back(Job {
+            handler: external,
+            task: id,
+            payload,
+        });
+    }
+
+    /// A job the runtime is to run, in the order the tasks arrived.
+    pub fn take_job(&mut self) -> Option<Job> {
+        self.jobs.pop_front()
+    }
+
+    /// Jobs handed out and not answered yet, and jobs not handed out.
+    pub fn jobs_pending(&self) -> usize {
+        self.deferred.len()
+    }
+
+    /// The runtime ran task `task`'s job: answer it. An answer for a task
+    /// this session does not hold (a stale one) is ignored.
+    pub fn job_done(&mut self, task: u64, outcome: Outcome, now: Instant) {
+        let Some((handler, started)) = self.deferred.remove(&task) else {
+            return;
+        };
+        self.runner
+            .record_delay(handler, now.saturating_duration_since(started));
+        let output = match outcome {
+            Outcome::Ok(output) => Ok(output),
+            Outcome::Failed { code, message } => Err((code, message)),
+        };
+        self.complete_later(task, handler, output, now);
+        self.process(now);
+    }
+
+    /// Answer a task whose answer came later: a delayed one (`sleep`) or a
+    /// job's. The one path of answers that do not come from the call.
+    fn complete_later(
+        &mut self,
+        id: u64,
+        handler: Option<usize>,
+        output: Result<Vec<u8>, (&'static str, String)>,
+        now: Instant,
+    ) {
+        let outcome = match &output {
+            Ok(output) => TaskOutcome::Ok(output),
+            Err((code, message)) => TaskOutcome::Failed { code, message },
+        };
+        self.finish(id, handler, outcome, now);
     }
 
     /// Answer a task whose RESULT was begun in the output buffer
@@ -78,6 +145,11 @@ impl WorkerSession {
                 Err(NotInFlight(id)) => self.not_in_flight(id),
             },
             Ok(Reply::After(delay)) => self.answer_begun_later(id, handler, Ok(delay), now),
+            // Taken before this by `run_task`.
+            Ok(Reply::Deferred) => {
+                let failure = TaskFailure::handler_failed("the answer was deferred without a job");
+                self.answer_begun_later(id, handler, Err(failure), now);
+            }
             Err(failure) => self.answer_begun_later(id, handler, Err(failure), now),
         }
     }

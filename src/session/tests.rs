@@ -4,7 +4,7 @@
 
 use super::runner::same_name;
 use super::*;
-use crate::handlers::{Reply, TaskFailure};
+use crate::handlers::{Job, Reply, TaskFailure};
 use crate::protocol::frame::{
     encode_frame, FrameBuffer, FrameKind, FLAG_ACK_REQUESTED, FLAG_FAILED, HEADER_LEN,
 };
@@ -1069,4 +1069,99 @@ fn one_task_in_timing_sample_is_timed_the_first_included() {
         .collect();
     let every = super::TIMING_SAMPLE as usize;
     assert_eq!(due, [0, every, 2 * every, 3 * every]);
+}
+
+// ---------------------------------------------------------------------------
+// Answers that come later: jobs of declared handlers
+// ---------------------------------------------------------------------------
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn session_with_declared(max_in_flight: u32) -> (WorkerSession, Instant) {
+    let mut handlers = HandlerRegistry::with_builtins();
+    handlers.declare("upper", 3).unwrap();
+    handlers
+        .register("defers", |_: &[u8], _: &mut Vec<u8>| Ok(Reply::Deferred))
+        .unwrap();
+    let t0 = Instant::now();
+    let mut s = WorkerSession::new(
+        0,
+        &session_config(max_in_flight),
+        handlers,
+        Arc::new(SessionStats::with_handlers(0, 7)),
+        t0,
+    );
+    let hello: Hello = serde_json::from_slice(&take(&mut s)[0].body).unwrap();
+    assert!(hello.handlers.contains(&"upper".to_owned()), "advertised");
+    s.on_input(&welcome(1 << 20, 0), t0);
+    (s, t0)
+}
+
+#[test]
+fn a_declared_handler_task_becomes_a_job_answered_when_it_is_done() {
+    let (mut s, t0) = session_with_declared(4);
+    s.on_input(
+        &[task(1, "upper", b"abc"), task(2, "echo", b"now")].concat(),
+        t0,
+    );
+    // The echo is answered at once; the declared handler's task waits.
+    let out = take(&mut s);
+    assert_eq!(kinds(&out), [FrameKind::Result]);
+    assert_eq!(out[0].id, 2);
+    assert_eq!(
+        s.take_job(),
+        Some(Job {
+            handler: 3,
+            task: 1,
+            payload: b"abc".to_vec()
+        })
+    );
+    assert_eq!(s.take_job(), None);
+    assert_eq!(s.in_flight(), 1, "still in flight until answered");
+    s.job_done(1, crate::exec::Outcome::Ok(b"ABC".to_vec()), t0 + ms(5));
+    let out = take(&mut s);
+    assert_eq!(kinds(&out), [FrameKind::Result]);
+    assert_eq!((out[0].id, out[0].body.as_slice()), (1, &b"ABC"[..]));
+    assert_eq!(s.in_flight(), 0);
+    // A second answer for the same task is not a second RESULT.
+    s.job_done(1, crate::exec::Outcome::Ok(b"again".to_vec()), t0 + ms(6));
+    assert!(!s.has_output());
+}
+
+#[test]
+fn a_failed_job_is_a_failed_result_and_a_drain_waits_for_jobs() {
+    let (mut s, t0) = session_with_declared(4);
+    s.on_input(&task(7, "upper", b"x"), t0);
+    assert!(s.take_job().is_some());
+    s.start_drain(t0);
+    let out = take(&mut s);
+    assert_eq!(kinds(&out), [FrameKind::Drain]);
+    s.on_flushed(t0);
+    assert_ne!(s.phase(), Phase::GoodbyeDue, "the job is still running");
+    s.job_done(
+        7,
+        crate::exec::Outcome::failed("timeout", "ran past 5s"),
+        t0 + ms(10),
+    );
+    let out = take(&mut s);
+    assert_eq!(kinds(&out), [FrameKind::Result]);
+    assert_eq!(out[0].flags & FLAG_FAILED, FLAG_FAILED);
+    let body = error_body(&out[0]);
+    assert_eq!(
+        (body.code.as_str(), body.message.as_str()),
+        ("timeout", "ran past 5s")
+    );
+    s.on_flushed(t0 + ms(10));
+    assert_eq!(kinds(&take(&mut s)), [FrameKind::Goodbye]);
+}
+
+#[test]
+fn only_declared_handlers_may_defer() {
+    let (mut s, t0) = session_with_declared(4);
+    let result = run_task(&mut s, t0, 9, "defers", b"x");
+    assert_eq!(result.flags & FLAG_FAILED, FLAG_FAILED);
+    assert_eq!(error_body(&result).code, "handler_failed");
+    assert_eq!(s.take_job(), None);
 }
