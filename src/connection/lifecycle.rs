@@ -45,6 +45,8 @@ use rand::SeedableRng;
 use super::backoff::Backoff;
 use super::drain::{DrainTally, StopDrain};
 use super::{closing_deadline, refusal};
+use crate::exec::Outcome;
+use crate::handlers::Job;
 use crate::link::Link;
 use crate::protocol::frame::SHRINK_ABOVE;
 use crate::protocol::Phase;
@@ -73,6 +75,10 @@ pub enum Action {
     Dial,
     /// Write all of these bytes; report [`Connection::on_sent`].
     Send(Vec<u8>),
+    /// Run this task of a declared handler; report its outcome with
+    /// [`Connection::on_job_done`], naming [`Connection::generation`] as
+    /// it was when the job was handed out.
+    Run(Job),
     /// A receive under way that reports nothing until it is complete
     /// (`MSG_WAITALL`) must be cancelled so that the bytes it holds are
     /// reported: a deadline is due and must see them.
@@ -151,6 +157,8 @@ pub struct Connection {
     direct: bool,
     eof: bool,
     dialled_once: bool,
+    /// Counts connections: a job's answer names the one it belongs to.
+    generation: u32,
 }
 
 impl Connection {
@@ -190,6 +198,7 @@ impl Connection {
             direct: false,
             eof: false,
             dialled_once: false,
+            generation: 0,
         }
     }
 
@@ -206,6 +215,12 @@ impl Connection {
     /// The running session, while connected.
     pub fn session(&self) -> Option<&WorkerSession> {
         self.link.as_deref().map(Link::session)
+    }
+
+    /// Which connection this is (it changes with every connect): the
+    /// answers of a closed connection's jobs are ignored.
+    pub fn generation(&self) -> u32 {
+        self.generation
     }
 
     /// What drains left unfinished over this connection's life.
@@ -339,6 +354,9 @@ impl Connection {
                 return Action::Collect;
             }
             link.session_mut().handle_timeout(now);
+        }
+        if let Some(job) = link.session_mut().take_job() {
+            return Action::Run(job);
         }
         if !self.sending {
             if !link.has_output() {
@@ -494,6 +512,7 @@ impl Connection {
         }
         self.stats.begin_connection();
         self.state = State::Open;
+        self.generation = self.generation.wrapping_add(1);
         let session = WorkerSession::new(
             self.index,
             &self.plan.session,
@@ -613,6 +632,18 @@ impl Connection {
         // may be judged before the next poll).
         if let Some(link) = self.link.as_deref_mut() {
             link.output_written();
+        }
+    }
+
+    /// The job of task `task`, handed out by connection `generation`, is
+    /// done. An answer for an earlier connection is dropped (its task went
+    /// with it).
+    pub fn on_job_done(&mut self, generation: u32, task: u64, outcome: Outcome, now: Instant) {
+        if generation != self.generation || self.state != State::Open {
+            return;
+        }
+        if let Some(link) = self.link.as_deref_mut() {
+            link.session_mut().job_done(task, outcome, now);
         }
     }
 

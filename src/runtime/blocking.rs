@@ -171,6 +171,11 @@ fn supervise(
                 }
                 continue;
             }
+            Action::Run(job) => {
+                let generation = conn.generation();
+                conn.on_job_done(generation, job.task, super::no_runner(), Instant::now());
+                continue;
+            }
             // Reads here always report what they got (no wait-all receive).
             Action::Collect => {
                 conn.on_receive_cancelled();

@@ -64,6 +64,14 @@ pub struct AgentPlan {
     pub tls: Option<crate::transport::tls::ClientTls>,
 }
 
+/// The answer to a job no runner takes (no declared handler is set up).
+pub(crate) fn no_runner() -> crate::exec::Outcome {
+    crate::exec::Outcome::failed(
+        crate::protocol::codes::HANDLER_FAILED,
+        "declared handlers are not running in this agent",
+    )
+}
+
 /// Counts the bytes of one session's socket. Runtimes call it from their one
 /// `send_raw` and one `recv_raw` and nowhere else, with the byte counts the
 /// kernel reported, so every byte on the socket is counted exactly once.

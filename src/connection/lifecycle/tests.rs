@@ -35,7 +35,11 @@ fn plan(token: Option<&str>) -> Arc<AgentPlan> {
             token: token.map(Into::into),
             handshake_timeout: HANDSHAKE,
         },
-        handlers: HandlerRegistry::with_builtins(),
+        handlers: {
+            let mut handlers = HandlerRegistry::with_builtins();
+            handlers.declare("upper", 0).unwrap();
+            handlers
+        },
         reconnect: ReconnectPolicy {
             min: BACKOFF_MIN,
             max: BACKOFF_MAX,
@@ -62,6 +66,8 @@ struct Rig {
     dial_asked: bool,
     /// What the manager made of the bytes it received.
     seen: Vec<ManagerEvent>,
+    /// Jobs handed out, with the generation they belong to.
+    jobs: Vec<(u32, crate::handlers::Job)>,
 }
 
 impl Rig {
@@ -78,6 +84,7 @@ impl Rig {
             stopped: false,
             dial_asked: false,
             seen: Vec::new(),
+            jobs: Vec::new(),
         }
     }
 
@@ -103,6 +110,10 @@ impl Rig {
                     seen.push("send");
                 }
                 Action::Collect => seen.push("collect"),
+                Action::Run(job) => {
+                    self.jobs.push((self.conn.generation(), job));
+                    seen.push("run");
+                }
                 Action::ShutdownWrite => {
                     self.shut_down = true;
                     seen.push("shutdown");
@@ -480,4 +491,32 @@ fn a_broken_socket_closes_and_redials_after_back_off() {
     let retry = rig.conn.poll_timeout().unwrap();
     assert!(retry >= t && retry <= t + BACKOFF_MAX);
     assert_eq!(rig.poll(retry), ["dial"]);
+}
+
+#[test]
+fn a_job_is_handed_out_and_only_its_own_connection_takes_the_answer() {
+    let mut rig = welcomed(0);
+    let t = rig.at(1);
+    rig.manager.send_task(4, "upper", b"abc", false).unwrap();
+    rig.answer(t);
+    let (generation, job) = rig.jobs.pop().expect("a job");
+    assert_eq!(
+        (job.handler, job.task, job.payload.as_slice()),
+        (0, 4, &b"abc"[..])
+    );
+    // An answer naming another connection is dropped.
+    let outcome = crate::exec::Outcome::Ok(b"ABC".to_vec());
+    rig.conn
+        .on_job_done(generation.wrapping_add(1), 4, outcome.clone(), t);
+    assert!(rig.poll(t).is_empty(), "nothing to send");
+    rig.conn.on_job_done(generation, 4, outcome, t);
+    rig.settle(t);
+    assert_eq!(
+        rig.events(),
+        [ManagerEvent::Result {
+            id: 4,
+            failed: false,
+            body: b"ABC".to_vec()
+        }]
+    );
 }

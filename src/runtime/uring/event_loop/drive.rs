@@ -59,6 +59,11 @@ impl EventLoop {
                     }
                 }
                 Action::Send(bytes) => self.send(slot_id, bytes),
+                Action::Run(job) => {
+                    let generation = s.conn.generation();
+                    let outcome = crate::runtime::no_runner();
+                    s.conn.on_job_done(generation, job.task, outcome, now);
+                }
                 Action::Collect => {
                     if let Recv::Direct { cancelled } = &mut s.recv {
                         *cancelled = true;
