@@ -174,7 +174,7 @@ fn describe() {
     describe_histogram!(
         TASK_DURATION,
         Unit::Seconds,
-        "Handler time; one task in 16 per session is timed, delayed answers always."
+        "Handler time; one task in 128 per session (the first of each connection included) is timed; answers that come later (sleep, declared handlers) always."
     );
     describe_counter!(
         RECONNECTS_TOTAL,
