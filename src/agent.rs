@@ -92,6 +92,10 @@ impl Agent {
     /// Select the runtime without starting it (its stats exist already, so
     /// the HTTP listener can be bound first).
     pub fn new(config: &Config, handlers: HandlerRegistry) -> Result<Agent, RuntimeError> {
+        let mut handlers = handlers;
+        handlers
+            .declare_all(&config.handlers)
+            .map_err(|err| RuntimeError::Unsupported(format!("declared handlers: {err}")))?;
         let plan = plan_from_config(config, handlers);
         let runtime = select_runtime(config.runtime, plan)?;
         Ok(Agent { runtime })

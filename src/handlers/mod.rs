@@ -17,6 +17,7 @@ pub use builtin::{Crc32c, Echo, Sha256, Sink, Sleep, SLEEP_MAX_MS};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::HandlerSet;
 use crate::protocol::codes;
 
 /// When the output written by [`Handler::call`] becomes the RESULT.
@@ -202,6 +203,9 @@ impl Handler for Deferring {
 pub struct HandlerRegistry {
     /// Sorted by name: lookups are a binary search over a handful of entries.
     entries: Vec<(Box<str>, Dispatch)>,
+    /// The operator's declared handlers ([`HandlerRegistry::declare_all`]),
+    /// which the runtime runs.
+    declared: Arc<HandlerSet>,
 }
 
 impl std::fmt::Debug for HandlerRegistry {
@@ -244,11 +248,29 @@ impl HandlerRegistry {
         Ok(self)
     }
 
-    /// Add declared handler `index` of the agent's `HandlerSet` under
-    /// `name`: its tasks become [`Job`]s for the runtime.
-    pub fn declare(&mut self, name: &str, index: usize) -> Result<&mut Self, RegistryError> {
+    /// Add the operator's declared handlers (the config file's
+    /// `[handlers.NAME]` tables), each under its name: their tasks become
+    /// [`Job`]s the runtime runs with the children they declare.
+    pub fn declare_all(&mut self, set: &HandlerSet) -> Result<&mut Self, RegistryError> {
+        for (index, decl) in set.handlers.iter().enumerate() {
+            self.insert(&decl.name, Dispatch::External(index))?;
+        }
+        self.declared = Arc::new(set.clone());
+        Ok(self)
+    }
+
+    /// Add declared handler `index` under `name`, without its declaration
+    /// (a runtime answers its jobs with `handler_failed`): for tests of
+    /// the job path.
+    #[cfg(test)]
+    pub(crate) fn declare(&mut self, name: &str, index: usize) -> Result<&mut Self, RegistryError> {
         self.insert(name, Dispatch::External(index))?;
         Ok(self)
+    }
+
+    /// The declared handlers, in the order of their [`Job::handler`] index.
+    pub fn declared(&self) -> &HandlerSet {
+        &self.declared
     }
 
     /// The declared handler's index, for the handler at `position`.
