@@ -7,24 +7,31 @@
 //! task run by a child ([`task`]), the handler protocol's framing
 //! ([`frame`]), the state of a pool of workers ([`pool`]) and the bounded
 //! queue of tasks waiting for either, with an `exec` handler's
-//! concurrency limit ([`queue`]). The state types are
+//! concurrency limit ([`queue`]); [`service`] runs all of an agent's
+//! declared handlers at once over those types, and [`driver`] is the
+//! blocking runtime's thread that moves its bytes. The state types are
 //! sans-IO: they are fed bytes, exits and the time (`now` is always
 //! passed in) and answer with actions (write these bytes, signal the
 //! group, spawn, finish the task); the runtime's event loop moves the
 //! bytes. It must never block, sleep, read a clock or perform I/O outside
-//! [`spawn`], never hold more than its caps (output, stderr, frames,
+//! [`spawn`] and [`driver`], never hold more than its caps (output, stderr, frames,
 //! waiting tasks), never pass a child anything it was not given, and
 //! never leave a child unreaped.
 
+pub mod driver;
 pub mod frame;
+pub mod metrics;
 pub mod pool;
 pub mod queue;
+pub mod service;
 pub mod spawn;
 pub mod task;
+pub mod worker_log;
 
 pub use frame::{Frame, FrameDecoder, FrameError};
 pub use pool::{Pool, PoolAction, PoolLimits};
 pub use queue::{Admission, ExecGate, WaitQueue};
+pub use service::{ChildId, HandlerStatus, Service, ServiceAction, Stream};
 pub use spawn::{Child, SpawnError, SpawnSpec, HANDLER_FD, HANDLER_FD_VARIABLE};
 pub use task::{ExecAction, ExecLimits, ExecTask};
 
@@ -42,6 +49,10 @@ pub mod codes {
     pub const WORKER_LOST: &str = "worker_lost";
     /// The child could not be started.
     pub const SPAWN_FAILED: &str = "spawn_failed";
+    /// The handler's queue of waiting tasks was full: the task was not
+    /// started (nothing of it ran), so it may be retried, here later or
+    /// at another worker.
+    pub const BUSY: &str = "busy";
     pub use crate::protocol::codes::{HANDLER_FAILED, RESULT_TOO_LARGE};
 }
 

@@ -200,6 +200,29 @@ impl Pool {
         self.waiting.len()
     }
 
+    /// Workers taking tasks now.
+    pub fn ready(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|slot| slot.state == SlotState::Up)
+            .count()
+    }
+
+    /// Slots waiting out a back-off before their next start.
+    pub fn backing_off(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|slot| matches!(slot.state, SlotState::Down { .. }) && slot.failures > 0)
+            .count()
+    }
+
+    /// Take task `task` out of the queue of tasks waiting for a worker
+    /// (its connection is gone): `false` when it is not waiting (already
+    /// at a worker, whose answer then comes as usual, or unknown).
+    pub fn cancel_waiting(&mut self, task: TaskKey) -> bool {
+        self.waiting.remove(&task)
+    }
+
     /// Whether [`Pool::submit`] would refuse a task now.
     pub fn is_full(&self) -> bool {
         self.waiting.is_full() && self.free_slot().is_none()

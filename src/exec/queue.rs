@@ -129,6 +129,12 @@ impl<K: PartialEq> ExecGate<K> {
         Some(next)
     }
 
+    /// Take waiting task `key` out (its connection is gone): `false` when
+    /// it is not waiting (running, or unknown).
+    pub fn remove(&mut self, key: &K) -> bool {
+        self.waiting.remove(key)
+    }
+
     /// Waiting tasks whose `timeout` (from their arrival) has passed,
     /// taken out: answer them FAILED `timeout`.
     pub fn expired(&mut self, now: Instant, timeout: Duration) -> Vec<K> {
@@ -210,5 +216,9 @@ mod tests {
         assert_eq!(gate.submit(2, t0), Ok(Admission::Wait));
         assert_eq!(gate.finished(t0), Some((2, Duration::ZERO)));
         assert_eq!(gate.submit(3, t0), Ok(Admission::Wait));
+        // A waiting task taken out frees its place in the queue only.
+        assert!(gate.remove(&3));
+        assert!(!gate.remove(&3));
+        assert_eq!((gate.running(), gate.waiting()), (1, 0));
     }
 }

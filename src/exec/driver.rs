@@ -1,0 +1,628 @@
+//! The blocking runtime's driver of declared handlers: one thread per
+//! agent (not per child) owning a [`Service`], waiting in poll(2) on every
+//! child's pipes, fd 3 and pidfd, and on a wake socket that new commands
+//! ring.
+//!
+//! Sessions hand jobs in through a [`Submitter`] (cheap to clone, `Send`)
+//! and get the answers on a `crossbeam_channel::Receiver` per route owner
+//! ([`Driver::register`]), which fits the blocking runtime's
+//! `select!`. Every submitted job is answered exactly once on its owner's
+//! receiver, unless its route is forgotten first ([`Submitter::forget`]);
+//! [`Driver::stop`] answers what is left FAILED `draining`, then kills and
+//! reaps every child. The channels are unbounded but never hold more than
+//! the tasks their sessions have in flight (`max_in_flight` each): each
+//! answer is one submitted job. Pipes are non-blocking and read in
+//! 64 KiB steps into the service's capped state; writes are what the
+//! service asked for (one task's payload, or a worker's tasks in flight).
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::fs::File;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::{unbounded, Receiver, Sender};
+
+use super::service::{ChildId, HandlerStatus, Service, ServiceAction, Stream};
+use super::{Child, ExitStatus, Outcome, Signal};
+use crate::config::handlers::HandlerSet;
+use crate::handlers::Job;
+
+/// Bytes read from a descriptor at a time.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Which session's receiver a route's answers go to.
+pub trait RouteOwner {
+    fn owner(&self) -> u32;
+}
+
+impl RouteOwner for u32 {
+    fn owner(&self) -> u32 {
+        *self
+    }
+}
+
+/// (session slot, connection generation).
+impl RouteOwner for (u32, u32) {
+    fn owner(&self) -> u32 {
+        self.0
+    }
+}
+
+impl RouteOwner for (u32, u64) {
+    fn owner(&self) -> u32 {
+        self.0
+    }
+}
+
+/// One answer: task `task` of `route`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer<R> {
+    pub route: R,
+    pub task: u64,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug)]
+enum Command<R> {
+    Submit(R, Job),
+    Forget(R),
+    Register(u32, Sender<Answer<R>>),
+    Unregister(u32),
+    Status(Sender<Vec<HandlerStatus>>),
+    Stop,
+}
+
+/// The wake socket: one byte rings it; `pending` saves the write while a
+/// ring is already unread.
+#[derive(Debug)]
+struct Wake {
+    ring: UnixStream,
+    pending: AtomicBool,
+}
+
+impl Wake {
+    fn ring(&self) {
+        if !self.pending.swap(true, Ordering::AcqRel) {
+            // Full (WouldBlock) means already readable: nothing lost.
+            let _ = (&self.ring).write(&[1]);
+        }
+    }
+}
+
+/// Hands jobs to the driver's thread; clone one per session.
+#[derive(Debug)]
+pub struct Submitter<R> {
+    commands: Sender<Command<R>>,
+    wake: Arc<Wake>,
+}
+
+impl<R> Clone for Submitter<R> {
+    fn clone(&self) -> Self {
+        Submitter {
+            commands: self.commands.clone(),
+            wake: self.wake.clone(),
+        }
+    }
+}
+
+impl<R> Submitter<R> {
+    /// Run `job` for `route`; its answer comes on the receiver registered
+    /// for `route`'s owner. `Err` gives the job back when the driver has
+    /// stopped (answer it yourself).
+    pub fn submit(&self, route: R, job: Job) -> Result<(), Job> {
+        self.send(Command::Submit(route, job))
+            .map_err(|command| match command {
+                Command::Submit(_, job) => job,
+                _ => unreachable!("the command given back is the one sent"),
+            })
+    }
+
+    /// `route`'s connection is gone: drop its answers, drop its waiting
+    /// tasks, kill its running `exec` children.
+    pub fn forget(&self, route: R) {
+        let _ = self.send(Command::Forget(route));
+    }
+
+    fn send(&self, command: Command<R>) -> Result<(), Command<R>> {
+        self.commands
+            .send(command)
+            .map_err(|err| err.into_inner())?;
+        self.wake.ring();
+        Ok(())
+    }
+}
+
+/// The thread running an agent's declared handlers; see the module
+/// documentation.
+#[derive(Debug)]
+pub struct Driver<R> {
+    submitter: Submitter<R>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl<R> Driver<R>
+where
+    R: RouteOwner + Copy + Eq + Debug + Send + 'static,
+{
+    /// Start the thread; each `pool` handler's workers are started at once.
+    pub fn start(set: &HandlerSet) -> io::Result<Self> {
+        Self::start_with(set, super::service::DEFAULT_MAX_WAITING)
+    }
+
+    /// As [`Driver::start`], each handler queueing at most `max_waiting`
+    /// tasks.
+    pub fn start_with(set: &HandlerSet, max_waiting: usize) -> io::Result<Self> {
+        let (ring, bell) = UnixStream::pair()?;
+        ring.set_nonblocking(true)?;
+        bell.set_nonblocking(true)?;
+        let wake = Arc::new(Wake {
+            ring,
+            pending: AtomicBool::new(false),
+        });
+        let (commands, inbox) = unbounded();
+        let set = set.clone();
+        let ringer = wake.clone();
+        let thread = std::thread::Builder::new()
+            .name("handlers".into())
+            .spawn(move || {
+                let service = Service::with_max_waiting(&set, max_waiting, Instant::now());
+                Loop {
+                    service,
+                    procs: HashMap::new(),
+                    owners: HashMap::new(),
+                    inbox,
+                    bell,
+                    wake: ringer,
+                    stopping: false,
+                    buf: vec![0; READ_CHUNK],
+                }
+                .run()
+            })?;
+        Ok(Driver {
+            submitter: Submitter { commands, wake },
+            thread: Some(thread),
+        })
+    }
+
+    /// A handle for submitting jobs.
+    pub fn submitter(&self) -> Submitter<R> {
+        self.submitter.clone()
+    }
+
+    /// The receiver of every answer to routes of `owner` (a later
+    /// registration of the same owner replaces this one).
+    pub fn register(&self, owner: u32) -> Receiver<Answer<R>> {
+        let (sender, receiver) = unbounded();
+        let _ = self.submitter.send(Command::Register(owner, sender));
+        receiver
+    }
+
+    /// Stop sending answers to `owner`.
+    pub fn unregister(&self, owner: u32) {
+        let _ = self.submitter.send(Command::Unregister(owner));
+    }
+
+    /// See [`Submitter::forget`].
+    pub fn forget(&self, route: R) {
+        self.submitter.forget(route);
+    }
+
+    /// Every declared handler's state (empty once stopped).
+    pub fn status(&self) -> Vec<HandlerStatus> {
+        let (sender, receiver) = crossbeam_channel::bounded(1);
+        if self.submitter.send(Command::Status(sender)).is_err() {
+            return Vec::new();
+        }
+        receiver.recv().unwrap_or_default()
+    }
+
+    /// Answer what is left FAILED `draining`, kill and reap every child,
+    /// and join the thread.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+}
+
+impl<R> Driver<R> {
+    fn shutdown(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = self.submitter.send(Command::Stop);
+            if thread.join().is_err() {
+                tracing::error!("the declared handlers' thread panicked");
+            }
+        }
+    }
+}
+
+impl<R> Drop for Driver<R> {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// A child the thread holds, with our ends of its descriptors.
+#[derive(Debug)]
+struct Proc {
+    child: Child,
+    stdin: Option<File>,
+    stdout: Option<File>,
+    stderr: Option<File>,
+    protocol: Option<UnixStream>,
+    /// Bytes for its input not yet written.
+    out: Vec<u8>,
+    out_at: usize,
+    /// Close the input once `out` is written.
+    close_input: bool,
+    /// Whether the protocol socket's writing half is still open.
+    protocol_writable: bool,
+    exited: bool,
+}
+
+impl Proc {
+    fn input(&self) -> Option<BorrowedFd<'_>> {
+        match (&self.stdin, &self.protocol) {
+            (Some(stdin), _) => Some(stdin.as_fd()),
+            (None, Some(protocol)) if self.protocol_writable => Some(protocol.as_fd()),
+            _ => None,
+        }
+    }
+
+    fn close_input(&mut self) {
+        self.out = Vec::new();
+        self.out_at = 0;
+        self.close_input = false;
+        self.stdin = None;
+        if let Some(protocol) = &self.protocol {
+            if self.protocol_writable {
+                let _ = protocol.shutdown(Shutdown::Write);
+                self.protocol_writable = false;
+            }
+        }
+    }
+}
+
+/// What one poll entry is about.
+#[derive(Debug, Clone, Copy)]
+enum Watch {
+    Wake,
+    Input(ChildId),
+    Output(ChildId, Stream),
+    Exit(ChildId),
+}
+
+struct Loop<R> {
+    service: Service<R>,
+    procs: HashMap<ChildId, Proc>,
+    owners: HashMap<u32, Sender<Answer<R>>>,
+    inbox: Receiver<Command<R>>,
+    bell: UnixStream,
+    wake: Arc<Wake>,
+    stopping: bool,
+    buf: Vec<u8>,
+}
+
+impl<R: RouteOwner + Copy + Eq + Debug> Loop<R> {
+    fn run(mut self) {
+        let mut fds: Vec<libc::pollfd> = Vec::new();
+        let mut watches: Vec<Watch> = Vec::new();
+        loop {
+            self.take_commands();
+            let now = Instant::now();
+            while let Some(action) = self.service.poll(now) {
+                self.carry_out(action);
+            }
+            if self.stopping {
+                break;
+            }
+            fds.clear();
+            watches.clear();
+            let mut watch = |fd: BorrowedFd<'_>, events: i16, what: Watch| {
+                fds.push(libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events,
+                    revents: 0,
+                });
+                watches.push(what);
+            };
+            watch(self.bell.as_fd(), libc::POLLIN, Watch::Wake);
+            for (&id, proc) in &self.procs {
+                if let Some(input) = proc.input().filter(|_| proc.out_at < proc.out.len()) {
+                    watch(input, libc::POLLOUT, Watch::Input(id));
+                }
+                let outputs = [
+                    (proc.protocol.as_ref().map(AsFd::as_fd), Stream::Protocol),
+                    (proc.stdout.as_ref().map(AsFd::as_fd), Stream::Stdout),
+                    (proc.stderr.as_ref().map(AsFd::as_fd), Stream::Stderr),
+                ];
+                for (fd, stream) in outputs {
+                    if let Some(fd) = fd {
+                        watch(fd, libc::POLLIN, Watch::Output(id, stream));
+                    }
+                }
+                if !proc.exited {
+                    watch(proc.child.pidfd(), libc::POLLIN, Watch::Exit(id));
+                }
+            }
+            let timeout = self.service.next_deadline().map_or(-1, |deadline| {
+                let left = deadline.saturating_duration_since(Instant::now());
+                // Round up: waking early would only poll again.
+                left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
+            });
+            if let Err(err) = poll(&mut fds, timeout) {
+                if err.kind() != ErrorKind::Interrupted {
+                    tracing::error!("poll on the handlers' descriptors failed: {err}");
+                    break;
+                }
+                continue;
+            }
+            // Output before exits, so that what a child wrote before it
+            // ended is seen first.
+            for exits in [false, true] {
+                for (fd, &what) in fds.iter().zip(&watches) {
+                    if fd.revents != 0 && matches!(what, Watch::Exit(_)) == exits {
+                        self.ready(what, fd.revents);
+                    }
+                }
+            }
+        }
+        self.finish();
+    }
+
+    fn take_commands(&mut self) {
+        while let Ok(command) = self.inbox.try_recv() {
+            match command {
+                Command::Submit(route, job) => self.service.submit(route, job, Instant::now()),
+                Command::Forget(route) => self.service.forget_route(route),
+                Command::Register(owner, sender) => {
+                    self.owners.insert(owner, sender);
+                }
+                Command::Unregister(owner) => {
+                    self.owners.remove(&owner);
+                }
+                Command::Status(reply) => {
+                    let _ = reply.send(self.service.status());
+                }
+                Command::Stop => self.stopping = true,
+            }
+        }
+    }
+
+    fn ready(&mut self, what: Watch, revents: i16) {
+        let now = Instant::now();
+        match what {
+            Watch::Wake => {
+                let mut drained = [0u8; 64];
+                while matches!((&self.bell).read(&mut drained), Ok(n) if n > 0) {}
+                // Cleared after the read, so that a ring from here on
+                // writes again; the commands are taken after both.
+                self.wake.pending.store(false, Ordering::Release);
+                self.take_commands();
+            }
+            Watch::Input(child) => self.write_out(child, now),
+            Watch::Output(child, stream) => {
+                if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+                    self.read_once(child, stream, now);
+                }
+            }
+            Watch::Exit(child) => self.exited(child, now),
+        }
+    }
+
+    fn carry_out(&mut self, action: ServiceAction<R>) {
+        let now = Instant::now();
+        match action {
+            ServiceAction::Spawn { child, handler, .. } if !self.stopping => {
+                let started = match self.service.spawn_spec(handler) {
+                    Some(spec) => Child::spawn(spec).map_err(|err| err.to_string()),
+                    None => Err(format!("no declared handler number {handler}")),
+                };
+                match started {
+                    Ok(mut started) => {
+                        let proc = Proc {
+                            stdin: started.stdin.take().map(File::from),
+                            stdout: started.stdout.take().map(File::from),
+                            stderr: started.stderr.take().map(File::from),
+                            protocol_writable: started.protocol.is_some(),
+                            protocol: started.protocol.take(),
+                            child: started,
+                            out: Vec::new(),
+                            out_at: 0,
+                            close_input: false,
+                            exited: false,
+                        };
+                        self.procs.insert(child, proc);
+                        self.service.on_spawned(child, Instant::now());
+                    }
+                    Err(err) => self.service.on_spawn_failed(child, &err, now),
+                }
+            }
+            ServiceAction::Spawn { .. } => {}
+            ServiceAction::Write { child, bytes } => {
+                if let Some(proc) = self.procs.get_mut(&child) {
+                    if proc.out_at == proc.out.len() {
+                        proc.out = bytes;
+                        proc.out_at = 0;
+                    } else {
+                        proc.out.extend_from_slice(&bytes);
+                    }
+                    // Written at once where the pipe has room: no poll
+                    // round for the common small task.
+                    self.write_out(child, now);
+                }
+            }
+            ServiceAction::CloseInput { child } => {
+                if let Some(proc) = self.procs.get_mut(&child) {
+                    if proc.out_at == proc.out.len() {
+                        proc.close_input();
+                    } else {
+                        proc.close_input = true;
+                    }
+                }
+            }
+            ServiceAction::Signal { child, signal } => {
+                if let Some(proc) = self.procs.get(&child) {
+                    proc.child.signal_group(signal);
+                }
+            }
+            ServiceAction::Release { child } => {
+                if let Some(proc) = self.procs.remove(&child) {
+                    release(proc);
+                }
+            }
+            ServiceAction::Done {
+                route,
+                task,
+                outcome,
+            } => {
+                if let Some(sender) = self.owners.get(&route.owner()) {
+                    // A receiver dropped: its session is gone, and so is
+                    // whoever wanted the answer.
+                    let _ = sender.send(Answer {
+                        route,
+                        task,
+                        outcome,
+                    });
+                }
+            }
+        }
+    }
+
+    fn write_out(&mut self, child: ChildId, now: Instant) {
+        let Some(proc) = self.procs.get_mut(&child) else {
+            return;
+        };
+        while proc.out_at < proc.out.len() {
+            let pending = &proc.out[proc.out_at..];
+            let written = match (&mut proc.stdin, &mut proc.protocol) {
+                (Some(stdin), _) => stdin.write(pending),
+                (None, Some(protocol)) if proc.protocol_writable => protocol.write(pending),
+                _ => Err(io::Error::from(ErrorKind::BrokenPipe)),
+            };
+            match written {
+                Ok(n) => {
+                    proc.out_at += n;
+                    self.service.on_written(child, n);
+                }
+                Err(err) if err.kind() == ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == ErrorKind::Interrupted => {}
+                Err(_) => {
+                    proc.close_input();
+                    self.service.on_input_broken(child, now);
+                    return;
+                }
+            }
+        }
+        proc.out = Vec::new();
+        proc.out_at = 0;
+        if proc.close_input {
+            proc.close_input();
+        }
+    }
+
+    /// One read from `stream`; `true` when more may be there.
+    fn read_once(&mut self, child: ChildId, stream: Stream, now: Instant) -> bool {
+        let Some(proc) = self.procs.get_mut(&child) else {
+            return false;
+        };
+        let read = match stream {
+            Stream::Stdout => proc.stdout.as_mut().map(|f| f.read(&mut self.buf)),
+            Stream::Stderr => proc.stderr.as_mut().map(|f| f.read(&mut self.buf)),
+            Stream::Protocol => proc.protocol.as_mut().map(|s| s.read(&mut self.buf)),
+        };
+        match read {
+            None => false,
+            Some(Ok(n)) if n > 0 => {
+                self.service.on_output(child, stream, &self.buf[..n], now);
+                true
+            }
+            Some(Err(err)) if err.kind() == ErrorKind::WouldBlock => false,
+            Some(Err(err)) if err.kind() == ErrorKind::Interrupted => true,
+            Some(_) => {
+                match stream {
+                    Stream::Stdout => proc.stdout = None,
+                    Stream::Stderr => proc.stderr = None,
+                    Stream::Protocol => proc.protocol = None,
+                }
+                self.service.on_output_end(child, stream, now);
+                false
+            }
+        }
+    }
+
+    fn exited(&mut self, child: ChildId, now: Instant) {
+        let Some(proc) = self.procs.get_mut(&child) else {
+            return;
+        };
+        let status = match proc.child.exit_status() {
+            Ok(None) => return,
+            Ok(Some(status)) => status,
+            Err(err) => {
+                tracing::warn!(
+                    pid = proc.child.pid(),
+                    "cannot learn how handler child {} ended: {err}",
+                    proc.child.pid()
+                );
+                ExitStatus::Code(-1)
+            }
+        };
+        proc.exited = true;
+        // A worker's last answers are in its socket by now: read them
+        // before its exit fails what it still holds.
+        while self.read_once(child, Stream::Protocol, now) {}
+        self.service.on_exit(child, status, now);
+    }
+
+    /// Stop: answer what is left, kill and reap every child.
+    fn finish(&mut self) {
+        self.service.abandon();
+        let now = Instant::now();
+        while let Some(action) = self.service.poll(now) {
+            if let ServiceAction::Done { .. } = action {
+                self.carry_out(action);
+            }
+        }
+        for (_, proc) in self.procs.drain() {
+            release(proc);
+        }
+    }
+}
+
+/// poll(2) on `fds` for at most `timeout` ms (-1: no limit).
+#[allow(unsafe_code)] // The one libc::poll call; SAFETY below.
+fn poll(fds: &mut [libc::pollfd], timeout: i32) -> io::Result<()> {
+    // SAFETY: poll on a live, initialised slice of pollfds whose length is
+    // given; the caller keeps the descriptors open for the call.
+    let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+    if ready < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Kill what is left of the child's group, close its descriptors, reap it.
+fn release(proc: Proc) {
+    let Proc {
+        mut child,
+        stdin,
+        stdout,
+        stderr,
+        protocol,
+        ..
+    } = proc;
+    drop((stdin, stdout, stderr, protocol));
+    child.signal_group(Signal::Kill);
+    if let Err(err) = child.reap() {
+        tracing::warn!(
+            pid = child.pid(),
+            "cannot reap handler child {}: {err}",
+            child.pid()
+        );
+    }
+}

@@ -1,0 +1,915 @@
+//! [`Service`]: every declared handler of an agent, run without I/O.
+//!
+//! One `Service` holds an [`ExecGate`] and the running [`ExecTask`]s of
+//! each `exec` handler and a [`Pool`] for each `pool` handler. Jobs come in
+//! ([`Service::submit`]) with an opaque route of the runtime's (whom to
+//! answer); what happens to the children comes in as events
+//! (`on_spawned`, `on_output`, `on_exit`, ...), each about a [`ChildId`];
+//! and what to do comes out of [`Service::poll`] as [`ServiceAction`]s, the
+//! same vocabulary for the blocking driver ([`super::driver`]) and the
+//! io_uring loop. Time is passed in; [`Service::next_deadline`] says when
+//! to poll without an event. Nothing here reads a clock, touches a
+//! descriptor or blocks; it records the handler metrics
+//! ([`super::metrics`]) and logs (a worker's stdout and stderr, capped and
+//! rate-limited, [`super::worker_log`]).
+//!
+//! Every job is answered exactly once by a [`ServiceAction::Done`], unless
+//! its route is forgotten ([`Service::forget_route`]) first. A job that
+//! finds its handler's queue full is answered at once with FAILED
+//! [`codes::BUSY`]: nothing of it ran, so the manager may retry it
+//! elsewhere, which `handler_failed` (the program failed) would not tell.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt::Debug;
+use std::time::Instant;
+
+use super::frame::encode_task;
+use super::metrics::HandlerMetrics;
+use super::pool::{PoolCounts, TaskKey};
+use super::task::Finished;
+use super::worker_log::{Line, LineBuffer, LogBudget};
+use super::{
+    codes, Admission, ExecAction, ExecGate, ExecLimits, ExecTask, ExitStatus, Outcome, Pool,
+    PoolAction, PoolLimits, Signal, SpawnSpec,
+};
+use crate::config::handlers::{HandlerSet, ModeSettings};
+use crate::handlers::Job;
+
+/// Tasks of one handler that may wait for a free process or slot; one
+/// more is answered FAILED `busy`.
+pub const DEFAULT_MAX_WAITING: usize = 1024;
+
+/// A child the service asked for, unique for the service's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChildId(pub u64);
+
+/// Which of a child's descriptors bytes came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+    /// A `pool` worker's fd 3.
+    Protocol,
+}
+
+/// What the driver does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceAction<R> {
+    /// Start a child of handler `handler` ([`Service::spawn_spec`]), then
+    /// report [`Service::on_spawned`] or [`Service::on_spawn_failed`].
+    Spawn {
+        child: ChildId,
+        handler: usize,
+        pool: bool,
+    },
+    /// Append `bytes` to what goes to the child's input (stdin for an
+    /// `exec` child, fd 3 for a `pool` worker); report progress with
+    /// [`Service::on_written`], a broken pipe with
+    /// [`Service::on_input_broken`].
+    Write { child: ChildId, bytes: Vec<u8> },
+    /// Close the child's input (an `exec` child's stdin; shut down the
+    /// writing half of a worker's fd 3), once what was written is out.
+    CloseInput { child: ChildId },
+    /// Signal the child's process group.
+    Signal { child: ChildId, signal: Signal },
+    /// The child has exited and is done with: SIGKILL what is left of its
+    /// group, close its descriptors, reap it. No event about it follows.
+    Release { child: ChildId },
+    /// Answer task `task` of `route`.
+    Done {
+        route: R,
+        task: u64,
+        outcome: Outcome,
+    },
+}
+
+/// One declared handler as `/status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HandlerStatus {
+    pub name: String,
+    /// `exec` or `pool`.
+    pub mode: &'static str,
+    /// `ready`, `starting` (no worker up yet) or `backing off` (no worker
+    /// up, a restart waiting out its back-off).
+    pub state: &'static str,
+    /// Processes alive.
+    pub alive: usize,
+    /// Tasks at a process.
+    pub running: usize,
+    /// Tasks waiting for a free process or slot.
+    pub waiting: usize,
+    pub restarts: u64,
+    pub timeouts: u64,
+    pub spawn_failures: u64,
+}
+
+/// A job taken: whom to answer and, until it is sent, its payload.
+#[derive(Debug)]
+struct Entry<R> {
+    /// `None` once forgotten: the answer is dropped.
+    route: Option<R>,
+    task: u64,
+    handler: usize,
+    payload: Vec<u8>,
+    submitted: Instant,
+    /// The `exec` child running it.
+    child: Option<ChildId>,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Exec {
+        gate: ExecGate<TaskKey>,
+        limits: ExecLimits,
+        concurrency: usize,
+        /// Children started and not released.
+        alive: usize,
+    },
+    Pool {
+        pool: Pool,
+        /// The child in each slot.
+        slots: Vec<Option<ChildId>>,
+        /// The pool's counts already recorded.
+        seen: PoolCounts,
+    },
+}
+
+#[derive(Debug)]
+struct Handler {
+    name: String,
+    spec: SpawnSpec,
+    kind: Kind,
+    metrics: HandlerMetrics,
+    log: LogBudget,
+    restarts: u64,
+    timeouts: u64,
+    spawn_failures: u64,
+    published_alive: Option<usize>,
+}
+
+#[derive(Debug)]
+enum Role {
+    Exec {
+        handler: usize,
+        key: TaskKey,
+        /// Made when the child has started.
+        task: Option<ExecTask>,
+    },
+    Pool {
+        handler: usize,
+        slot: usize,
+        stdout: LineBuffer,
+        stderr: LineBuffer,
+    },
+}
+
+/// Tasks, children and actions: what every handler shares.
+#[derive(Debug)]
+struct Book<R> {
+    entries: HashMap<TaskKey, Entry<R>>,
+    children: BTreeMap<ChildId, Role>,
+    actions: VecDeque<ServiceAction<R>>,
+    next_key: TaskKey,
+    next_child: u64,
+}
+
+impl<R: Copy + Eq + Debug> Book<R> {
+    fn new_child(&mut self, role: Role) -> ChildId {
+        let child = ChildId(self.next_child);
+        self.next_child += 1;
+        self.children.insert(child, role);
+        child
+    }
+
+    /// Answer `key` (dropped when its route was forgotten).
+    fn done(&mut self, key: TaskKey, outcome: Outcome) {
+        if let Some(Entry {
+            route: Some(route),
+            task,
+            ..
+        }) = self.entries.remove(&key)
+        {
+            self.actions.push_back(ServiceAction::Done {
+                route,
+                task,
+                outcome,
+            });
+        }
+    }
+}
+
+/// Every declared handler of an agent; see the module documentation.
+#[derive(Debug)]
+pub struct Service<R> {
+    handlers: Vec<Handler>,
+    book: Book<R>,
+}
+
+impl<R: Copy + Eq + Debug> Service<R> {
+    /// The handlers of `set`, with [`DEFAULT_MAX_WAITING`]; each pool's
+    /// workers are asked for at once.
+    pub fn new(set: &HandlerSet, now: Instant) -> Self {
+        Self::with_max_waiting(set, DEFAULT_MAX_WAITING, now)
+    }
+
+    /// The handlers of `set`, each queueing at most `max_waiting` tasks.
+    pub fn with_max_waiting(set: &HandlerSet, max_waiting: usize, now: Instant) -> Self {
+        let mut service = Service {
+            handlers: Vec::with_capacity(set.handlers.len()),
+            book: Book {
+                entries: HashMap::new(),
+                children: BTreeMap::new(),
+                actions: VecDeque::new(),
+                next_key: 0,
+                next_child: 0,
+            },
+        };
+        for decl in &set.handlers {
+            let kind = match PoolLimits::for_handler(decl, max_waiting) {
+                Some(limits) => Kind::Pool {
+                    slots: vec![None; limits.processes.max(1)],
+                    pool: Pool::new(limits, now),
+                    seen: PoolCounts::default(),
+                },
+                None => {
+                    let concurrency = match decl.mode {
+                        ModeSettings::Exec { concurrency } => concurrency as usize,
+                        ModeSettings::Pool { .. } => 1,
+                    };
+                    Kind::Exec {
+                        gate: ExecGate::new(concurrency, max_waiting),
+                        limits: ExecLimits::for_handler(decl),
+                        concurrency,
+                        alive: 0,
+                    }
+                }
+            };
+            service.handlers.push(Handler {
+                name: decl.name.clone(),
+                spec: SpawnSpec::for_handler(decl),
+                kind,
+                metrics: HandlerMetrics::new(&decl.name),
+                log: LogBudget::new(),
+                restarts: 0,
+                timeouts: 0,
+                spawn_failures: 0,
+                published_alive: None,
+            });
+        }
+        for handler in 0..service.handlers.len() {
+            service.take_pool_actions(handler);
+        }
+        service.publish();
+        service
+    }
+
+    /// What to start for handler `handler`'s children.
+    pub fn spawn_spec(&self, handler: usize) -> Option<&SpawnSpec> {
+        self.handlers.get(handler).map(|h| &h.spec)
+    }
+
+    /// The name of handler `handler`.
+    pub fn handler_name(&self, handler: usize) -> Option<&str> {
+        self.handlers.get(handler).map(|h| h.name.as_str())
+    }
+
+    /// Take a job for `route`: started, queued, or answered at once
+    /// (FAILED `busy` when its handler's queue is full).
+    pub fn submit(&mut self, route: R, job: Job, now: Instant) {
+        let Job {
+            handler,
+            task,
+            payload,
+        } = job;
+        let Some(h) = self.handlers.get_mut(handler) else {
+            self.book.actions.push_back(ServiceAction::Done {
+                route,
+                task,
+                outcome: Outcome::failed(
+                    crate::protocol::codes::UNKNOWN_HANDLER,
+                    format!("no declared handler number {handler}"),
+                ),
+            });
+            return;
+        };
+        let key = self.book.next_key;
+        self.book.next_key += 1;
+        self.book.entries.insert(
+            key,
+            Entry {
+                route: Some(route),
+                task,
+                handler,
+                payload,
+                submitted: now,
+                child: None,
+            },
+        );
+        let admitted = match &mut h.kind {
+            Kind::Exec { gate, .. } => match gate.submit(key, now) {
+                Ok(Admission::Start) => {
+                    start_exec(&mut self.book, handler, key, now, &h.metrics);
+                    true
+                }
+                Ok(Admission::Wait) => true,
+                Err(_) => false,
+            },
+            Kind::Pool { pool, .. } => pool.submit(key, now).is_ok(),
+        };
+        if admitted {
+            self.take_pool_actions(handler);
+        } else {
+            let message = format!(
+                "handler {} already has its most tasks waiting; this one was not started",
+                h.name
+            );
+            self.book.done(key, Outcome::failed(codes::BUSY, message));
+        }
+    }
+
+    /// The child was started.
+    pub fn on_spawned(&mut self, child: ChildId, now: Instant) {
+        let Some(role) = self.book.children.get_mut(&child) else {
+            return;
+        };
+        match role {
+            Role::Exec { handler, key, task } => {
+                let handler = *handler;
+                let Some(entry) = self.book.entries.get_mut(key) else {
+                    return;
+                };
+                let Kind::Exec { limits, alive, .. } = &mut self.handlers[handler].kind else {
+                    return;
+                };
+                *alive += 1;
+                let input = std::mem::take(&mut entry.payload);
+                if !input.is_empty() {
+                    self.book.actions.push_back(ServiceAction::Write {
+                        child,
+                        bytes: input.clone(),
+                    });
+                }
+                // The timeout runs from when the task was accepted, its
+                // wait for a slot included, as in pool mode.
+                *task = Some(ExecTask::new(input, *limits, entry.submitted));
+                if entry.route.is_none() {
+                    self.book.actions.push_back(ServiceAction::Signal {
+                        child,
+                        signal: Signal::Kill,
+                    });
+                }
+            }
+            Role::Pool { handler, slot, .. } => {
+                let (handler, slot) = (*handler, *slot);
+                if let Kind::Pool { pool, .. } = &mut self.handlers[handler].kind {
+                    pool.spawned(slot, now);
+                }
+                self.take_pool_actions(handler);
+            }
+        }
+        self.publish();
+    }
+
+    /// The child could not be started (`error` says why).
+    pub fn on_spawn_failed(&mut self, child: ChildId, error: &str, now: Instant) {
+        let Some(role) = self.book.children.remove(&child) else {
+            return;
+        };
+        match role {
+            Role::Exec { handler, key, .. } => {
+                let h = &mut self.handlers[handler];
+                h.spawn_failures += 1;
+                h.metrics.spawn_failures.increment(1);
+                log_line(h, now, |name| {
+                    tracing::warn!(handler = name, "handler {name}: {error}")
+                });
+                let message = format!("cannot start handler {}: {error}", h.name);
+                self.book
+                    .done(key, Outcome::failed(codes::SPAWN_FAILED, message));
+                self.exec_slot_freed(handler, now);
+            }
+            Role::Pool { handler, slot, .. } => {
+                let h = &mut self.handlers[handler];
+                log_line(h, now, |name| {
+                    tracing::warn!(
+                        handler = name,
+                        worker = slot,
+                        "handler {name} worker {slot}: {error}; started again after a back-off"
+                    )
+                });
+                if let Kind::Pool { pool, slots, .. } = &mut h.kind {
+                    slots[slot] = None;
+                    pool.spawn_failed(slot, now);
+                }
+                self.take_pool_actions(handler);
+            }
+        }
+    }
+
+    /// Bytes read from one of the child's descriptors.
+    pub fn on_output(&mut self, child: ChildId, stream: Stream, bytes: &[u8], now: Instant) {
+        let Some(role) = self.book.children.get_mut(&child) else {
+            return;
+        };
+        match role {
+            Role::Exec {
+                task: Some(task), ..
+            } => match stream {
+                Stream::Stdout => task.on_stdout(bytes),
+                Stream::Stderr => task.on_stderr(bytes),
+                Stream::Protocol => {}
+            },
+            Role::Exec { task: None, .. } => {}
+            Role::Pool {
+                handler,
+                slot,
+                stdout,
+                stderr,
+            } => {
+                let (handler, slot) = (*handler, *slot);
+                let buffer = match stream {
+                    Stream::Stdout => stdout,
+                    Stream::Stderr => stderr,
+                    Stream::Protocol => {
+                        if let Kind::Pool { pool, .. } = &mut self.handlers[handler].kind {
+                            pool.on_bytes(slot, bytes, now);
+                        }
+                        self.take_pool_actions(handler);
+                        return;
+                    }
+                };
+                let mut lines = Vec::new();
+                buffer.feed(bytes, &mut lines);
+                for line in lines {
+                    log_worker_line(&mut self.handlers[handler], slot, stream, line, now);
+                }
+            }
+        }
+    }
+
+    /// End of file (or a read error) on one of the child's descriptors.
+    pub fn on_output_end(&mut self, child: ChildId, stream: Stream, now: Instant) {
+        let Some(role) = self.book.children.get_mut(&child) else {
+            return;
+        };
+        match role {
+            Role::Exec {
+                task: Some(task), ..
+            } => match stream {
+                Stream::Stdout => task.on_stdout_end(),
+                Stream::Stderr => task.on_stderr_end(),
+                Stream::Protocol => {}
+            },
+            Role::Exec { task: None, .. } => {}
+            Role::Pool {
+                handler,
+                slot,
+                stdout,
+                stderr,
+            } => {
+                let (handler, slot) = (*handler, *slot);
+                let buffer = match stream {
+                    Stream::Stdout => stdout,
+                    Stream::Stderr => stderr,
+                    Stream::Protocol => return self.pool_input_ended(handler, slot, now),
+                };
+                if let Some(line) = buffer.finish() {
+                    log_worker_line(&mut self.handlers[handler], slot, stream, line, now);
+                }
+            }
+        }
+    }
+
+    /// `n` bytes of what [`ServiceAction::Write`] gave were written.
+    pub fn on_written(&mut self, child: ChildId, n: usize) {
+        if let Some(Role::Exec {
+            task: Some(task), ..
+        }) = self.book.children.get_mut(&child)
+        {
+            task.stdin_wrote(n);
+        }
+    }
+
+    /// Writing to the child's input failed (EPIPE): what was not written
+    /// is dropped.
+    pub fn on_input_broken(&mut self, child: ChildId, now: Instant) {
+        match self.book.children.get_mut(&child) {
+            Some(Role::Exec {
+                task: Some(task), ..
+            }) => task.stdin_broken(),
+            Some(&mut Role::Pool { handler, slot, .. }) => {
+                self.pool_input_ended(handler, slot, now)
+            }
+            _ => {}
+        }
+    }
+
+    /// The child exited (its pidfd became readable); it is not reaped
+    /// until [`ServiceAction::Release`].
+    pub fn on_exit(&mut self, child: ChildId, status: ExitStatus, now: Instant) {
+        match self.book.children.get_mut(&child) {
+            Some(Role::Exec {
+                task: Some(task), ..
+            }) => task.on_exit(status, now),
+            Some(&mut Role::Pool { handler, slot, .. }) => {
+                if let Kind::Pool { pool, .. } = &mut self.handlers[handler].kind {
+                    pool.on_exit(slot, status, now);
+                }
+                self.take_pool_actions(handler);
+            }
+            _ => {}
+        }
+    }
+
+    /// The next action at `now`; call until `None` after every event and
+    /// when [`Service::next_deadline`] passes.
+    pub fn poll(&mut self, now: Instant) -> Option<ServiceAction<R>> {
+        if self.book.actions.is_empty() {
+            self.sweep(now);
+        }
+        self.book.actions.pop_front()
+    }
+
+    /// When [`Service::poll`] next has something to do without an event.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let handlers = self.handlers.iter().filter_map(|h| match &h.kind {
+            Kind::Exec { gate, limits, .. } => gate.next_deadline(limits.timeout),
+            Kind::Pool { pool, .. } => pool.next_deadline(),
+        });
+        let tasks = self.book.children.values().filter_map(|role| match role {
+            Role::Exec {
+                task: Some(task), ..
+            } => task.next_deadline(),
+            _ => None,
+        });
+        handlers.chain(tasks).min()
+    }
+
+    /// The connection of `route` is gone: its answers are dropped, its
+    /// waiting tasks removed and its running `exec` children killed (a
+    /// task at a `pool` worker runs on; its answer is dropped).
+    pub fn forget_route(&mut self, route: R) {
+        let book = &mut self.book;
+        let mut removed = Vec::new();
+        for (&key, entry) in book.entries.iter_mut() {
+            if entry.route != Some(route) {
+                continue;
+            }
+            entry.route = None;
+            let waiting = match &mut self.handlers[entry.handler].kind {
+                Kind::Exec { gate, .. } => gate.remove(&key),
+                Kind::Pool { pool, .. } => pool.cancel_waiting(key),
+            };
+            if waiting {
+                removed.push(key);
+            } else if let Some(child) = entry.child {
+                // Killed now; its exit ends the task as usual.
+                book.actions.push_back(ServiceAction::Signal {
+                    child,
+                    signal: Signal::Kill,
+                });
+            }
+        }
+        for key in removed {
+            book.entries.remove(&key);
+        }
+    }
+
+    /// The agent stops its handlers: every task still held is answered
+    /// FAILED `draining` now. The driver then kills and reaps every child
+    /// itself; no event about them is expected.
+    pub fn abandon(&mut self) {
+        let keys: Vec<TaskKey> = self.book.entries.keys().copied().collect();
+        for key in keys {
+            self.book.done(
+                key,
+                Outcome::failed(
+                    crate::protocol::codes::DRAINING,
+                    "the agent stopped its handlers before the task ended",
+                ),
+            );
+        }
+        for h in &mut self.handlers {
+            h.metrics.processes.set(0.0);
+            h.published_alive = Some(0);
+        }
+    }
+
+    /// Tasks held: waiting, at a process, or being answered.
+    pub fn tasks(&self) -> usize {
+        self.book.entries.len()
+    }
+
+    /// Children started or being started and not yet released.
+    pub fn children(&self) -> usize {
+        self.book.children.len()
+    }
+
+    /// Every handler's state, for `/status`.
+    pub fn status(&self) -> Vec<HandlerStatus> {
+        self.handlers
+            .iter()
+            .map(|h| {
+                let (mode, state, alive, running, waiting) = match &h.kind {
+                    Kind::Exec { gate, alive, .. } => {
+                        ("exec", "ready", *alive, gate.running(), gate.waiting())
+                    }
+                    Kind::Pool { pool, .. } => {
+                        let state = match (pool.ready(), pool.backing_off()) {
+                            (0, 0) => "starting",
+                            (0, _) => "backing off",
+                            _ => "ready",
+                        };
+                        (
+                            "pool",
+                            state,
+                            pool.alive(),
+                            pool.in_flight(),
+                            pool.waiting(),
+                        )
+                    }
+                };
+                HandlerStatus {
+                    name: h.name.clone(),
+                    mode,
+                    state,
+                    alive,
+                    running,
+                    waiting,
+                    restarts: h.restarts,
+                    timeouts: h.timeouts,
+                    spawn_failures: h.spawn_failures,
+                }
+            })
+            .collect()
+    }
+
+    /// Time-driven work, and the `exec` tasks' next steps.
+    fn sweep(&mut self, now: Instant) {
+        for handler in 0..self.handlers.len() {
+            let h = &mut self.handlers[handler];
+            match &mut h.kind {
+                Kind::Exec {
+                    gate,
+                    limits,
+                    concurrency,
+                    ..
+                } => {
+                    for key in gate.expired(now, limits.timeout) {
+                        h.timeouts += 1;
+                        h.metrics.timeouts.increment(1);
+                        let message = format!(
+                            "no exec slot was free within {:?} (concurrency {concurrency})",
+                            limits.timeout
+                        );
+                        self.book
+                            .done(key, Outcome::failed(codes::TIMEOUT, message));
+                    }
+                }
+                Kind::Pool { pool, .. } => {
+                    pool.poll(now);
+                    self.take_pool_actions(handler);
+                }
+            }
+        }
+        let running: Vec<ChildId> = self
+            .book
+            .children
+            .iter()
+            .filter(|(_, role)| matches!(role, Role::Exec { task: Some(_), .. }))
+            .map(|(&child, _)| child)
+            .collect();
+        for child in running {
+            self.drive_exec(child, now);
+        }
+        self.publish();
+    }
+
+    /// Carry out an `exec` task's next steps.
+    fn drive_exec(&mut self, child: ChildId, now: Instant) {
+        loop {
+            let Some(Role::Exec {
+                handler,
+                key,
+                task: Some(task),
+            }) = self.book.children.get_mut(&child)
+            else {
+                return;
+            };
+            let (handler, key) = (*handler, *key);
+            let action = match task.next_action(now) {
+                None => return,
+                Some(ExecAction::CloseStdin) => ServiceAction::CloseInput { child },
+                Some(ExecAction::Signal(signal)) => ServiceAction::Signal { child, signal },
+                Some(ExecAction::Finish(finished)) => {
+                    self.book.children.remove(&child);
+                    self.book
+                        .actions
+                        .push_back(ServiceAction::Release { child });
+                    self.finish_exec(handler, key, finished, now);
+                    return;
+                }
+            };
+            self.book.actions.push_back(action);
+        }
+    }
+
+    fn finish_exec(&mut self, handler: usize, key: TaskKey, finished: Finished, now: Instant) {
+        let h = &mut self.handlers[handler];
+        if let Kind::Exec { alive, .. } = &mut h.kind {
+            *alive = alive.saturating_sub(1);
+        }
+        if finished.outcome.code() == Some(codes::TIMEOUT) {
+            h.timeouts += 1;
+            h.metrics.timeouts.increment(1);
+        }
+        if finished.pipes_held {
+            log_line(h, now, |name| {
+                tracing::warn!(
+                    handler = name,
+                    "handler {name}: its output was still held open after the child exited \
+                     (a process it started?); what came after the drain was not read"
+                )
+            });
+        }
+        self.book.done(key, finished.outcome);
+        self.exec_slot_freed(handler, now);
+    }
+
+    /// An `exec` child ended (or never started): start the next waiting
+    /// task, if any.
+    fn exec_slot_freed(&mut self, handler: usize, now: Instant) {
+        let h = &mut self.handlers[handler];
+        if let Kind::Exec { gate, .. } = &mut h.kind {
+            if let Some((next, _)) = gate.finished(now) {
+                start_exec(&mut self.book, handler, next, now, &h.metrics);
+            }
+        }
+    }
+
+    /// The worker's fd 3 ended, for reading or writing.
+    fn pool_input_ended(&mut self, handler: usize, slot: usize, now: Instant) {
+        if let Kind::Pool { pool, .. } = &mut self.handlers[handler].kind {
+            pool.on_eof(slot, now);
+        }
+        self.take_pool_actions(handler);
+    }
+
+    /// Turn a pool's actions into the service's.
+    fn take_pool_actions(&mut self, handler: usize) {
+        let h = &mut self.handlers[handler];
+        let Kind::Pool { pool, slots, seen } = &mut h.kind else {
+            return;
+        };
+        let book = &mut self.book;
+        while let Some(action) = pool.next_action() {
+            let action = match action {
+                PoolAction::Spawn { slot } => {
+                    let child = book.new_child(Role::Pool {
+                        handler,
+                        slot,
+                        stdout: LineBuffer::default(),
+                        stderr: LineBuffer::default(),
+                    });
+                    slots[slot] = Some(child);
+                    ServiceAction::Spawn {
+                        child,
+                        handler,
+                        pool: true,
+                    }
+                }
+                PoolAction::Send {
+                    slot,
+                    task,
+                    deadline_ms,
+                    waited,
+                } => {
+                    let (Some(child), Some(entry)) = (slots[slot], book.entries.get_mut(&task))
+                    else {
+                        continue;
+                    };
+                    h.metrics.wait.record(waited.as_secs_f64());
+                    let payload = std::mem::take(&mut entry.payload);
+                    let mut bytes = Vec::new();
+                    encode_task(task, deadline_ms, &payload, &mut bytes);
+                    ServiceAction::Write { child, bytes }
+                }
+                PoolAction::Complete { task, outcome } => {
+                    book.done(task, outcome);
+                    continue;
+                }
+                PoolAction::Signal { slot, signal } => match slots[slot] {
+                    Some(child) => ServiceAction::Signal { child, signal },
+                    None => continue,
+                },
+                PoolAction::CloseInput { slot } => match slots[slot] {
+                    Some(child) => ServiceAction::CloseInput { child },
+                    None => continue,
+                },
+                PoolAction::Reap { slot } => {
+                    let Some(child) = slots[slot].take() else {
+                        continue;
+                    };
+                    book.children.remove(&child);
+                    ServiceAction::Release { child }
+                }
+            };
+            book.actions.push_back(action);
+        }
+        let counts = pool.counts();
+        let restarts = counts.restarts - seen.restarts;
+        let timeouts = counts.timeouts - seen.timeouts;
+        let spawn_failures = counts.spawn_failures - seen.spawn_failures;
+        *seen = counts;
+        h.restarts += restarts;
+        h.timeouts += timeouts;
+        h.spawn_failures += spawn_failures;
+        if restarts > 0 {
+            h.metrics.restarts.increment(restarts);
+        }
+        if timeouts > 0 {
+            h.metrics.timeouts.increment(timeouts);
+        }
+        if spawn_failures > 0 {
+            h.metrics.spawn_failures.increment(spawn_failures);
+        }
+    }
+
+    /// Set each handler's processes gauge where it changed.
+    fn publish(&mut self) {
+        for h in &mut self.handlers {
+            let alive = match &h.kind {
+                Kind::Exec { alive, .. } => *alive,
+                Kind::Pool { pool, .. } => pool.alive(),
+            };
+            if h.published_alive != Some(alive) {
+                h.published_alive = Some(alive);
+                h.metrics.processes.set(alive as f64);
+            }
+        }
+    }
+}
+
+/// Ask for a child for `key`.
+fn start_exec<R: Copy + Eq + Debug>(
+    book: &mut Book<R>,
+    handler: usize,
+    key: TaskKey,
+    now: Instant,
+    metrics: &HandlerMetrics,
+) {
+    let child = book.new_child(Role::Exec {
+        handler,
+        key,
+        task: None,
+    });
+    if let Some(entry) = book.entries.get_mut(&key) {
+        entry.child = Some(child);
+        let waited = now.saturating_duration_since(entry.submitted);
+        metrics.wait.record(waited.as_secs_f64());
+    }
+    book.actions.push_back(ServiceAction::Spawn {
+        child,
+        handler,
+        pool: false,
+    });
+}
+
+/// Log one line through the handler's budget; `log` gets its name.
+fn log_line(h: &mut Handler, now: Instant, log: impl FnOnce(&str)) {
+    if let Some(suppressed) = h.log.admit(now) {
+        if suppressed > 0 {
+            let name = &h.name;
+            tracing::warn!(
+                handler = name.as_str(),
+                suppressed,
+                "handler {name}: {suppressed} lines of its log were not written (rate limit)"
+            );
+        }
+        log(&h.name);
+    }
+}
+
+fn log_worker_line(h: &mut Handler, slot: usize, stream: Stream, line: Line, now: Instant) {
+    let stream = match stream {
+        Stream::Stdout => "stdout",
+        _ => "stderr",
+    };
+    let Line { text, cut } = line;
+    log_line(h, now, |name| {
+        if cut > 0 {
+            tracing::info!(
+                handler = name,
+                worker = slot,
+                stream,
+                "{text}... ({cut} more bytes of the line not logged)"
+            );
+        } else {
+            tracing::info!(handler = name, worker = slot, stream, "{text}");
+        }
+    });
+}
+
+#[cfg(test)]
+#[path = "service_tests.rs"]
+mod tests;
