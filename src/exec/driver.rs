@@ -425,8 +425,10 @@ impl<R: RouteOwner + Copy + Eq + Debug> Loop<R> {
                 };
                 match started {
                     Ok(mut started) => {
+                        // A worker's stdin is closed at once: its input is fd 3.
+                        let stdin = started.stdin.take().map(File::from);
                         let proc = Proc {
-                            stdin: started.stdin.take().map(File::from),
+                            stdin: stdin.filter(|_| started.protocol.is_none()),
                             stdout: started.stdout.take().map(File::from),
                             stderr: started.stderr.take().map(File::from),
                             protocol_writable: started.protocol.is_some(),
