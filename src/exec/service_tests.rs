@@ -611,3 +611,41 @@ fn abandoning_answers_every_task_held_once() {
     assert_eq!(answered, [(1, 1), (2, 2)]);
     assert_eq!(service.tasks(), 0);
 }
+
+#[test]
+fn the_handler_metrics_are_recorded_with_the_handler_label() {
+    use metrics_exporter_prometheus::PrometheusBuilder;
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let t0 = Instant::now();
+    // The series' handles are made with the service.
+    let (mut service, children) =
+        metrics::with_local_recorder(&recorder, || started_pool(&pool(2, 1), 8, t0));
+    let rendered = handle.render();
+    assert!(
+        rendered.contains("ringworker_handler_processes{handler=\"resize\"} 2"),
+        "{rendered}"
+    );
+    service.submit(1, job(1, b"a"), t0);
+    drain(&mut service, t0);
+    service.on_exit(children[0], ExitStatus::Code(1), t0);
+    service.on_exit(children[1], ExitStatus::Code(1), t0);
+    let spawns = drain(&mut service, t0 + 100 * MS);
+    assert_eq!(
+        spawns.len(),
+        5,
+        "two releases, an answer, two starts: {spawns:?}"
+    );
+    service.on_spawn_failed(spawned_child(&spawns[3]), "no such file", t0 + 100 * MS);
+    service.on_spawned(spawned_child(&spawns[4]), t0 + 100 * MS);
+    drain(&mut service, t0 + 100 * MS);
+    let rendered = handle.render();
+    for line in [
+        "ringworker_handler_processes{handler=\"resize\"} 1",
+        "ringworker_handler_restarts_total{handler=\"resize\"} 1",
+        "ringworker_handler_spawn_failures_total{handler=\"resize\"} 1",
+        "ringworker_handler_wait_seconds_count{handler=\"resize\"} 1",
+    ] {
+        assert!(rendered.contains(line), "{line} in {rendered}");
+    }
+}
