@@ -89,7 +89,7 @@ struct Wake {
 
 impl Wake {
     fn ring(&self) {
-        if !self.pending.swap(true, Ordering::AcqRel) {
+        if !self.pending.swap(true, Ordering::SeqCst) {
             // Full (WouldBlock) means already readable: nothing lost.
             let _ = (&self.ring).write(&[1]);
         }
@@ -401,8 +401,10 @@ impl<R: RouteOwner + Copy + Eq + Debug> Loop<R> {
                 let mut drained = [0u8; 64];
                 while matches!((&self.bell).read(&mut drained), Ok(n) if n > 0) {}
                 // Cleared after the read, so that a ring from here on
-                // writes again; the commands are taken after both.
-                self.wake.pending.store(false, Ordering::Release);
+                // writes again; the commands are taken after both (SeqCst
+                // on both sides: a submitter that saw the flag set is
+                // sure to have its command seen by the take below).
+                self.wake.pending.store(false, Ordering::SeqCst);
                 self.take_commands();
             }
             Watch::Input(child) => self.write_out(child, now),
