@@ -135,6 +135,12 @@ pub fn recorder() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let builder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full(TASK_DURATION.to_owned()), &DURATION_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(crate::exec::metrics::HANDLER_WAIT.to_owned()),
+                    &crate::exec::metrics::WAIT_BUCKETS,
+                )
+            })
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
@@ -142,6 +148,7 @@ pub fn recorder() -> &'static PrometheusHandle {
         // then our metrics go there and this handle renders what it has.
         let _ = ::metrics::set_global_recorder(recorder);
         describe();
+        crate::exec::metrics::describe();
         handle
     })
 }
@@ -383,6 +390,7 @@ impl Telemetry {
             "bytes_received_total_formatted": crate::format::format_bytes(stats.bytes_received_total()),
             "tasks_done": stats.tasks_done(),
             "reconnects_total": stats.reconnects_total(),
+            "handlers": stats.handler_status(),
             "sessions": stats.sessions.iter().map(|s| s.snapshot()).collect::<Vec<_>>(),
         });
         serde_json::to_string_pretty(&status).unwrap_or_else(|_| "{}".to_owned())

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crate::format::format_bytes;
+use crate::exec::HandlerStatus;
 
 /// Where a session stands, as shown by `/status` and the metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -236,6 +237,10 @@ pub struct AgentStats {
     started: Instant,
     /// The runtime's loops that are running now (see [`AgentStats::register_loop`]).
     loops: Mutex<Vec<Weak<AtomicU64>>>,
+    /// Declared handlers' states as each owner of a [`crate::exec::Service`]
+    /// last published them (one part per uring loop, one for the blocking
+    /// runtime's driver); `/status` shows their sum.
+    handler_parts: Mutex<Vec<Vec<HandlerStatus>>>,
 }
 
 /// How often a runtime loop proves that it turns, busy or idle: each loop
@@ -285,7 +290,42 @@ impl AgentStats {
             stop_requested: AtomicBool::new(false),
             started: Instant::now(),
             loops: Mutex::new(Vec::new()),
+            handler_parts: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Part `part` of the declared handlers' states is now `status`.
+    pub fn publish_handlers(&self, part: usize, status: Vec<HandlerStatus>) {
+        let mut parts = self.handler_parts.lock().unwrap_or_else(|e| e.into_inner());
+        if parts.len() <= part {
+            parts.resize_with(part + 1, Vec::new);
+        }
+        parts[part] = status;
+    }
+
+    /// The declared handlers' states summed over every published part,
+    /// in declaration order: counts add up; a handler is `ready` when any
+    /// part has it ready.
+    pub fn handler_status(&self) -> Vec<HandlerStatus> {
+        let parts = self.handler_parts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut total: Vec<HandlerStatus> = Vec::new();
+        for status in parts.iter().flatten() {
+            match total.iter_mut().find(|t| t.name == status.name) {
+                None => total.push(status.clone()),
+                Some(t) => {
+                    if status.state == "ready" || t.state == "starting" {
+                        t.state = status.state;
+                    }
+                    t.alive += status.alive;
+                    t.running += status.running;
+                    t.waiting += status.waiting;
+                    t.restarts += status.restarts;
+                    t.timeouts += status.timeouts;
+                    t.spawn_failures += status.spawn_failures;
+                }
+            }
+        }
+        total
     }
 
     /// Watch a runtime loop that starts now; it must beat at least every
