@@ -142,7 +142,8 @@ struct Handler {
     restarts: u64,
     timeouts: u64,
     spawn_failures: u64,
-    published_alive: Option<usize>,
+    /// What [`HandlerMetrics::processes`] was moved to by this service.
+    published_alive: usize,
 }
 
 #[derive(Debug)]
@@ -251,7 +252,7 @@ impl<R: Copy + Eq + Debug> Service<R> {
                 restarts: 0,
                 timeouts: 0,
                 spawn_failures: 0,
-                published_alive: None,
+                published_alive: 0,
             });
         }
         for handler in 0..service.handlers.len() {
@@ -588,8 +589,8 @@ impl<R: Copy + Eq + Debug> Service<R> {
             );
         }
         for h in &mut self.handlers {
-            h.metrics.processes.set(0.0);
-            h.published_alive = Some(0);
+            h.metrics.processes.decrement(h.published_alive as f64);
+            h.published_alive = 0;
         }
     }
 

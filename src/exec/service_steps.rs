@@ -256,9 +256,19 @@ impl<R: Copy + Eq + Debug> Service<R> {
                 Kind::Exec { alive, .. } => *alive,
                 Kind::Pool { pool, .. } => pool.alive(),
             };
-            if h.published_alive != Some(alive) {
-                h.published_alive = Some(alive);
-                h.metrics.processes.set(alive as f64);
+            // Moved by the difference, not set: an agent may run several
+            // services (one per uring event loop) over the same series.
+            if h.published_alive != alive {
+                if alive > h.published_alive {
+                    h.metrics
+                        .processes
+                        .increment((alive - h.published_alive) as f64);
+                } else {
+                    h.metrics
+                        .processes
+                        .decrement((h.published_alive - alive) as f64);
+                }
+                h.published_alive = alive;
             }
         }
     }

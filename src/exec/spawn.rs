@@ -130,10 +130,19 @@ pub struct Child {
 }
 
 fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    set_blocking_mode(fd, false)
+}
+
+fn set_blocking_mode(fd: BorrowedFd<'_>, blocking: bool) -> io::Result<()> {
     // SAFETY: F_GETFL/F_SETFL on a descriptor we own (borrowed for the call).
     unsafe {
         let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
-        if flags < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+        let flags = if blocking {
+            flags & !libc::O_NONBLOCK
+        } else {
+            flags | libc::O_NONBLOCK
+        };
+        if flags < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags) < 0 {
             return Err(io::Error::last_os_error());
         }
     }
@@ -303,6 +312,20 @@ impl Child {
                 .map_err(SpawnError::NonBlocking)?;
         }
         Ok(spawned)
+    }
+
+    /// Put our ends of its pipes and socket back in blocking mode, for an
+    /// io_uring loop: the ring waits for readiness itself, whereas on a
+    /// non-blocking descriptor it would complete at once with `EAGAIN`.
+    pub fn set_blocking(&self) -> io::Result<()> {
+        let ours = [&self.stdin, &self.stdout, &self.stderr];
+        for fd in ours.into_iter().flatten() {
+            set_blocking_mode(fd.as_fd(), true)?;
+        }
+        if let Some(stream) = &self.protocol {
+            stream.set_nonblocking(false)?;
+        }
+        Ok(())
     }
 
     /// Its process id, which is also its process group's id.

@@ -93,8 +93,8 @@ impl RuntimeMode for UringRuntime {
             let stop = self.stop.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("uring-{thread}"))
-                .spawn(
-                    move || match EventLoop::new(plan, stats, stop, sessions, wake_rx) {
+                .spawn(move || {
+                    match EventLoop::new(plan, stats, stop, sessions, wake_rx, (thread, threads)) {
                         Ok(event_loop) => {
                             let _ = ready_tx.send(Ok(()));
                             event_loop.run().unfinished
@@ -103,8 +103,8 @@ impl RuntimeMode for UringRuntime {
                             let _ = ready_tx.send(Err(err.to_string()));
                             crate::connection::drain::DrainTally::default()
                         }
-                    },
-                )
+                    }
+                })
                 .map_err(RuntimeError::Spawn)?;
             self.loops.push(handle);
             match ready_rx.recv_timeout(Duration::from_secs(10)) {

@@ -61,8 +61,7 @@ impl EventLoop {
                 Action::Send(bytes) => self.send(slot_id, bytes),
                 Action::Run(job) => {
                     let generation = s.conn.generation();
-                    let outcome = crate::runtime::no_runner();
-                    s.conn.on_job_done(generation, job.task, outcome, now);
+                    self.run_job((slot_id, generation), job, now);
                 }
                 Action::Collect => {
                     if let Recv::Direct { cancelled } = &mut s.recv {
@@ -80,6 +79,8 @@ impl EventLoop {
                 Action::Close => {
                     if s.life == Life::Running {
                         s.life = Life::Closing { cancelled: false };
+                        let generation = s.conn.generation();
+                        self.forget_route(slot_id, generation);
                     }
                 }
                 Action::Stop => {

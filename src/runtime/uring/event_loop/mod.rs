@@ -82,6 +82,14 @@ enum Op {
     Cancel = 4,
     Wake = 5,
     RecvBody = 6,
+    /// Operations on declared handlers' children (`children`); the slot
+    /// field of their `user_data` is the child's entry.
+    ChildStdout = 7,
+    ChildStderr = 8,
+    ChildProtocol = 9,
+    ChildWrite = 10,
+    ChildExit = 11,
+    ChildCancel = 12,
 }
 
 fn user_data(op: Op, generation: u32, slot: u32) -> u64 {
@@ -206,6 +214,11 @@ pub struct EventLoop {
     /// Slots waiting for the first lookup of the manager's name; the first
     /// polls for the answer, the others are woken when it comes.
     resolve_waiters: Vec<u32>,
+    /// The declared handlers this loop runs for its sessions (`None`: none
+    /// declared).
+    children: Option<children::Children>,
+    /// Which of the runtime's loops this is, and how many there are.
+    part: usize,
 }
 
 /// Build an operation on a slot's socket: through the registered file table
@@ -233,6 +246,7 @@ pub fn build_ring() -> io::Result<IoUring> {
 }
 
 // After `on_socket!`, so the child modules see the macro.
+mod children;
 mod dial;
 mod drive;
 mod reap;
@@ -248,6 +262,7 @@ impl EventLoop {
         stop: StopHandle,
         sessions: Vec<u32>,
         wake_rx: UnixStream,
+        (part, parts): (usize, usize),
     ) -> io::Result<EventLoop> {
         let ring = build_ring()?;
         let buffers = BufRing::new(&ring, BUF_GROUP, BUF_ENTRIES, BUF_LEN)?;
@@ -283,6 +298,9 @@ impl EventLoop {
         let dirty = (0..slots.len() as u32).collect();
         let timers = Timers::new(slots.len());
         let resolver = Resolver::new(&plan.endpoint);
+        let declared = plan.handlers.declared();
+        let children = (!declared.handlers.is_empty())
+            .then(|| children::Children::new(&children::loop_share(declared, part, parts), now));
         Ok(EventLoop {
             ring,
             buffers: Some(buffers),
@@ -306,6 +324,8 @@ impl EventLoop {
             dial_queue: std::collections::VecDeque::new(),
             next_address: 0,
             resolve_waiters: Vec::new(),
+            children,
+            part,
         })
     }
 
@@ -327,7 +347,10 @@ impl EventLoop {
             let now = Instant::now();
             beat.beat(now);
             self.fire_timers(now);
+            self.drive_children(now);
             self.drive_dirty();
+            // The jobs the connections handed out start before the wait.
+            self.drive_children(Instant::now());
             if self.stopped == self.slots.len() {
                 break;
             }
@@ -344,7 +367,11 @@ impl EventLoop {
         let now = Instant::now();
         let timeout = if self.dirty.is_empty() {
             // Wake at least once per beat interval, idle or not (the watchdog).
-            let next = self.timers.next().unwrap_or(now + LOOP_BEAT_INTERVAL);
+            let children = self.children.as_ref().and_then(|c| c.next_deadline());
+            let next = match (self.timers.next(), children) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => a.or(b).unwrap_or(now + LOOP_BEAT_INTERVAL),
+            };
             next.saturating_duration_since(now).min(LOOP_BEAT_INTERVAL)
         } else {
             // Work is pending: submit and collect what is ready, but do not sleep.
@@ -423,6 +450,7 @@ impl Drop for EventLoop {
     /// under the kernel.
     fn drop(&mut self) {
         if self.busy() {
+            self.drop_children(false);
             std::mem::forget(std::mem::take(&mut self.slots));
             if let Some(buffers) = self.buffers.take() {
                 buffers.leak();

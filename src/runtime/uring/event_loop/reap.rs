@@ -55,6 +55,10 @@ impl EventLoop {
             self.wake_armed = false;
             return;
         }
+        if op >= Op::ChildStdout as u8 {
+            self.on_child(op, slot_id, result, now);
+            return;
+        }
         let stale = self
             .slots
             .get(slot_id as usize)
@@ -84,6 +88,7 @@ impl EventLoop {
 
     /// Stop: cancel what is left, wait (bounded) for it, release the buffers.
     pub(super) fn shutdown(mut self) -> LoopReport {
+        self.release_children();
         let report = LoopReport {
             unfinished: self.slots.iter().fold(DrainTally::default(), |mut sum, s| {
                 sum += s.conn.unfinished();
@@ -104,6 +109,7 @@ impl EventLoop {
             self.reap();
         }
         let clean = !self.busy();
+        self.drop_children(clean);
         if let Some(mut buffers) = self.buffers.take() {
             if clean {
                 buffers.unregister(&self.ring);
@@ -122,6 +128,8 @@ impl EventLoop {
     /// Whether an operation may still write into, or read from, memory the
     /// loop owns.
     pub(super) fn busy(&self) -> bool {
-        self.wake_armed || self.slots.iter().any(|s| s.inflight > 0)
+        self.wake_armed
+            || self.slots.iter().any(|s| s.inflight > 0)
+            || self.children.as_ref().is_some_and(|c| c.busy())
     }
 }
