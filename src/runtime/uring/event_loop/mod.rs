@@ -29,7 +29,9 @@
 //! resolver, the dial queue); `recv` arms the multishot and direct receives
 //! and handles their completions; `send` writes output (early sends
 //! included); `teardown` cancels a connection's operations and closes it;
-//! `reap` collects completions, dispatches them, and shuts the loop down.
+//! `reap` collects completions, dispatches them, and shuts the loop down;
+//! `children` runs declared handlers' children for the loop's sessions, their
+//! pipes being operations on the same ring (`children/io`, in `child_io.rs`).
 
 use std::io;
 use std::os::fd::AsRawFd;
