@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use crate::format::format_bytes;
 use crate::exec::HandlerStatus;
+use crate::format::format_bytes;
 
 /// Where a session stands, as shown by `/status` and the metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
