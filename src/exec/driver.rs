@@ -14,6 +14,9 @@
 //! answer is one submitted job. Pipes are non-blocking and read in
 //! 64 KiB steps into the service's capped state; writes are what the
 //! service asked for (one task's payload, or a worker's tasks in flight).
+//! Started with [`Driver::start_reporting`], the thread also hands every
+//! handler's state ([`HandlerStatus`]) to a callback as it begins and then
+//! about once per period, so that nobody waits on it for `/status`.
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -25,7 +28,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 
@@ -159,6 +162,27 @@ where
     /// As [`Driver::start`], each handler queueing at most `max_waiting`
     /// tasks.
     pub fn start_with(set: &HandlerSet, max_waiting: usize) -> io::Result<Self> {
+        Self::spawn(set, max_waiting, None)
+    }
+
+    /// As [`Driver::start`], the thread calling `report` with every
+    /// handler's state once it has started the pools' workers, and then
+    /// about once per `every` (which must be above zero: the thread wakes
+    /// for each report).
+    pub fn start_reporting(
+        set: &HandlerSet,
+        every: Duration,
+        report: impl FnMut(Vec<HandlerStatus>) + Send + 'static,
+    ) -> io::Result<Self> {
+        let reporter = Reporter {
+            every,
+            next: Instant::now(),
+            report: Box::new(report),
+        };
+        Self::spawn(set, super::service::DEFAULT_MAX_WAITING, Some(reporter))
+    }
+
+    fn spawn(set: &HandlerSet, max_waiting: usize, reporter: Option<Reporter>) -> io::Result<Self> {
         let (ring, bell) = UnixStream::pair()?;
         ring.set_nonblocking(true)?;
         bell.set_nonblocking(true)?;
@@ -182,6 +206,7 @@ where
                     wake: ringer,
                     stopping: false,
                     buf: vec![0; READ_CHUNK],
+                    reporter,
                 }
                 .run()
             })?;
@@ -288,6 +313,14 @@ impl Proc {
     }
 }
 
+/// The thread's reports of every handler's state.
+struct Reporter {
+    every: Duration,
+    /// When the next report is due.
+    next: Instant,
+    report: Box<dyn FnMut(Vec<HandlerStatus>) + Send>,
+}
+
 /// What one poll entry is about.
 #[derive(Debug, Clone, Copy)]
 enum Watch {
@@ -306,6 +339,7 @@ struct Loop<R> {
     wake: Arc<Wake>,
     stopping: bool,
     buf: Vec<u8>,
+    reporter: Option<Reporter>,
 }
 
 impl<R: RouteOwner + Copy + Eq + Debug> Loop<R> {
@@ -321,6 +355,7 @@ impl<R: RouteOwner + Copy + Eq + Debug> Loop<R> {
             if self.stopping {
                 break;
             }
+            self.report_if_due(now);
             fds.clear();
             watches.clear();
             let mut watch = |fd: BorrowedFd<'_>, events: i16, what: Watch| {
@@ -350,7 +385,12 @@ impl<R: RouteOwner + Copy + Eq + Debug> Loop<R> {
                     watch(proc.child.pidfd(), libc::POLLIN, Watch::Exit(id));
                 }
             }
-            let timeout = self.service.next_deadline().map_or(-1, |deadline| {
+            let next_report = self.reporter.as_ref().map(|r| r.next);
+            let deadline = [self.service.next_deadline(), next_report]
+                .into_iter()
+                .flatten()
+                .min();
+            let timeout = deadline.map_or(-1, |deadline| {
                 let left = deadline.saturating_duration_since(Instant::now());
                 // Round up: waking early would only poll again.
                 left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
@@ -373,6 +413,14 @@ impl<R: RouteOwner + Copy + Eq + Debug> Loop<R> {
             }
         }
         self.finish();
+    }
+
+    /// Report every handler's state if a report is due.
+    fn report_if_due(&mut self, now: Instant) {
+        if let Some(reporter) = self.reporter.as_mut().filter(|r| now >= r.next) {
+            (reporter.report)(self.service.status());
+            reporter.next = now + reporter.every;
+        }
     }
 
     fn take_commands(&mut self) {
