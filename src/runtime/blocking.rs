@@ -1,14 +1,29 @@
 //! `BlockingRuntime`: std::net sockets and std::thread, simple and debuggable.
 //!
-//! Each session has a supervisor thread that dials, runs the connection and
-//! backs off between dials. A connection has three threads joined by
-//! crossbeam channels: a reader (the one `recv_raw`), the core (drives
-//! [`WorkerSession`], runs the handlers, keeps the timers) and a writer (the
-//! one `send_raw`). The channels are bounded and buffers circulate between
-//! the threads, so memory per connection is fixed: two read chunks, the frame
-//! being received (at most `max_body` + 16) and the queued output. When the
-//! session holds `max_in_flight` tasks the core stops taking chunks, the
-//! reader blocks, and TCP flow control slows the manager.
+//! Each session has one thread, its supervisor, that lives as long as the
+//! session: it dials, drives the [`Connection`] (and so the
+//! `WorkerSession`, the built-in handlers and the timers) and backs off
+//! between dials. While connected, two more threads do the socket calls,
+//! joined to it by crossbeam channels: a reader (the one `recv_raw`) and a
+//! writer (the one `send_raw`), started with the connection and joined
+//! when it closes; three threads per connected session in all. The
+//! channels are bounded and buffers circulate between the threads, so
+//! memory per connection is fixed: two read chunks, the frame being
+//! received (at most `max_body` + 16) and the queued output. When the
+//! session holds `max_in_flight` tasks the supervisor stops taking chunks,
+//! the reader blocks, and TCP flow control slows the manager.
+//!
+//! Declared handlers (`[handlers.NAME]`) run on one more thread for the
+//! whole agent, started only when some are declared: the
+//! [`Driver`](crate::exec::driver::Driver), which owns their children. A
+//! supervisor hands it each job ([`Action::Run`]) routed by (session,
+//! connection generation), waits for the answers beside its socket events
+//! and gives them to the connection; a job still running counts as a task
+//! in flight, so a drain waits for it up to its deadline. A closed
+//! connection's route is forgotten: its `exec` children are killed and its
+//! answers dropped. The driver's thread publishes the handlers' states for
+//! `/status` once a second, and is stopped (every child killed and reaped)
+//! after the last supervisor has ended.
 //!
 //! This runtime is also the fallback where io_uring is unavailable.
 
@@ -26,6 +41,10 @@ use super::{
 };
 use crate::connection::drain::DrainTally;
 use crate::connection::{Action, Connection, Receive, READ_CHUNK};
+use crate::exec::driver::{Answer, Driver, Submitter};
+use crate::exec::Outcome;
+use crate::handlers::Job;
+use crate::protocol::codes::HANDLER_FAILED;
 use crate::stats::{AgentStats, LoopBeat, SessionStats, LOOP_BEAT_INTERVAL};
 use crate::transport::BlockingStream;
 
@@ -34,6 +53,13 @@ use crate::transport::BlockingStream;
 const WRITE_REPORT_GRACE: Duration = Duration::from_millis(50);
 /// Stack size of the per-connection reader and writer threads.
 const IO_THREAD_STACK: usize = 128 * 1024;
+/// How often the declared handlers' thread publishes their states
+/// (`/status`).
+const HANDLER_STATUS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Whom a declared handler's answer goes to: (session index, connection
+/// generation).
+type Route = (u32, u32);
 
 /// The std::net + threads engine.
 #[derive(Debug)]
@@ -45,6 +71,8 @@ pub struct BlockingRuntime {
     stop_tx: Arc<Mutex<Option<Sender<()>>>>,
     stop_rx: Receiver<()>,
     supervisors: Vec<JoinHandle<DrainTally>>,
+    /// The declared handlers' thread, when any handler is declared.
+    handlers: Option<Driver<Route>>,
     started: bool,
 }
 
@@ -76,6 +104,7 @@ impl BlockingRuntime {
             stop_tx,
             stop_rx,
             supervisors: Vec::new(),
+            handlers: None,
             started: false,
         }
     }
@@ -91,14 +120,29 @@ impl RuntimeMode for BlockingRuntime {
             return Err(RuntimeError::AlreadyStarted);
         }
         self.started = true;
+        let declared = self.plan.handlers.declared();
+        if !declared.handlers.is_empty() {
+            let stats = self.stats.clone();
+            let driver =
+                Driver::start_reporting(declared, HANDLER_STATUS_INTERVAL, move |status| {
+                    stats.publish_handlers(0, status);
+                })
+                .map_err(RuntimeError::Handlers)?;
+            self.handlers = Some(driver);
+        }
         for index in 0..self.plan.sessions {
             let plan = self.plan.clone();
             let stats = self.stats.clone();
             let stop = self.stop.clone();
             let stop_rx = self.stop_rx.clone();
+            // Registered before the session runs: no answer can precede it.
+            let handlers = self.handlers.as_ref().map(|driver| Handlers {
+                submitter: driver.submitter(),
+                answers: driver.register(index),
+            });
             let handle = std::thread::Builder::new()
                 .name(format!("session-{index}"))
-                .spawn(move || supervise(index, &plan, &stats, &stop, &stop_rx))
+                .spawn(move || supervise(index, &plan, &stats, &stop, &stop_rx, handlers))
                 .map_err(RuntimeError::Spawn)?;
             self.supervisors.push(handle);
         }
@@ -115,6 +159,11 @@ impl RuntimeMode for BlockingRuntime {
 
     fn wait(&mut self) -> RunReport {
         let report = super::join_threads(self.supervisors.drain(..), &self.stop, "session");
+        // Every session has ended and forgotten its connections: what is
+        // left of the handlers' children is killed and reaped.
+        if let Some(driver) = self.handlers.take() {
+            driver.stop();
+        }
         // Keep the sender alive until here so that supervisors never see a
         // spurious stop; after wait, nothing listens any more.
         if let Ok(mut tx) = self.stop_tx.lock() {
@@ -122,6 +171,13 @@ impl RuntimeMode for BlockingRuntime {
         }
         report
     }
+}
+
+/// A session's way to the declared handlers' thread.
+struct Handlers {
+    submitter: Submitter<Route>,
+    /// The answers to this session's jobs.
+    answers: Receiver<Answer<Route>>,
 }
 
 /// One session: its [`Connection`] driven with blocking calls until it
@@ -132,6 +188,7 @@ fn supervise(
     agent: &Arc<AgentStats>,
     stop: &StopHandle,
     stop_rx: &Receiver<()>,
+    mut handlers: Option<Handlers>,
 ) -> DrainTally {
     let mut conn = Connection::new(index, plan.clone(), agent.clone(), Instant::now());
     let mut io: Option<Io> = None;
@@ -139,6 +196,7 @@ fn supervise(
     let never_read = never::<ReadEvent>();
     let never_written = never::<io::Result<Vec<u8>>>();
     let never_stop = never::<()>();
+    let never_answered = never::<Answer<Route>>();
     loop {
         let now = Instant::now();
         if !stop_seen && stop.is_requested() {
@@ -172,8 +230,7 @@ fn supervise(
                 continue;
             }
             Action::Run(job) => {
-                let generation = conn.generation();
-                conn.on_job_done(generation, job.task, super::no_runner(), Instant::now());
+                run(index, &mut conn, handlers.as_ref(), job);
                 continue;
             }
             // Reads here always report what they got (no wait-all receive).
@@ -189,6 +246,10 @@ fn supervise(
             }
             Action::Close => {
                 if let Some(io) = io.take() {
+                    // Its children are killed and its answers dropped.
+                    if let Some(handlers) = &handlers {
+                        handlers.submitter.forget((index, conn.generation()));
+                    }
                     io.close();
                 }
                 if let Some(refusal) = conn.on_closed(Instant::now()) {
@@ -198,8 +259,9 @@ fn supervise(
             }
             Action::Stop => break,
         }
-        // Wait for the reader, the writer, a stop or the next deadline; at
-        // least once per beat interval, idle or not (the watchdog).
+        // Wait for the reader, the writer, a job's answer, a stop or the
+        // next deadline; at least once per beat interval, idle or not (the
+        // watchdog).
         let (read_rx, written_rx) = match &io {
             Some(io) => (
                 if conn.receive() != Receive::Off && !io.reader_done {
@@ -216,27 +278,62 @@ fn supervise(
             None => (&never_read, &never_written),
         };
         let stop_branch = if stop_seen { &never_stop } else { stop_rx };
+        let answer_rx = handlers.as_ref().map_or(&never_answered, |h| &h.answers);
         let timeout = conn.poll_timeout().map_or(LOOP_BEAT_INTERVAL, |at| {
             at.saturating_duration_since(now).min(LOOP_BEAT_INTERVAL)
         });
         let woke = select! {
             recv(read_rx) -> event => Woke::Read(event),
             recv(written_rx) -> result => Woke::Written(result),
+            recv(answer_rx) -> answer => Woke::Answer(answer),
             // The stop sender was dropped: the loop head starts the drain.
             recv(stop_branch) -> _ => Woke::Nothing,
             default(timeout) => Woke::Nothing,
         };
-        if let Some(io) = io.as_mut() {
-            io.take(woke, &mut conn);
+        match woke {
+            Woke::Answer(Ok(answer)) => {
+                // An answer for a closed connection is dropped there.
+                let (_, generation) = answer.route;
+                conn.on_job_done(generation, answer.task, answer.outcome, Instant::now());
+            }
+            Woke::Answer(Err(RecvError)) => {
+                // Its thread ended before the sessions did: it answered
+                // the jobs it held unless it panicked. A job submitted
+                // from here on is refused at once.
+                tracing::error!(session = index, "the declared handlers' thread has ended");
+                if let Some(handlers) = handlers.as_mut() {
+                    handlers.answers = never();
+                }
+            }
+            woke => {
+                if let Some(io) = io.as_mut() {
+                    io.take(woke, &mut conn);
+                }
+            }
         }
     }
     conn.unfinished()
+}
+
+/// Hand `job` to the declared handlers' thread; answer it FAILED at once
+/// when nothing can run it.
+fn run(index: u32, conn: &mut Connection, handlers: Option<&Handlers>, job: Job) {
+    let generation = conn.generation();
+    let Some(handlers) = handlers else {
+        conn.on_job_done(generation, job.task, super::no_runner(), Instant::now());
+        return;
+    };
+    if let Err(job) = handlers.submitter.submit((index, generation), job) {
+        let outcome = Outcome::failed(HANDLER_FAILED, "the declared handlers have stopped");
+        conn.on_job_done(generation, job.task, outcome, Instant::now());
+    }
 }
 
 /// What woke a waiting session.
 enum Woke {
     Read(Result<ReadEvent, RecvError>),
     Written(Result<io::Result<Vec<u8>>, RecvError>),
+    Answer(Result<Answer<Route>, RecvError>),
     Nothing,
 }
 
@@ -387,7 +484,7 @@ impl Io {
                 self.writer_busy = false;
                 conn.on_io_error("connection lost: the writer thread ended".to_owned());
             }
-            Woke::Nothing => {}
+            Woke::Answer(_) | Woke::Nothing => {}
         }
     }
 

@@ -278,6 +278,8 @@ pub enum RuntimeError {
     UringUnavailable(String),
     #[error("cannot start a thread: {0}")]
     Spawn(#[source] std::io::Error),
+    #[error("cannot start the declared handlers: {0}")]
+    Handlers(#[source] std::io::Error),
     #[error("{0}")]
     Unsupported(String),
     #[error("the runtime was already started")]
