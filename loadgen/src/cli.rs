@@ -11,11 +11,13 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use clap::{CommandFactory, Parser, Subcommand};
 use ringworker_loadgen::duration;
+use ringworker_loadgen::handlers::HandlerAs;
 use ringworker_loadgen::progress;
 use ringworker_loadgen::workload::{Mix, PayloadSpec};
 
 /// A manager that drives ringworker agents with a workload, verifies every
-/// result (echo, crc32c, sha256 exactly; sink and sleep empty), drains the
+/// result (echo, crc32c, sha256 exactly; sink and sleep empty; an agent's own
+/// handler exactly as the built-in it is given with --handler-as), drains the
 /// agents and reports tasks/s, bandwidth, latency percentiles, CPU per task
 /// and the byte accounting of every connection. Exit status 0 only when no
 /// task was wrong or lost, at least one succeeded, and every connection's
@@ -73,9 +75,15 @@ pub struct Args {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub sessions: u32,
     /// Handler, or a weighted mix such as echo:8,crc32c:1,sha256:1. Known and checked
-    /// exactly: echo, crc32c, sha256, sink, sleep; others need --handler-unverified
+    /// exactly: echo, crc32c, sha256, sink, sleep; others need --handler-as or
+    /// --handler-unverified
     #[arg(long, default_value = "echo")]
     pub handler: Mix,
+    /// A handler of the agent's own that computes what a built-in computes, checked
+    /// exactly as that built-in (repeatable or comma-separated): e.g. my-cat=echo for
+    /// a declared `cat`, hash=sha256 for a worker returning the SHA-256 digest
+    #[arg(long, value_name = "NAME=BUILTIN", value_delimiter = ',')]
+    pub handler_as: Vec<HandlerAs>,
     /// A handler of the agent's own that the loadgen cannot check (repeatable or
     /// comma-separated): its tasks carry random --payload bytes, any successful result is ok
     #[arg(long, value_name = "NAME", value_delimiter = ',')]
@@ -168,8 +176,17 @@ measuring, draining), elapsed time, time left, current rate and tasks done; othe
 The report goes to stdout.
 
 Handlers: echo, crc32c, sha256, sink and sleep are known and every result is checked. \
-Any other name is refused at start unless given with --handler-unverified NAME (a \
-handler of the agent's own: random payloads, any successful result counts as ok).
+Any other name is refused at start unless given with --handler-as NAME=BUILTIN (a \
+handler of the agent's own that computes what the built-in BUILTIN computes: its tasks \
+carry that built-in's payloads and every result is compared byte for byte with the \
+built-in's output) or with --handler-unverified NAME (a handler of the agent's own: random \
+payloads, any successful result counts as ok). An unknown BUILTIN is a usage error.
+
+Handlers declared in a config file ([handlers.NAME]) with a spawned agent: \
+--spawn uring --agent-arg=--config=handlers.toml --handler my-cat \
+--handler-as my-cat=echo. The flags the loadgen gives the agent (--manager, --runtime, \
+--sessions, and --max-in-flight, --metrics-addr, --worker-id unless an --agent-arg gives \
+them) win over the file's keys.
 
 Exit status: 0 when every result verified and every connection's byte totals match; 1 \
 when a task was wrong or lost, none succeeded, or byte totals differ; 2 for bad options, \

@@ -81,7 +81,8 @@ fn run() -> anyhow::Result<bool> {
         .context("--listen ENDPOINT is required")?;
     // Everything that can be refused is, before anything starts: the
     // handlers, then the output files.
-    let registry = Registry::built_in().with_unverified(&args.handler_unverified);
+    let registry = Registry::for_run(&args.handler_unverified, &args.handler_as)
+        .map_err(|why| anyhow!(why))?;
     registry.check(&args.handler).map_err(|why| anyhow!(why))?;
     let open = |flag: &'static str, path: &Option<PathBuf>| {
         path.as_deref()
