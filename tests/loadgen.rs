@@ -145,6 +145,101 @@ fn a_wrong_result_is_caught_and_exits_non_zero() {
 }
 
 #[test]
+fn a_handler_given_as_a_built_in_is_checked_byte_for_byte() {
+    // An agent with two handlers of its own: `my-cat` echoes, `my-hash`
+    // answers the SHA-256 digest but corrupts one answer in 250. Given as
+    // `echo` and `sha256`, every answer is compared, so each corrupted one
+    // is counted wrong and the rest ok.
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let socket = temp_path("handler-as.sock");
+    let report = temp_path("handler-as.json");
+    let mut loadgen = Command::new(loadgen_bin())
+        .arg(format!("--listen=unix://{}", socket.display()))
+        .args(["--sessions", "1", "--concurrency", "4", "--tasks", "2000"])
+        .args(["--payload", "0..512", "--handler", "my-cat:1,my-hash:1"])
+        .args(["--handler-as", "my-cat=echo", "--handler-as=my-hash=sha256"])
+        .arg(format!("--json={}", report.display()))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut handlers = HandlerRegistry::new();
+    handlers
+        .register("my-cat", |payload: &[u8], out: &mut Vec<u8>| {
+            out.extend_from_slice(payload);
+            Ok(Reply::Ready)
+        })
+        .unwrap();
+    let calls = AtomicU64::new(0);
+    let corrupted = Arc::new(AtomicU64::new(0));
+    let counted = corrupted.clone();
+    handlers
+        .register("my-hash", move |payload: &[u8], out: &mut Vec<u8>| {
+            let start = out.len();
+            out.extend_from_slice(
+                &ringworker::manager::verify::expected_output("sha256", payload).unwrap(),
+            );
+            if calls.fetch_add(1, Ordering::Relaxed) % 250 == 249 {
+                out[start + 31] ^= 0x01;
+                counted.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Reply::Ready)
+        })
+        .unwrap();
+    let mut plan = common::plan(Endpoint::Unix(socket.clone()), 1, 8);
+    plan.handlers = handlers;
+    let mut agent = BlockingRuntime::new(plan);
+    agent.start().unwrap();
+    let status = loadgen.wait().unwrap();
+    agent.request_stop();
+    agent.wait();
+    let corrupted = corrupted.load(Ordering::Relaxed);
+    assert!(corrupted >= 2, "the mix reached my-hash: {corrupted}");
+    assert_eq!(status.code(), Some(1), "a wrong result fails the run");
+    let r = json(&report);
+    assert_eq!(r["tasks_wrong"], corrupted, "{r}");
+    assert_eq!(r["tasks_ok"], 2000 - corrupted, "{r}");
+    assert_eq!(r["tasks_failed"], 0, "{r}");
+    assert_eq!(r["tasks_lost"], 0, "{r}");
+    let _ = std::fs::remove_file(report);
+}
+
+#[test]
+fn an_unknown_built_in_after_handler_as_is_a_usage_error() {
+    let dir = spawn_marker_dir("handler-as-unknown");
+    let (code, stdout, stderr) =
+        loadgen_with_marker(&dir, &["--handler", "resize", "--handler-as", "resize=md5"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(
+        stderr,
+        "ringworker-loadgen: invalid value 'resize=md5' for '--handler-as <NAME=BUILTIN>': \
+         unknown built-in \"md5\" after resize= (built-ins: echo, crc32c, sha256, sink, sleep); \
+         see 'ringworker-loadgen --help'\n"
+    );
+    assert!(stdout.is_empty(), "{stdout}");
+    // A name given two meanings is refused too, before anything starts.
+    let (code, _, stderr) = loadgen_with_marker(
+        &dir,
+        &[
+            "--handler",
+            "x",
+            "--handler-as",
+            "x=echo",
+            "--handler-unverified",
+            "x",
+        ],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(
+        stderr,
+        "ringworker-loadgen: x is given both with --handler-unverified and with \
+         --handler-as x=echo; keep one\n"
+    );
+    assert!(!dir.join("spawned").exists(), "no agent was started");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
 fn open_loop_latency_counts_queueing_from_the_intended_send_time() {
     // 50 ms sleeps, one at a time, offered at 100/s: the agent can do 20/s,
     // so tasks queue and their latency, measured from when each was meant
@@ -441,8 +536,12 @@ fn an_unknown_handler_is_refused_at_start_with_the_known_ones() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("--handler-unverified nosuch"),
+        stderr.contains("--handler-unverified nosuch;"),
         "the way to drive it anyway: {stderr}"
+    );
+    assert!(
+        stderr.ends_with("--handler-as nosuch=BUILTIN\n"),
+        "the way to check it exactly: {stderr}"
     );
     assert!(stdout.is_empty(), "{stdout}");
     assert!(!dir.join("spawned").exists(), "no agent was started");
@@ -688,6 +787,7 @@ fn completions_and_the_man_page_are_printed() {
     };
     let bash = print(&["completions", "bash"]);
     assert!(bash.contains("--duration") && bash.contains("--handler-unverified"));
+    assert!(bash.contains("--handler-as"), "the new option is completed");
     // bash loads it and has a completion for the command.
     let script = temp_path("completion.bash");
     std::fs::write(&script, &bash).unwrap();
