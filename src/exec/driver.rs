@@ -165,12 +165,13 @@ where
         Self::spawn(set, max_waiting, None)
     }
 
-    /// As [`Driver::start`], the thread calling `report` with every
+    /// As [`Driver::start_with`], the thread calling `report` with every
     /// handler's state once it has started the pools' workers, and then
     /// about once per `every` (which must be above zero: the thread wakes
     /// for each report).
     pub fn start_reporting(
         set: &HandlerSet,
+        max_waiting: usize,
         every: Duration,
         report: impl FnMut(Vec<HandlerStatus>) + Send + 'static,
     ) -> io::Result<Self> {
@@ -179,7 +180,7 @@ where
             next: Instant::now(),
             report: Box::new(report),
         };
-        Self::spawn(set, super::service::DEFAULT_MAX_WAITING, Some(reporter))
+        Self::spawn(set, max_waiting, Some(reporter))
     }
 
     fn spawn(set: &HandlerSet, max_waiting: usize, reporter: Option<Reporter>) -> io::Result<Self> {

@@ -123,11 +123,13 @@ impl RuntimeMode for BlockingRuntime {
         let declared = self.plan.handlers.declared();
         if !declared.handlers.is_empty() {
             let stats = self.stats.clone();
-            let driver =
-                Driver::start_reporting(declared, HANDLER_STATUS_INTERVAL, move |status| {
-                    stats.publish_handlers(0, status);
-                })
-                .map_err(RuntimeError::Handlers)?;
+            let driver = Driver::start_reporting(
+                declared,
+                super::handler_queue_bound(self.plan.sessions, &self.plan),
+                HANDLER_STATUS_INTERVAL,
+                move |status| stats.publish_handlers(0, status),
+            )
+            .map_err(RuntimeError::Handlers)?;
             self.handlers = Some(driver);
         }
         for index in 0..self.plan.sessions {

@@ -64,6 +64,18 @@ pub struct AgentPlan {
     pub tls: Option<crate::transport::tls::ClientTls>,
 }
 
+/// How many tasks of one declared handler may wait for a process, for
+/// `sessions` sessions of `plan`: every task they can have in flight
+/// (`max_in_flight` each). The manager's own limit thus bounds the queue,
+/// and a handler slower than the manager slows it through that limit (its
+/// tasks wait, the sessions stop reading at `max_in_flight`, TCP pushes
+/// back) rather than failing tasks `busy`.
+pub(crate) fn handler_queue_bound(sessions: u32, plan: &AgentPlan) -> usize {
+    (sessions as usize)
+        .saturating_mul(plan.session.max_in_flight as usize)
+        .max(1)
+}
+
 /// The answer to a job no runner takes (no declared handler is set up).
 pub(crate) fn no_runner() -> crate::exec::Outcome {
     crate::exec::Outcome::failed(

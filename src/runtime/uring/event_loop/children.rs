@@ -155,9 +155,9 @@ pub(crate) fn loop_share(set: &HandlerSet, index: usize, loops: usize) -> Handle
 }
 
 impl Children {
-    pub(super) fn new(set: &HandlerSet, now: Instant) -> Children {
+    pub(super) fn new(set: &HandlerSet, max_waiting: usize, now: Instant) -> Children {
         Children {
-            service: Service::new(set, now),
+            service: Service::with_max_waiting(set, max_waiting, now),
             procs: Vec::new(),
             free: Vec::new(),
             ids: HashMap::new(),

@@ -301,8 +301,11 @@ impl EventLoop {
         let timers = Timers::new(slots.len());
         let resolver = Resolver::new(&plan.endpoint);
         let declared = plan.handlers.declared();
-        let children = (!declared.handlers.is_empty())
-            .then(|| children::Children::new(&children::loop_share(declared, part, parts), now));
+        let children = (!declared.handlers.is_empty()).then(|| {
+            let share = children::loop_share(declared, part, parts);
+            let queue = crate::runtime::handler_queue_bound(slots.len() as u32, &plan);
+            children::Children::new(&share, queue, now)
+        });
         Ok(EventLoop {
             ring,
             buffers: Some(buffers),
