@@ -19,6 +19,8 @@
 //! about once per period, so that nobody waits on it for `/status`.
 
 use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
 use std::fmt::Debug;
 use std::fs::File;
 use std::io::{self, ErrorKind, Read, Write};
@@ -200,7 +202,7 @@ where
                 let service = Service::with_max_waiting(&set, max_waiting, Instant::now());
                 Loop {
                     service,
-                    procs: HashMap::new(),
+                    procs: FxHashMap::default(),
                     owners: HashMap::new(),
                     inbox,
                     bell,
@@ -333,7 +335,7 @@ enum Watch {
 
 struct Loop<R> {
     service: Service<R>,
-    procs: HashMap<ChildId, Proc>,
+    procs: FxHashMap<ChildId, Proc>,
     owners: HashMap<u32, Sender<Answer<R>>>,
     inbox: Receiver<Command<R>>,
     bell: UnixStream,

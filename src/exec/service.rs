@@ -19,7 +19,9 @@
 //! [`codes::BUSY`]: nothing of it ran, so the manager may retry it
 //! elsewhere, which `handler_failed` (the program failed) would not tell.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+use rustc_hash::FxHashMap;
 use std::fmt::Debug;
 use std::time::Instant;
 
@@ -165,7 +167,9 @@ enum Role {
 /// Tasks, children and actions: what every handler shares.
 #[derive(Debug)]
 struct Book<R> {
-    entries: HashMap<TaskKey, Entry<R>>,
+    /// Keyed by our own counter, never by a peer's value: a fast hash is
+    /// safe here.
+    entries: FxHashMap<TaskKey, Entry<R>>,
     children: BTreeMap<ChildId, Role>,
     actions: VecDeque<ServiceAction<R>>,
     next_key: TaskKey,
@@ -216,7 +220,7 @@ impl<R: Copy + Eq + Debug> Service<R> {
         let mut service = Service {
             handlers: Vec::with_capacity(set.handlers.len()),
             book: Book {
-                entries: HashMap::new(),
+                entries: FxHashMap::default(),
                 children: BTreeMap::new(),
                 actions: VecDeque::new(),
                 next_key: 0,

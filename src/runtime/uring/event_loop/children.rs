@@ -14,7 +14,7 @@
 //! operations is outstanding; its number is reused only then, so a
 //! completion always finds the entry it was submitted for.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -42,7 +42,7 @@ pub(super) struct Children {
     pub(super) service: Service<Route>,
     procs: Vec<Option<Proc>>,
     free: Vec<u32>,
-    ids: HashMap<ChildId, u32>,
+    ids: FxHashMap<ChildId, u32>,
     /// Children that exited while fd 3 still had to be read to its end.
     lingering: usize,
     /// When `/status` was last given the handlers' states.
@@ -160,7 +160,7 @@ impl Children {
             service: Service::with_max_waiting(set, max_waiting, now),
             procs: Vec::new(),
             free: Vec::new(),
-            ids: HashMap::new(),
+            ids: FxHashMap::default(),
             lingering: 0,
             published: None,
         }
