@@ -9,13 +9,14 @@
 //! - [`handlers`]: the [`handlers::Handler`] trait, the registry and the
 //!   built-ins `echo`, `sink`, `crc32c`, `sha256`, `sleep`.
 //! - [`session`]: [`session::WorkerSession`], the core plus handlers, timers
-//!   and formatted totals; what every runtime drives.
-//! - [`link`]: [`link::Link`], a session over plaintext or TLS (rustls,
-//!   sans-IO); the one thing the engines drive.
+//!   and formatted totals; each connection owns one.
 //! - [`runtime`]: the [`runtime::RuntimeMode`] API and its engines; bytes are
 //!   counted in one `send_raw` / `recv_raw` per engine.
-//! - [`connection`]: the lifecycle rules both runtimes carry out, without
-//!   I/O: dial back-off, the stop drain and its deadline, linger, refusal.
+//! - [`connection`]: [`connection::Connection`], one manager connection as
+//!   a sans-IO state machine and the one thing both runtimes drive: the
+//!   session over its transport ([`connection::Link`], plaintext or TLS
+//!   through rustls's sans-IO API) and the lifecycle rules (dial back-off,
+//!   the stop drain and its deadline, linger, refusal).
 //! - [`transport`]: endpoints (`tcp://`, `tls://`, `unix://`), dialling, and
 //!   TLS configuration ([`transport::tls`]).
 //! - [`agent`], [`config`]: the `ringworker run` command around a runtime;
@@ -64,7 +65,6 @@ pub mod format;
 pub mod fuzzing;
 pub mod handlers;
 pub mod http;
-pub mod link;
 pub mod log_limit;
 pub mod logging;
 pub mod manager;

@@ -45,10 +45,10 @@ use rand::SeedableRng;
 
 use super::backoff::Backoff;
 use super::drain::{DrainTally, StopDrain};
+use super::link::Link;
 use super::{closing_deadline, refusal};
 use crate::exec::Outcome;
 use crate::handlers::Job;
-use crate::link::Link;
 use crate::protocol::frame::SHRINK_ABOVE;
 use crate::protocol::Phase;
 use crate::runtime::AgentPlan;

@@ -7,6 +7,9 @@
 //! unfinished, and when a refusal stops the agent. Its module documents the
 //! call order. The rules it applies are here:
 //! - [`lifecycle`]: [`Connection`], its events and [`Action`]s;
+//! - [`link`]: [`Link`], the session over its transport (plaintext, or TLS
+//!   through rustls's sans-IO connection), which the connection owns and
+//!   feeds the runtime's raw bytes through;
 //! - [`backoff`]: the delay between dial attempts (exponential, full
 //!   jitter, reset after a stable connection);
 //! - [`drain`]: the drain after a stop request, whose deadline ends every
@@ -20,8 +23,10 @@
 pub mod backoff;
 pub mod drain;
 pub mod lifecycle;
+pub mod link;
 
 pub use lifecycle::{Action, Connection, Receive};
+pub use link::Link;
 
 use std::time::{Duration, Instant};
 

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use super::json::{error_body, json_damage, json_number, json_string};
 use super::{chunk_plan, decode_all, Input};
+use crate::connection::Link;
 use crate::handlers::HandlerRegistry;
-use crate::link::Link;
 use crate::protocol::frame::{encode_frame, FrameKind, FLAG_ACK_REQUESTED};
 use crate::protocol::{CloseReason, PROTOCOL_VERSION};
 use crate::session::{SessionConfig, WorkerSession};
@@ -128,7 +128,7 @@ pub fn handshake(data: &[u8]) {
         .iter()
         .find(|f| f.0 == FrameKind::Result)
         .map(|f| f.3.clone());
-    if let Some(reason) = link.closed() {
+    if let Some(reason) = link.session().closed() {
         let line = reason.to_string();
         assert!(
             !line.chars().any(char::is_control),
@@ -136,7 +136,7 @@ pub fn handshake(data: &[u8]) {
         );
         assert!(line.len() <= 1024, "a close reason of {} bytes", line.len());
     }
-    match (mode, link.closed()) {
+    match (mode, link.session().closed()) {
         (0, None) => {
             assert_ne!(expect_welcome, Some(false), "an invalid WELCOME accepted");
             assert_eq!(

@@ -31,7 +31,7 @@
 //! touch the network or the file system, or weaken what a target asserts.
 
 #[cfg(doc)]
-use crate::link::Link;
+use crate::connection::Link;
 use crate::protocol::frame::{FrameBuffer, FrameKind};
 
 mod decoder;

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{chunk_plan, decode_all, Input};
+use crate::connection::Link;
 use crate::handlers::HandlerRegistry;
-use crate::link::Link;
 use crate::protocol::frame::{
     encode_frame, FrameKind, FLAG_ACK_REQUESTED, FLAG_FAILED, HEADER_LEN,
 };
@@ -231,9 +231,9 @@ impl SessionDriver {
                     at += size;
                     self.counters.received(chunk.len());
                     if into_buffer {
-                        let space = self.link.recv_space(chunk.len());
+                        let space = self.link.session_mut().recv_space(chunk.len());
                         space[..chunk.len()].copy_from_slice(chunk);
-                        self.link.on_received(chunk.len(), self.now);
+                        self.link.session_mut().on_received(chunk.len(), self.now);
                     } else {
                         self.link.on_input(chunk, self.now);
                     }
@@ -271,23 +271,23 @@ impl SessionDriver {
             }
             SessionOp::Advance(by) => {
                 self.now += *by;
-                self.link.handle_timeout(self.now);
+                self.link.session_mut().handle_timeout(self.now);
             }
             SessionOp::ToDeadline => {
-                if let Some(at) = self.link.poll_timeout() {
+                if let Some(at) = self.link.session().poll_timeout() {
                     self.now = self.now.max(at);
-                    self.link.handle_timeout(self.now);
+                    self.link.session_mut().handle_timeout(self.now);
                 }
             }
             SessionOp::Flush => self.flush(),
-            SessionOp::Drain => self.link.start_drain(self.now),
+            SessionOp::Drain => self.link.session_mut().start_drain(self.now),
             SessionOp::Eof => self.eof_sent = true,
         }
         self.read();
         assert!(
-            self.link.in_flight() <= self.max_in_flight as usize,
+            self.link.session().in_flight() <= self.max_in_flight as usize,
             "{} tasks held, max_in_flight {}",
-            self.link.in_flight(),
+            self.link.session().in_flight(),
             self.max_in_flight
         );
     }
@@ -302,11 +302,11 @@ impl SessionDriver {
         self.check_output();
         SessionOutcome {
             output: self.output,
-            closed: self.link.closed().cloned(),
-            in_flight: self.link.in_flight(),
-            tasks: self.link.tasks_this_connection(),
+            closed: self.link.session().closed().cloned(),
+            in_flight: self.link.session().in_flight(),
+            tasks: self.link.session().tasks_this_connection(),
             received: self.stats.bytes_received(),
-            welcomed: self.link.welcomed_at().is_some(),
+            welcomed: self.link.session().welcomed_at().is_some(),
         }
     }
 
@@ -353,7 +353,7 @@ impl SessionDriver {
                 }
                 other => panic!("a worker sent {other}"),
             }
-            let welcomed = self.link.welcomed_at().is_some();
+            let welcomed = self.link.session().welcomed_at().is_some();
             if let (Some(limit), true) = (self.peer_max_body.filter(|_| welcomed), i > 0) {
                 assert!(
                     body.len() <= limit as usize,

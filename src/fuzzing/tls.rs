@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{chunk_plan, Input};
+use crate::connection::Link;
 use crate::handlers::HandlerRegistry;
-use crate::link::Link;
 use crate::manager::{ManagerConfig, ManagerEvent, ManagerMachine};
 use crate::session::{SessionConfig, WorkerSession};
 use crate::stats::SessionStats;
@@ -191,7 +191,7 @@ pub fn tls(peers: &TlsPeers, data: &[u8]) {
             }
             7 => {
                 now += Duration::from_millis(u64::from(input.byte()) * 4);
-                link.handle_timeout(now);
+                link.session_mut().handle_timeout(now);
             }
             // Bytes from nowhere, or the manager closes.
             8 => {
@@ -213,7 +213,7 @@ pub fn tls(peers: &TlsPeers, data: &[u8]) {
                 }
             }
         }
-        assert!(link.in_flight() <= 4);
+        assert!(link.session().in_flight() <= 4);
         if link.failure().is_some() {
             assert!(!link.wants_read(), "a failed link still wants to read");
         }
@@ -226,14 +226,14 @@ pub fn tls(peers: &TlsPeers, data: &[u8]) {
     }
     for _ in 0..4 {
         now += Duration::from_secs(11);
-        link.handle_timeout(now);
+        link.session_mut().handle_timeout(now);
         let _ = take_checked(&mut link, &mut failed_and_flushed);
         link.on_flushed(now);
     }
     assert!(
-        link.failure().is_some() || link.closed().is_some(),
+        link.failure().is_some() || link.session().closed().is_some(),
         "after EOF and the timeouts the link neither failed nor closed (handshaking {})",
-        link.welcomed_at().is_none()
+        link.session().welcomed_at().is_none()
     );
 }
 

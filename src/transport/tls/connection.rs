@@ -1,6 +1,6 @@
 //! One end of one TLS connection: raw socket bytes in, plaintext out, and
 //! the other way round. [`TlsLayer`] is the worker's end (owned by
-//! [`crate::link::Link`]), [`ServerTls`] the manager's; both are one
+//! [`crate::connection::Link`]), [`ServerTls`] the manager's; both are one
 //! [`TlsConnection`], so handshake state, encryption, close_notify and the
 //! draining of plaintext are written once.
 //!

@@ -2,7 +2,7 @@
 //!
 //! rustls never touches a socket: the engines keep reading and writing raw
 //! bytes (and counting them) exactly as for plain TCP, and hand those bytes to
-//! the [`TlsLayer`] in [`crate::link::Link`]. That is what lets the io_uring
+//! the [`TlsLayer`] in [`crate::connection::Link`]. That is what lets the io_uring
 //! engine keep owning its buffers and completions. Nothing in this module
 //! reads or writes a socket, and no protocol version but TLS 1.3 is offered
 //! or accepted.

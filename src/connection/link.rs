@@ -1,24 +1,25 @@
 //! [`Link`]: a [`WorkerSession`] over its transport, plaintext or TLS.
 //!
-//! Both engines drive a `Link` and nothing else above the socket: they read
-//! raw bytes and pass them to [`Link::on_input`], write what
-//! [`Link::take_output`] returns, and count exactly those bytes. Over plain
-//! TCP or a Unix socket every call goes straight to the session; over TLS the
-//! bytes pass through rustls first ([`TlsLayer`]), so the byte counters see
-//! records, handshake and alerts, as PROTOCOL.md asks.
+//! The [`Connection`](super::Connection) owns one `Link` per connection and
+//! passes it the raw bytes the runtime reads ([`Link::on_input`]); what
+//! [`Link::take_output`] returns is what the runtime writes and counts. Over
+//! plain TCP or a Unix socket every call goes straight to the session; over
+//! TLS the bytes pass through rustls first ([`TlsLayer`]), so the byte
+//! counters see records, handshake and alerts, as PROTOCOL.md asks. The
+//! session is reached only through [`Link::session`] and
+//! [`Link::session_mut`]: what does not pass the transport says so.
 //!
 //! Two details make the GOODBYE accounting hold over TLS: the session is told
 //! its output is flushed only once every record is on the socket (so the
 //! counters it reports include all of them), and GOODBYE is therefore
 //! encrypted into records of its own; close_notify follows it.
 
-use std::ops::{Deref, DerefMut};
 use std::time::Instant;
 
 use crate::session::WorkerSession;
 use crate::transport::tls::{self, TlsLayer};
 
-/// One connection of one session, as the engines see it.
+/// One connection of one session: the session and its transport.
 #[derive(Debug)]
 pub struct Link {
     session: WorkerSession,
@@ -202,19 +203,5 @@ impl Link {
                 }
             }
         }
-    }
-}
-
-impl Deref for Link {
-    type Target = WorkerSession;
-
-    fn deref(&self) -> &WorkerSession {
-        &self.session
-    }
-}
-
-impl DerefMut for Link {
-    fn deref_mut(&mut self) -> &mut WorkerSession {
-        &mut self.session
     }
 }
