@@ -218,6 +218,13 @@ impl Connection {
         self.link.as_deref().map(Link::session)
     }
 
+    /// The TLS failure that is ending this connection (a refused handshake,
+    /// a bad record, an alert), while it lasts: the connection reads nothing
+    /// more and writes at most the alert rustls queued before it closes.
+    pub fn failure(&self) -> Option<&str> {
+        self.link.as_deref().and_then(Link::failure)
+    }
+
     /// Which connection this is (it changes with every connect): the
     /// answers of a closed connection's jobs are ignored.
     pub fn generation(&self) -> u32 {

@@ -64,6 +64,21 @@ impl ClientTls {
         })
     }
 
+    /// A configuration built in memory rather than loaded from files (the
+    /// fuzz targets' in-memory peers): `server_name` is what the manager's
+    /// certificate must carry, and nothing is ever reloaded.
+    pub fn from_config(config: Arc<ClientConfig>, server_name: ServerName<'static>) -> ClientTls {
+        let options = TlsOptions::default();
+        ClientTls {
+            inner: Arc::new(std::sync::Mutex::new(Loaded {
+                config,
+                stamp: stamp(&options),
+            })),
+            options: Arc::new(options),
+            server_name,
+        }
+    }
+
     /// The configuration for the next dial, reloaded if a file changed.
     fn current(&self) -> Arc<ClientConfig> {
         let mut loaded = match self.inner.lock() {
