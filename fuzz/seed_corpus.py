@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write the hand-made seed inputs of the session, handshake, manager and
 tls targets into fuzz/corpus/<target>/<sha1>. Each seed is a short program
-in the byte code its target parses (src/fuzzing.rs): valid sessions first,
+in the byte code its target parses (src/fuzzing/<target>.rs): valid sessions first,
 then edge cases. Run from anywhere; existing files are kept."""
 
 import hashlib
@@ -21,14 +21,20 @@ def write(target, data):
 
 
 # ---- session: [config, peer, ops...] --------------------------------------
-# config: bits 0-2 max_in_flight-1, bits 3-4 max_body choice, bit 7 no WELCOME
+# config: bits 0-2 max_in_flight-1, bits 3-4 max_body choice (128, 300, 4096,
+#         1 MiB), bit 5 jobs answered during the final stop, bit 6 the
+#         manager's EOF during the final stop, bit 7 no WELCOME
 # peer: bits 0-1 WELCOME max_body choice, bits 2-3 heartbeat choice
 # ops: 0 raw(n, seed, bytes) | 1-4 frames(count-1, frame..., seed, seed)
-#      5/6 advance(ms) | 7 to deadline | 8/9 flush | 10 drain | 11 eof
+#      5/6 advance(ms) | 7 to deadline | 8 flush (the manager reads) |
+#      9 jobs done | 10 stop | 11 eof
 # frame: kind(0-8 task, 9-10 ping, 11 pong, 12 drain, 13 goodbye, 14 error,
 #        15 odd), flags, id, then for a task: handler index
-#        (echo crc32c sha256 sink sleep nosuch echo), len, fill or sleep ms
-H = {"echo": 0, "crc32c": 1, "sha256": 2, "sink": 3, "sleep": 4, "nosuch": 5}
+#        (echo crc32c sha256 sink sleep nosuch ext), len, fill or sleep ms;
+#        ext is a declared handler (its jobs are answered by op 9, each as
+#        its first payload byte % 4 says); sink with len >= 0xf0 is a large
+#        TASK of 60 + (len - 0xf0) kB, twice per program at most
+H = {"echo": 0, "crc32c": 1, "sha256": 2, "sink": 3, "sleep": 4, "nosuch": 5, "ext": 6}
 
 
 def task(handler, length=10, fill=7, ack=False, id=1, ms=5):
@@ -67,7 +73,7 @@ def odd(which=0, id=1):
     return [15, 0, id, which]
 
 
-FLUSH, DEADLINE, DRAIN, EOF = [8], [7], [10], [11]
+FLUSH, DEADLINE, JOBS, DRAIN, EOF = [8], [7], [9], [10], [11]
 
 
 def adv(ms):
@@ -136,6 +142,41 @@ for n in range(6):
         else:
             prog += FLUSH
     session.append(prog + DRAIN + FLUSH + adv(100) + FLUSH + FLUSH)
+# large TASKs: the rest of each received straight into the frame buffer
+for split in (0x00, 0x01, 0x41, 0x81, 0xc0):
+    session.append([0x1b, 7] + frames(task("sink", 0xf6, id=1), task("echo", id=2),
+                                      seeds=(split, split ^ 0x40))
+                   + FLUSH + adv(30) + FLUSH)
+session.append([0x1b, 3] + frames(task("sink", 0xff, id=1), task("sink", 0xf0, id=2),
+                                  task("sink", 0xf8, id=3), seeds=(0x01, 0x03)) + FLUSH)
+# the start of a large TASK, then a heartbeat: the wait-all receive of its
+# rest is collected before the deadline is judged
+big = struct.pack(">IBBHQ", 12 + 100000, 0x10, 0, 0, 1) + b"\x04sink" + bytes(20)
+for hb in (4, 8):
+    session.append([0x1b, 3 | hb] + raw(big, 0x41) + adv(25) + FLUSH + adv(25) + FLUSH
+                   + DEADLINE + DEADLINE + FLUSH)
+# a declared handler: jobs answered (echoed, fourfold, failed, after a stale
+# answer), held, answered during the stop or abandoned by it
+for cfg in (0x03, 0x23, 0x43, 0x63):
+    session.append([cfg, 2] + frames(task("ext", 8, 0, id=1), task("ext", 8, 1, ack=True, id=2),
+                                     task("ext", 8, 2, id=3), task("ext", 8, 3, id=4))
+                   + JOBS + FLUSH + frames(task("ext", 4, 0, id=5)) + FLUSH)
+session.append([0x00, 0] + frames(task("ext", 200, 1, id=1), task("ext", 3, 0, id=2))
+               + FLUSH + JOBS + FLUSH + JOBS + FLUSH)
+# the connection ends (ERROR, EOF, a silent manager) and redials; a job of
+# the old connection answered on the new one
+session.append([0x03, 2] + frames(task("ext", 5, 0, id=1)) + FLUSH + frames(error_frame())
+               + FLUSH + DEADLINE + DEADLINE + JOBS + frames(task("echo", id=2)) + FLUSH)
+session.append([0x43, 2] + frames(task("echo", id=1)) + FLUSH + EOF + FLUSH + adv(255)
+               + DEADLINE + FLUSH + DEADLINE + frames(task("echo", id=2)) + FLUSH)
+session.append([0x23, 4] + FLUSH + DEADLINE + DEADLINE + DEADLINE + DEADLINE + FLUSH
+               + DEADLINE + DEADLINE + frames(task("echo", id=3)) + FLUSH)
+# a stop in the middle: the program goes on against a stopping agent
+session.append([0x03, 2] + frames(task("sleep", id=1, ms=40), task("ext", 5, 0, id=2))
+               + DRAIN + frames(task("echo", id=3)) + FLUSH + adv(50) + JOBS + FLUSH + EOF + FLUSH)
+# a job answered late in the drain: the linger after GOODBYE ends with it
+session.append([0x03, 2] + frames(task("ext", 5, 0, id=1)) + FLUSH + DRAIN + adv(255) * 6
+               + JOBS + FLUSH + FLUSH + adv(255) * 4 + FLUSH)
 
 for s in session:
     write("session", bytes(s))
@@ -158,6 +199,9 @@ hs.append([1, 0, 9, 0x40, 0, 9, 0x10, 0, 0x85])        # long code and message
 hs.append([1, 0x80, 1, 1, 0, 0, 0x85])                 # damaged ERROR
 hs.append([2, 0, 0, 1, 0, 1, 0, 4, 0, 0, 0x85])        # a second WELCOME
 hs.append([3, 0, 1, 1, 0x85])                          # ERROR after WELCOME
+hs.append([1, 0, 3, 1, 0x85])                          # refused: unauthorized
+hs.append([1, 1, 4, 2, 0x41])                          # refused: unsupported_version
+hs.append([3, 0, 3, 1, 0x85])                          # unauthorized after WELCOME
 for _ in range(40):
     hs.append([rnd.randrange(4)] + [rnd.randrange(256) for _ in range(rnd.randrange(4, 40))])
 for h in hs:

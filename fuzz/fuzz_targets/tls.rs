@@ -1,5 +1,5 @@
-//! A TLS `Link` against an in-memory rustls server, its record stream split,
-//! corrupted and cut in both directions.
+//! A `Connection` over TLS against an in-memory rustls server, its record
+//! stream split, corrupted and cut in both directions.
 #![no_main]
 
 use std::sync::OnceLock;

@@ -1,19 +1,21 @@
 //! The [`handshake`] target: a worker session's start with the manager's
 //! WELCOME or ERROR bodies picked field by field, and what the worker must
-//! accept, refuse and report. It owns the WELCOME body builder and must
-//! never run past the first TASK after the handshake.
+//! accept, refuse and report, through a [`Connection`] as the runtimes
+//! drive it. It owns the WELCOME body builder and must never run past the
+//! first TASK after the handshake.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::driver::{self, Driver, Lifecycle};
 use super::json::{error_body, json_damage, json_number, json_string};
 use super::{chunk_plan, decode_all, Input};
-use crate::connection::Link;
+#[cfg(doc)]
+use crate::connection::Connection;
+use crate::connection::LINGER;
 use crate::handlers::HandlerRegistry;
 use crate::protocol::frame::{encode_frame, FrameKind, FLAG_ACK_REQUESTED};
 use crate::protocol::{CloseReason, PROTOCOL_VERSION};
-use crate::session::{SessionConfig, WorkerSession};
-use crate::stats::SessionStats;
+use crate::session::SessionConfig;
 
 /// A WELCOME body built field by field; `Some(valid)` when whether the
 /// worker must accept it is known.
@@ -100,9 +102,6 @@ pub fn handshake(data: &[u8]) {
     task.extend_from_slice(b"echoping");
     encode_frame(&mut stream, FrameKind::Task, FLAG_ACK_REQUESTED, 1, &task);
 
-    let now = Instant::now();
-    let handlers = HandlerRegistry::with_builtins();
-    let stats = Arc::new(SessionStats::with_handlers(0, handlers.names().len()));
     let config = SessionConfig {
         worker_id: "fuzz".into(),
         runtime: "fuzz",
@@ -111,24 +110,55 @@ pub fn handshake(data: &[u8]) {
         token: None,
         handshake_timeout: Duration::from_secs(1),
     };
-    let mut link = Link::plain(WorkerSession::new(0, &config, handlers, stats, now));
+    let plan = driver::plan(config, HandlerRegistry::with_builtins(), None);
+    let mut driver = Driver::new(plan, false, Instant::now());
+    driver.pump();
+    // The first connection: what the worker wrote on it (the manager reads
+    // everything as it comes) and how it ended.
+    let mut output = Vec::new();
+    let mut end = None;
+    let mut first = |driver: &mut Driver, output: &mut Vec<u8>| {
+        for _ in 0..16 {
+            for event in driver.take_events() {
+                if let Lifecycle::Closed { generation: 1, .. } = event {
+                    end = Some(event);
+                }
+            }
+            if end.is_some() {
+                return end.clone();
+            }
+            let bytes = driver.take_send()?;
+            output.extend_from_slice(&bytes);
+            driver.pump();
+        }
+        panic!("sends kept coming with nothing new to answer");
+    };
+    first(&mut driver, &mut output);
     let seed = input.byte();
     let mut at = 0;
     let mut n = 0u8;
-    while at < stream.len() && link.wants_read() {
+    while at < stream.len() && driver.can_read() {
         let (size, _) = chunk_plan(seed.wrapping_add(n), stream.len() - at);
         n = n.wrapping_add(37);
-        link.on_input(&stream[at..at + size], now);
+        driver.receive(&stream[at..at + size], &mut |left, _| left);
         at += size;
+        driver.pump();
+        if first(&mut driver, &mut output).is_some() {
+            break;
+        }
     }
-    let output = link.take_output(Vec::new());
+    let ended = first(&mut driver, &mut output);
+    let closed: Option<CloseReason> = match &ended {
+        Some(Lifecycle::Closed { reason, .. }) => reason.clone(),
+        _ => driver.session().and_then(|s| s.closed().cloned()),
+    };
     let frames = decode_all(&output, "the worker's output");
     assert_eq!(frames.first().map(|f| f.0), Some(FrameKind::Hello));
     let result = frames
         .iter()
         .find(|f| f.0 == FrameKind::Result)
         .map(|f| f.3.clone());
-    if let Some(reason) = link.session().closed() {
+    if let Some(reason) = &closed {
         let line = reason.to_string();
         assert!(
             !line.chars().any(char::is_control),
@@ -136,7 +166,7 @@ pub fn handshake(data: &[u8]) {
         );
         assert!(line.len() <= 1024, "a close reason of {} bytes", line.len());
     }
-    match (mode, link.session().closed()) {
+    match (mode, closed.as_ref()) {
         (0, None) => {
             assert_ne!(expect_welcome, Some(false), "an invalid WELCOME accepted");
             assert_eq!(
@@ -186,4 +216,26 @@ pub fn handshake(data: &[u8]) {
         }
         (mode, other) => panic!("mode {mode} ended {other:?}"),
     }
+
+    // A closed session's connection ends within the linger (the manager
+    // never closes its side here), with a refusal only for a refused
+    // handshake (the driver checks which); the agent then stops, by the
+    // drain's deadline.
+    if closed.is_some() && ended.is_none() {
+        let at = driver.now + LINGER;
+        driver.advance_to(at);
+        assert!(
+            first(&mut driver, &mut output).is_some(),
+            "the connection of a closed session outlived the linger"
+        );
+    }
+    driver.request_stop();
+    let mut sink = Vec::new();
+    for _ in 0..Driver::STOP_STEPS {
+        driver.deliver_all(&mut sink);
+        if driver.stop_step() {
+            break;
+        }
+    }
+    assert!(driver.is_stopped(), "the connection did not stop");
 }

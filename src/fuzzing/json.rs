@@ -40,7 +40,10 @@ pub(super) fn json_number(input: &mut Input<'_>) -> (String, Option<u32>) {
 pub(super) fn json_string(input: &mut Input<'_>) -> (Vec<u8>, Option<String>) {
     let text: String = match input.byte() % 16 {
         0 => String::new(),
-        1..=4 => "manager-1".into(),
+        1 | 2 => "manager-1".into(),
+        // The ERROR codes that refuse a worker for good.
+        3 => crate::protocol::codes::UNAUTHORIZED.into(),
+        4 => crate::protocol::codes::UNSUPPORTED_VERSION.into(),
         5 | 6 => {
             let n = usize::from(input.byte() % 48);
             String::from_utf8_lossy(input.bytes(n)).into_owned()

@@ -8,33 +8,48 @@
 //! - [`machine()`]: the worker's state machine never holds more than
 //!   `max_in_flight` tasks, never queues unbounded output, and hands out only
 //!   ids it holds.
-//! - [`session()`]: the input path both runtimes use ([`Link::on_input`], in
-//!   place, and `recv_space` / `on_received`) with the built-in handlers
-//!   running and a fake clock: output always decodes as frames a worker may
-//!   send, GOODBYE's counts match the bytes, and the same bytes give the same
-//!   output whatever the read boundaries.
+//! - [`session()`]: a [`Connection`] driven as the runtimes drive it (the
+//!   same events in, the same actions carried out, on a fake clock), with
+//!   the built-in handlers and a declared one whose jobs the program
+//!   answers, redialling after each close and stopping at the end: output
+//!   always decodes as frames a worker may send, GOODBYE's counts match the
+//!   bytes, the same bytes give the same connections whether read as the
+//!   blocking runtime reads (whole) or as the io_uring runtime does (in
+//!   pieces, large frames received directly, wait-all receives collected),
+//!   and the stop ends the connection by the drain's deadline.
 //! - [`handshake()`]: HELLO / WELCOME / ERROR with structured, JSON-aware
-//!   mutations of the manager's bodies, before and after a valid start.
+//!   mutations of the manager's bodies, before and after a valid start,
+//!   through a [`Connection`]: only a refused handshake stops the agent.
 //! - [`manager()`]: the manager's state machine fed arbitrary worker bytes.
-//! - [`tls()`]: a TLS [`Link`] against an in-memory rustls server, with the
-//!   record stream split, corrupted and cut: the link fails cleanly
-//!   ([`Link::failure`]) or ends the session, and never delivers corrupted
-//!   plaintext.
+//! - [`tls()`]: a [`Connection`] over TLS against an in-memory rustls
+//!   server, with the record stream split, corrupted and cut: the link fails
+//!   cleanly ([`Connection::failure`]: it reads nothing more and writes at
+//!   most its alert) or the session ends, corrupted plaintext is never
+//!   delivered, and after EOF and the timeouts the connection has closed.
+//!
+//! The targets that drive a [`Connection`] share `driver`, a fake runtime
+//! that also checks the lifecycle's rules on every step: `poll` comes back
+//! to [`Action::Wait`](crate::connection::Action::Wait) within a bounded
+//! number of actions, at most one send is outstanding, a close is followed
+//! by `on_closed` and leaves no session, a stopping connection waits for
+//! nothing past the drain's deadline.
 //!
 //! Layout: each target lives in the child module of its name (`decoder`,
 //! `machine`, `session`, `handshake`, `manager`, `tls`) and is re-exported
 //! here, so callers name `ringworker::fuzzing::<target>`; `json` holds the
-//! JSON-aware body mutations the handshake and manager targets share. This
+//! JSON-aware body mutations the handshake and manager targets share, and
+//! `driver` the fake runtime of the targets that drive a connection. This
 //! module owns what every target reads its input with (`Input`) and the
 //! helpers several of them share (`chunk_plan`, `decode_all`). Nothing here
 //! is used by the agent itself: it must never keep state across calls,
 //! touch the network or the file system, or weaken what a target asserts.
 
 #[cfg(doc)]
-use crate::connection::Link;
+use crate::connection::Connection;
 use crate::protocol::frame::{FrameBuffer, FrameKind};
 
 mod decoder;
+mod driver;
 mod handshake;
 mod json;
 mod machine;
@@ -93,9 +108,9 @@ impl<'a> Input<'a> {
 
 /// Chunk sizes for a split delivery, from the input's split bytes: tiny
 /// (1..=7), small (1..=64), large (up to 1 KiB) or everything left. Bit 0
-/// chooses the read path: in place ([`Link::on_input`]) or into the
-/// session's buffer (`recv_space` / `on_received`, as io_uring reads a large
-/// frame's remainder).
+/// says whether a receive straight into the session's buffer
+/// ([`Connection::recv_space`], as io_uring reads a large frame's
+/// remainder) takes all it asks for at once.
 fn chunk_plan(seed: u8, left: usize) -> (usize, bool) {
     let size = match seed >> 6 {
         0 => 1 + usize::from(seed & 0x3f) % 7,

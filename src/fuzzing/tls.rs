@@ -1,19 +1,24 @@
-//! The [`tls`] target: a TLS [`Link`] against an in-memory rustls server
-//! with a [`ManagerMachine`] behind it, the record stream split, damaged and
-//! cut in both directions. It owns [`TlsPeers`] (the two configurations,
-//! from a certificate the caller makes) and the record damage; it must
-//! never build a key or certificate itself or open a socket.
+//! The [`tls`] target: a [`Connection`] over TLS against an in-memory
+//! rustls server with a [`ManagerMachine`] behind it, the record stream
+//! split, damaged and cut in both directions, driven as the runtimes drive
+//! it. It owns [`TlsPeers`] (the two configurations, from a certificate the
+//! caller makes), the manager end (one per connection: the connection
+//! redials after it closes) and the record damage; a [`Driver`] plays the
+//! runtime. It must never build a key or certificate itself, open a socket
+//! or read a file.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::driver::{self, Driver, Lifecycle};
 use super::{chunk_plan, Input};
-use crate::connection::Link;
+#[cfg(doc)]
+use crate::connection::{Connection, Link};
 use crate::handlers::HandlerRegistry;
 use crate::manager::{ManagerConfig, ManagerEvent, ManagerMachine};
-use crate::session::{SessionConfig, WorkerSession};
-use crate::stats::SessionStats;
+use crate::session::SessionConfig;
+use crate::transport::tls::{ClientTls, ServerTls};
 
 /// The two ends of the [`tls`] target: a client configuration that trusts
 /// one self-signed certificate for `localhost`, and a manager configuration
@@ -22,7 +27,7 @@ use crate::stats::SessionStats;
 /// tests use rcgen), so no key is built into the library.
 #[derive(Clone)]
 pub struct TlsPeers {
-    client: Arc<rustls::ClientConfig>,
+    client: ClientTls,
     server: Arc<rustls::ServerConfig>,
 }
 
@@ -54,8 +59,11 @@ impl TlsPeers {
             .map_err(|e| e.to_string())?
             .with_root_certificates(roots)
             .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("localhost")
+            .map_err(|e| e.to_string())?
+            .to_owned();
         Ok(TlsPeers {
-            client: Arc::new(client),
+            client: ClientTls::from_config(Arc::new(client), name),
             server: Arc::new(server),
         })
     }
@@ -81,21 +89,184 @@ fn damage(input: &mut Input<'_>, chunk: &mut Vec<u8>) -> bool {
     true
 }
 
-/// A TLS [`Link`] against an in-memory rustls server and a
+/// The manager end of one connection: rustls's server side, the manager's
+/// state machine behind it, and the records on their way to the worker.
+struct ManagerEnd {
+    server: ServerTls,
+    manager: ManagerMachine,
+    /// Records the worker has not read yet.
+    to_worker: Vec<u8>,
+    /// The payload of every echo task sent, by id.
+    expected: HashMap<u64, Vec<u8>>,
+    next_id: u64,
+    /// rustls refused what the worker wrote: the manager reads no more.
+    failed: bool,
+    /// The manager closed its side: what is in `to_worker` is the last.
+    eof_sent: bool,
+    /// The connection is closed: the worker reads nothing more from it.
+    closed: bool,
+    /// The connection this end belongs to.
+    generation: u32,
+}
+
+impl ManagerEnd {
+    fn new(peers: &TlsPeers, heartbeat_ms: u32, generation: u32) -> Self {
+        ManagerEnd {
+            server: ServerTls::new(peers.server.clone()).expect("a server connection"),
+            manager: ManagerMachine::new(ManagerConfig {
+                max_body: 65536,
+                heartbeat_ms,
+                ..ManagerConfig::default()
+            }),
+            to_worker: Vec::new(),
+            expected: HashMap::new(),
+            next_id: 1,
+            failed: false,
+            eof_sent: false,
+            closed: false,
+            generation,
+        }
+    }
+
+    /// The manager reads what the worker wrote (maybe damaged): corrupted
+    /// records never reach it as plaintext, so every echo RESULT it reads
+    /// is the payload it sent.
+    fn read(&mut self, records: &[u8]) {
+        if self.failed {
+            return;
+        }
+        let manager = &mut self.manager;
+        let fed = self
+            .server
+            .feed(records, &mut |plain, _| manager.handle_input(plain));
+        self.failed = fed.is_err();
+        while let Some(event) = self.manager.poll_event() {
+            if let ManagerEvent::Result {
+                id,
+                failed: false,
+                body,
+            } = event
+            {
+                let sent = self.expected.get(&id).expect("a RESULT for a task sent");
+                assert_eq!(&body, sent, "echo of task {id}");
+            }
+        }
+        self.write();
+    }
+
+    /// The manager's output, sealed into records for the worker.
+    fn write(&mut self) {
+        self.server
+            .write_plain(&self.manager.take_output(Vec::new()));
+        self.server.write_records(&mut self.to_worker);
+    }
+}
+
+/// The worker's side (a [`Driver`] around the connection) and the manager
+/// end of its current connection.
+struct Rig<'p> {
+    peers: &'p TlsPeers,
+    heartbeat_ms: u32,
+    driver: Driver,
+    end: Option<ManagerEnd>,
+    /// Connections whose socket closed.
+    closed: Vec<u32>,
+}
+
+impl Rig<'_> {
+    /// The manager side follows what happened to the connection: a new
+    /// manager end for each connection.
+    fn settle(&mut self) {
+        for event in self.driver.take_events() {
+            match event {
+                Lifecycle::Connected { generation } => {
+                    self.end = Some(ManagerEnd::new(self.peers, self.heartbeat_ms, generation));
+                }
+                Lifecycle::Closed { generation, .. } => {
+                    self.closed.push(generation);
+                    if let Some(end) = self.end.as_mut() {
+                        end.closed = true;
+                    }
+                }
+            }
+        }
+        if let Some(session) = self.driver.session() {
+            assert!(session.in_flight() <= 4, "more than max_in_flight held");
+        }
+    }
+
+    /// The worker's outstanding write reaches the manager, damaged when
+    /// the input says so.
+    fn worker_writes(&mut self, input: Option<&mut Input<'_>>) {
+        let Some(mut records) = self.driver.take_send() else {
+            return;
+        };
+        if let Some(input) = input {
+            if input.byte() % 4 == 0 {
+                damage(input, &mut records);
+            }
+        }
+        if let Some(end) = self.end.as_mut() {
+            end.read(&records);
+        }
+        self.driver.pump();
+        self.settle();
+    }
+
+    /// The worker reads `bytes` (from the current connection) and is polled.
+    fn worker_reads(&mut self, bytes: &[u8]) {
+        if self.driver.receive(bytes, &mut |left, _| left) {
+            self.driver.pump();
+            self.settle();
+        }
+    }
+
+    /// The connection open now, if any.
+    fn open(&self) -> Option<u32> {
+        self.end
+            .as_ref()
+            .filter(|end| !end.closed)
+            .map(|end| end.generation)
+    }
+
+    /// Whether the worker can read from the current connection.
+    fn can_read(&self) -> bool {
+        self.open().is_some() && self.driver.can_read()
+    }
+
+    /// After the manager closed its side: the worker reads the rest, then
+    /// the end of stream, once it reads at all.
+    fn deliver_eof(&mut self) {
+        let pending = self.end.as_ref().is_some_and(|end| end.eof_sent);
+        let reading = self.open();
+        if !pending || !self.can_read() {
+            return;
+        }
+        let rest = self
+            .end
+            .as_mut()
+            .map(|end| std::mem::take(&mut end.to_worker))
+            .unwrap_or_default();
+        self.worker_reads(&rest);
+        if self.open() == reading && self.can_read() && self.driver.receive_eof() {
+            self.driver.pump();
+            self.settle();
+        }
+    }
+}
+
+/// A TLS [`Connection`] against an in-memory rustls server and a
 /// [`ManagerMachine`] behind it: the input interleaves the two sides'
 /// writes, manager tasks, clock steps and EOF, and splits, corrupts, cuts or
 /// injects the record stream in either direction. Corrupted records never
 /// reach the session as plaintext (every echo RESULT the manager reads is
-/// the payload it sent), a failed link reads nothing more and writes at
-/// most its alert, and after EOF and the timeouts the link has failed
-/// ([`Link::failure`]) or its session has closed: nothing hangs.
+/// the payload it sent); a failed link reads nothing more and writes at
+/// most its alert before the connection closes ([`Connection::failure`]);
+/// after EOF and the timeouts the connection has closed (nothing hangs);
+/// and a stop ends it by the drain's deadline.
 pub fn tls(peers: &TlsPeers, data: &[u8]) {
-    use crate::transport::tls::ServerTls;
-
     let mut input = Input::new(data);
-    let mut now = Instant::now();
-    let handlers = HandlerRegistry::with_builtins();
-    let stats = Arc::new(SessionStats::with_handlers(0, handlers.names().len()));
+    let heartbeat_ms = u32::from(input.byte() % 2) * 100;
     let config = SessionConfig {
         worker_id: "fuzz".into(),
         runtime: "fuzz",
@@ -104,152 +275,147 @@ pub fn tls(peers: &TlsPeers, data: &[u8]) {
         token: None,
         handshake_timeout: Duration::from_secs(10),
     };
-    let session = WorkerSession::new(0, &config, handlers, stats, now);
-    let name = rustls::pki_types::ServerName::try_from("localhost").expect("a valid name");
-    let mut conn =
-        rustls::ClientConnection::new(peers.client.clone(), name).expect("a client connection");
-    conn.set_buffer_limit(None);
-    let mut link = Link::tls(session, conn);
-    let mut server = ServerTls::new(peers.server.clone()).expect("a server connection");
-    let mut manager = ManagerMachine::new(ManagerConfig {
-        max_body: 65536,
-        heartbeat_ms: u32::from(input.byte() % 2) * 100,
-        ..ManagerConfig::default()
-    });
-    let mut to_server: Vec<u8> = Vec::new();
-    let mut to_worker: Vec<u8> = Vec::new();
-    let mut expected: HashMap<u64, Vec<u8>> = HashMap::new();
-    let mut next_id = 1u64;
-    let mut server_failed = false;
-    let mut eof = false;
-    let mut failed_and_flushed = false;
+    let plan = driver::plan(
+        config,
+        HandlerRegistry::with_builtins(),
+        Some(peers.client.clone()),
+    );
+    let mut rig = Rig {
+        peers,
+        heartbeat_ms,
+        driver: Driver::new(plan, false, Instant::now()),
+        end: None,
+        closed: Vec::new(),
+    };
+    rig.driver.pump();
+    rig.settle();
+    assert!(rig.end.is_some(), "the connection dials at once");
 
     let mut ops = 0;
     while !input.is_empty() && ops < 256 {
         ops += 1;
         match input.byte() % 10 {
             // The worker writes; the manager reads (maybe damaged records).
-            0 | 1 => {
-                let out = take_checked(&mut link, &mut failed_and_flushed);
-                to_server.extend_from_slice(&out);
-                link.on_flushed(now);
-                if input.byte() % 4 == 0 {
-                    damage(&mut input, &mut to_server);
-                }
-                if !server_failed {
-                    let fed = server.feed(&to_server, &mut |plain, _| manager.handle_input(plain));
-                    server_failed = fed.is_err();
-                }
-                to_server.clear();
-                while let Some(event) = manager.poll_event() {
-                    if let ManagerEvent::Result {
-                        id,
-                        failed: false,
-                        body,
-                    } = event
-                    {
-                        let sent = expected.get(&id).expect("a RESULT for a task sent");
-                        assert_eq!(&body, sent, "echo of task {id}");
-                    }
-                }
-                server.write_plain(&manager.take_output(Vec::new()));
-                server.write_records(&mut to_worker);
-            }
+            0 | 1 => rig.worker_writes(Some(&mut input)),
             // The manager sends tasks.
             2 | 3 => {
                 for _ in 0..1 + input.byte() % 4 {
                     let len = usize::from(input.u16() % 2000);
                     let fill = input.byte();
                     let payload: Vec<u8> = (0..len).map(|i| fill ^ i as u8).collect();
-                    if manager
-                        .send_task(next_id, "echo", &payload, fill & 1 == 1)
-                        .is_ok()
-                    {
-                        expected.insert(next_id, payload);
-                        next_id += 1;
+                    if let Some(end) = rig.end.as_mut() {
+                        let id = end.next_id;
+                        if end
+                            .manager
+                            .send_task(id, "echo", &payload, fill & 1 == 1)
+                            .is_ok()
+                        {
+                            end.expected.insert(id, payload);
+                            end.next_id += 1;
+                        }
                     }
                 }
-                server.write_plain(&manager.take_output(Vec::new()));
-                server.write_records(&mut to_worker);
+                if let Some(end) = rig.end.as_mut() {
+                    end.write();
+                }
             }
             // The worker reads what the manager sent, in pieces, some damaged.
             4..=6 => {
                 let seed = input.byte();
+                let reading = rig.open();
+                let pending = rig
+                    .end
+                    .as_mut()
+                    .filter(|end| !end.eof_sent)
+                    .map(|end| std::mem::take(&mut end.to_worker))
+                    .unwrap_or_default();
                 let mut at = 0;
                 let mut n = 0u8;
-                while at < to_worker.len() && !eof {
-                    let (size, _) = chunk_plan(seed.wrapping_add(n), to_worker.len() - at);
+                while at < pending.len() && rig.open() == reading && rig.can_read() {
+                    let (size, _) = chunk_plan(seed.wrapping_add(n), pending.len() - at);
                     n = n.wrapping_add(29);
-                    let mut chunk = to_worker[at..at + size].to_vec();
+                    let mut chunk = pending[at..at + size].to_vec();
                     at += size;
                     if input.byte() % 8 == 0 {
                         damage(&mut input, &mut chunk);
                     }
-                    link.on_input(&chunk, now);
+                    rig.worker_reads(&chunk);
                 }
-                to_worker.clear();
+                // What was not read stays in the socket, if it is still open.
+                if let Some(end) = rig
+                    .end
+                    .as_mut()
+                    .filter(|end| !end.closed && Some(end.generation) == reading)
+                {
+                    let mut rest = pending[at..].to_vec();
+                    rest.append(&mut end.to_worker);
+                    end.to_worker = rest;
+                }
             }
             7 => {
-                now += Duration::from_millis(u64::from(input.byte()) * 4);
-                link.session_mut().handle_timeout(now);
+                let at = rig.driver.now + Duration::from_millis(u64::from(input.byte()) * 4);
+                rig.driver.advance_to(at);
+                rig.settle();
             }
             // Bytes from nowhere, or the manager closes.
             8 => {
                 let n = usize::from(input.byte() % 64);
                 let junk = input.bytes(n).to_vec();
-                if !eof {
-                    link.on_input(&junk, now);
+                if rig.can_read() && !rig.end.as_ref().is_some_and(|end| end.eof_sent) {
+                    rig.worker_reads(&junk);
                 }
             }
             _ => {
-                if input.byte() % 2 == 0 {
-                    server.close();
-                    server.write_records(&mut to_worker);
-                } else if !eof {
-                    link.on_input(&to_worker, now);
-                    to_worker.clear();
-                    eof = true;
-                    link.on_eof(now);
+                if let Some(end) = rig.end.as_mut() {
+                    if input.byte() % 2 == 0 {
+                        end.server.close();
+                        end.server.write_records(&mut end.to_worker);
+                    } else {
+                        end.eof_sent = true;
+                    }
                 }
             }
         }
-        assert!(link.session().in_flight() <= 4);
-        if link.failure().is_some() {
-            assert!(!link.wants_read(), "a failed link still wants to read");
-        }
+        rig.deliver_eof();
     }
 
-    // The end: what is left arrives, then EOF, then time passes.
-    if !eof {
-        link.on_input(&to_worker, now);
-        link.on_eof(now);
+    // The end: the manager closes its side (the worker reads what is left,
+    // then EOF), then time passes, the manager reading what it is sent: the
+    // connection open now must close.
+    let last = rig.open();
+    if let Some(end) = rig.end.as_mut() {
+        end.eof_sent = true;
     }
     for _ in 0..4 {
-        now += Duration::from_secs(11);
-        link.session_mut().handle_timeout(now);
-        let _ = take_checked(&mut link, &mut failed_and_flushed);
-        link.on_flushed(now);
+        rig.deliver_eof();
+        for _ in 0..8 {
+            rig.worker_writes(None);
+        }
+        let at = rig.driver.now + Duration::from_secs(11);
+        rig.driver.advance_to(at);
+        rig.settle();
     }
-    assert!(
-        link.failure().is_some() || link.session().closed().is_some(),
-        "after EOF and the timeouts the link neither failed nor closed (handshaking {})",
-        link.session().welcomed_at().is_none()
-    );
-}
-
-/// The link's output, checked: nothing may be written after the output that
-/// followed its failure (its alert) was taken.
-fn take_checked(link: &mut Link, failed_and_flushed: &mut bool) -> Vec<u8> {
-    let out = link.take_output(Vec::new());
-    if *failed_and_flushed {
+    if let Some(generation) = last {
         assert!(
-            out.is_empty(),
-            "{} bytes written after the link failed",
-            out.len()
+            rig.closed.contains(&generation),
+            "after EOF and the timeouts connection {generation} is still open"
         );
     }
-    if link.failure().is_some() {
-        *failed_and_flushed = true;
+
+    // A stop ends the connection (a redialled one too) by the drain's deadline.
+    rig.driver.request_stop();
+    rig.settle();
+    for _ in 0..Driver::STOP_STEPS {
+        let mut sink = Vec::new();
+        rig.driver.deliver_all(&mut sink);
+        if let Some(end) = rig.end.as_mut() {
+            end.read(&sink);
+        }
+        rig.settle();
+        if rig.driver.stop_step() {
+            break;
+        }
+        rig.settle();
     }
-    out
+    assert!(rig.driver.is_stopped(), "the connection did not stop");
 }
