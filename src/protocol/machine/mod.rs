@@ -168,7 +168,11 @@ impl WorkerMachine {
             phase: Phase::AwaitingWelcome,
             recv: FrameBuffer::new(config.hello.max_body),
             out: Vec::new(),
-            in_flight: IdSet::with_capacity_and_hasher(max_in_flight, Default::default()),
+            // Grown as tasks arrive, not sized for `max_in_flight` up front:
+            // an idle session holds no table (10,000 of them at 1,024 would
+            // hold 40 MB), and a busy one reaches its size after a few
+            // doublings, once per connection.
+            in_flight: IdSet::default(),
             current: None,
             max_in_flight,
             output_high_water: config.output_high_water,
