@@ -120,6 +120,30 @@ impl BufRing {
         Ok(this)
     }
 
+    /// Give the buffers' memory back to the system: their pages are dropped
+    /// and come back zeroed when the kernel next writes to them. A loop that
+    /// went quiet after a burst (10,000 handshakes, a spike of traffic) so
+    /// stops holding the pages the burst touched.
+    ///
+    /// Only between two `io_uring_enter` calls of the ring's thread, with
+    /// every buffer given back: the contents of a buffer in the ring do not
+    /// matter, and with `DEFER_TASKRUN` the kernel copies received bytes into
+    /// the buffers only inside that thread's `io_uring_enter`, never while
+    /// this runs.
+    pub fn trim(&self) {
+        // SAFETY: MADV_DONTNEED on our own private anonymous mapping, whole
+        // and page-aligned as `mmap` returned it: the only effect is that
+        // its pages read as zero again; no Rust reference covers them (see
+        // the module documentation) and no buffer is lent out (above).
+        unsafe {
+            libc::madvise(
+                self.buffers_ptr.cast(),
+                self.buffers_len,
+                libc::MADV_DONTNEED,
+            );
+        }
+    }
+
     /// The address of the first byte of buffer `bid`.
     fn buffer(&self, bid: u16) -> *mut u8 {
         let offset = RECV_PAGE_OFFSET + usize::from(bid & self.mask) * self.buf_len;

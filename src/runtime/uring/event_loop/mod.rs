@@ -73,6 +73,10 @@ const REAP_DEADLINE: Duration = Duration::from_secs(2);
 const MAX_DIALS: usize = 256;
 /// How often a slot looks again while the manager's name is first looked up.
 const RESOLVE_POLL: Duration = Duration::from_millis(20);
+/// A loop with fewer receive completions than this in a beat interval is
+/// quiet: it gives back the memory a burst left behind (the buffer ring's
+/// touched pages, the allocator's free pages).
+const QUIET_RECEIVES: u32 = 1024;
 
 /// Kinds of operation, in the top byte of `user_data`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,6 +225,11 @@ pub struct EventLoop {
     children: Option<children::Children>,
     /// Which of the runtime's loops this is, and how many there are.
     part: usize,
+    /// Receive completions since the last quiet check, and when that was;
+    /// whether memory was given back since the last receive.
+    receives: u32,
+    quiet_check: Instant,
+    trimmed: bool,
 }
 
 /// Build an operation on a slot's socket: through the registered file table
@@ -331,6 +340,9 @@ impl EventLoop {
             resolve_waiters: Vec::new(),
             children,
             part,
+            receives: 0,
+            quiet_check: now,
+            trimmed: true,
         })
     }
 
@@ -351,6 +363,7 @@ impl EventLoop {
             }
             let now = Instant::now();
             beat.beat(now);
+            self.trim_when_quiet(now);
             self.fire_timers(now);
             self.drive_children(now);
             self.drive_dirty();
@@ -425,6 +438,34 @@ impl EventLoop {
         .user_data(user_data(Op::Wake, 0, 0));
         self.push(entry);
         self.wake_armed = true;
+    }
+
+    /// Once a beat interval: a loop that received little since the last
+    /// check gives back its buffer ring's pages and the allocator's free
+    /// memory, once per quiet spell. Runs at the loop's head, where no
+    /// receive buffer is lent out.
+    fn trim_when_quiet(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.quiet_check) < LOOP_BEAT_INTERVAL {
+            return;
+        }
+        let receives = std::mem::take(&mut self.receives);
+        self.quiet_check = now;
+        if receives > 0 {
+            self.trimmed = false;
+        }
+        if receives >= QUIET_RECEIVES || self.trimmed {
+            return;
+        }
+        self.trimmed = true;
+        if let Some(buffers) = &self.buffers {
+            buffers.trim();
+        }
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim only returns free heap memory to the system;
+        // it takes the allocator's own locks and touches no live allocation.
+        unsafe {
+            libc::malloc_trim(0);
+        }
     }
 
     fn mark_dirty(&mut self, slot: u32) {
