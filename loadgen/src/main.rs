@@ -234,6 +234,7 @@ fn run() -> anyhow::Result<bool> {
     engine.run()?;
     let loadgen_end = cpu_times("self").unwrap_or_default();
     let agent_end = agent_pid.as_deref().and_then(cpu_times);
+    let agent_rss_kib_end = agent_pid.as_deref().and_then(rss_kib);
     let (loadgen_cpu, agent_cpu) = match cpu_window.join().ok().flatten() {
         Some(((loadgen, agent), _)) => (loadgen, agent),
         None => (
@@ -275,6 +276,7 @@ fn run() -> anyhow::Result<bool> {
     );
     report.connect_s = Some(connect_s);
     report.agent_rss_kib_connected = agent_rss_kib;
+    report.agent_rss_kib_end = agent_rss_kib_end;
     // A reader that went away (`| head`) must not cost the JSON report or
     // the exit status that says whether the run passed.
     if let Err(err) = report.print(&mut std::io::stdout().lock()) {

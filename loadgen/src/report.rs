@@ -97,6 +97,9 @@ pub struct Report {
     pub connect_s: Option<f64>,
     /// A spawned agent's resident memory once every session was connected.
     pub agent_rss_kib_connected: Option<u64>,
+    /// A spawned agent's resident memory at the end of the run, before the
+    /// drain: with a low `--rate`, what its idle sessions hold once settled.
+    pub agent_rss_kib_end: Option<u64>,
     pub per_session_tasks_min: u64,
     pub per_session_tasks_max: u64,
     pub failure_codes: std::collections::BTreeMap<String, u64>,
@@ -186,6 +189,7 @@ impl Report {
             agent_cpu_sys_us_per_task: agent_cpu.map(|c| per_task(c.sys_s)),
             connect_s: None,
             agent_rss_kib_connected: None,
+            agent_rss_kib_end: None,
             per_session_tasks_min: per_session.iter().copied().min().unwrap_or(0),
             per_session_tasks_max: per_session.iter().copied().max().unwrap_or(0),
             failure_codes: result.failure_codes.clone(),
