@@ -1,15 +1,20 @@
 //! Starting a handler's child in isolation, signalling its process group,
 //! and learning of its exit through a pidfd.
 //!
-//! Spawned with std's `Command` (the fork path, because of `pre_exec`):
-//! the child needs code of ours between fork and exec (`setrlimit`, moving
-//! the protocol socket to fd 3, marking every other inherited descriptor
-//! close-on-exec) that `posix_spawn` cannot run, and std already gives the
-//! rest: an empty environment plus what is set, `setpgid(0, 0)`, the user
-//! and group (with the supplementary groups dropped), the working
-//! directory, the signal mask and `SIGPIPE` reset, and an exec error
-//! reported to the parent. The pre-exec code only makes async-signal-safe
-//! calls (`setrlimit`, `dup2`, `fcntl`, `close_range`).
+//! Two ways to start it. A spec without resource limits or a user (the
+//! common case) is started with `posix_spawn`, which does not copy the
+//! agent's page tables (see [`posix`]). Otherwise with std's `Command`
+//! (the fork path, because of `pre_exec`): the child needs code of ours
+//! between fork and exec (`setrlimit`, moving the protocol socket to fd 3,
+//! marking every other inherited descriptor close-on-exec) that
+//! `posix_spawn` cannot run, and std already gives the rest: an empty
+//! environment plus what is set, `setpgid(0, 0)`, the user and group (with
+//! the supplementary groups dropped), the working directory, the signal
+//! mask and `SIGPIPE` reset, and an exec error reported to the parent. The
+//! pre-exec code only makes async-signal-safe calls (`setrlimit`, `dup2`,
+//! `fcntl`, `close_range`). Either way the child gets the same: its stdio
+//! as pipes, fd 3 in pool mode, no other descriptor, its own process
+//! group, the spec's environment only.
 //!
 //! The leader is never reaped before the caller is done with its group:
 //! [`Child::exit_status`] looks with `WNOWAIT`, so the pid and the process
@@ -17,7 +22,9 @@
 //! is signalled, and [`Child::reap`] ends it. A [`Child`] dropped unreaped
 //! has its group killed and is reaped then.
 
-#![allow(unsafe_code)] // fcntl, setrlimit, dup2, close_range, pidfd_open, waitid and kill; each block has a SAFETY note.
+#![allow(unsafe_code)] // fcntl, setrlimit, dup2, close_range, posix_spawn, pidfd_open, waitid and kill; each block has a SAFETY note.
+
+mod posix;
 
 use std::ffi::OsString;
 use std::io;
@@ -52,6 +59,13 @@ pub struct SpawnSpec {
 }
 
 impl SpawnSpec {
+    /// Whether [`Child::spawn`] starts it with `posix_spawn` rather than by
+    /// forking: no resource limits, no user, and a glibc that offers the
+    /// file actions it needs (2.34 and later).
+    pub fn uses_posix_spawn(&self) -> bool {
+        posix::usable(self)
+    }
+
     /// The spec of a declared handler, `pass_env` read from this process's
     /// environment.
     pub fn for_handler(decl: &HandlerDecl) -> SpawnSpec {
@@ -220,60 +234,91 @@ fn prepare_child(rlimits: Rlimits, protocol: Option<RawFd>) -> io::Result<()> {
     Ok(())
 }
 
+/// A child just started, before its pidfd is opened.
+struct Started {
+    pid: libc::pid_t,
+    stdin: Option<OwnedFd>,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+    protocol: Option<UnixStream>,
+}
+
+/// Start `spec` with std's `Command`: fork, then `prepare_child` and exec.
+fn spawn_forked(spec: &SpawnSpec) -> Result<Started, SpawnError> {
+    let pair = if spec.protocol_fd {
+        let (ours, theirs) = UnixStream::pair().map_err(SpawnError::Socket)?;
+        // Below 3 it would be overwritten by the child's stdio:
+        // try_clone duplicates to the lowest free number >= 3.
+        let theirs = if theirs.as_raw_fd() < HANDLER_FD {
+            theirs.try_clone().map_err(SpawnError::Socket)?
+        } else {
+            theirs
+        };
+        Some((ours, theirs))
+    } else {
+        None
+    };
+    let mut command = Command::new(&spec.program);
+    command
+        .args(&spec.args)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    if let Some(cwd) = &spec.cwd {
+        command.current_dir(cwd);
+    }
+    if let Some((uid, gid)) = spec.user {
+        command.uid(uid).gid(gid);
+    }
+    let rlimits = spec.rlimits;
+    let protocol_raw = pair.as_ref().map(|(_, theirs)| theirs.as_raw_fd());
+    // SAFETY: the closure runs in the forked child and only calls
+    // async-signal-safe functions (see `prepare_child`); it allocates
+    // nothing and touches no lock.
+    unsafe {
+        command.pre_exec(move || prepare_child(rlimits, protocol_raw));
+    }
+    let mut child = command.spawn().map_err(|source| SpawnError::Start {
+        program: spec.program.clone(),
+        source,
+    })?;
+    // Ours is kept; the child's end is closed here, so the child's exit
+    // is seen as end of file on ours.
+    let protocol = pair.map(|(ours, _theirs)| ours);
+    let started = Started {
+        pid: child.id() as libc::pid_t,
+        stdin: child.stdin.take().map(OwnedFd::from),
+        stdout: child.stdout.take().map(OwnedFd::from),
+        stderr: child.stderr.take().map(OwnedFd::from),
+        protocol,
+    };
+    // The std handle is dropped: it neither kills nor waits, and the
+    // child is reaped through its pidfd from here on.
+    drop(child);
+    Ok(started)
+}
+
 impl Child {
     /// Start `spec`: its own process group, the given environment only,
     /// stdin/stdout/stderr as pipes, fd 3 in pool mode, nothing else.
+    /// With `posix_spawn` when [`SpawnSpec::uses_posix_spawn`], else by
+    /// forking.
     pub fn spawn(spec: &SpawnSpec) -> Result<Child, SpawnError> {
-        let pair = if spec.protocol_fd {
-            let (ours, theirs) = UnixStream::pair().map_err(SpawnError::Socket)?;
-            // Below 3 it would be overwritten by the child's stdio:
-            // try_clone duplicates to the lowest free number >= 3.
-            let theirs = if theirs.as_raw_fd() < HANDLER_FD {
-                theirs.try_clone().map_err(SpawnError::Socket)?
-            } else {
-                theirs
-            };
-            Some((ours, theirs))
+        let started = if posix::usable(spec) {
+            posix::spawn(spec)?
         } else {
-            None
+            spawn_forked(spec)?
         };
-        let mut command = Command::new(&spec.program);
-        command
-            .args(&spec.args)
-            .env_clear()
-            .envs(spec.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        if let Some(cwd) = &spec.cwd {
-            command.current_dir(cwd);
-        }
-        if let Some((uid, gid)) = spec.user {
-            command.uid(uid).gid(gid);
-        }
-        let rlimits = spec.rlimits;
-        let protocol_raw = pair.as_ref().map(|(_, theirs)| theirs.as_raw_fd());
-        // SAFETY: the closure runs in the forked child and only calls
-        // async-signal-safe functions (see `prepare_child`); it allocates
-        // nothing and touches no lock.
-        unsafe {
-            command.pre_exec(move || prepare_child(rlimits, protocol_raw));
-        }
-        let mut child = command.spawn().map_err(|source| SpawnError::Start {
-            program: spec.program.clone(),
-            source,
-        })?;
-        // Ours is kept; the child's end is closed here, so the child's exit
-        // is seen as end of file on ours.
-        let protocol = pair.map(|(ours, _theirs)| ours);
-        let pid = child.id() as libc::pid_t;
-        let stdin = child.stdin.take().map(OwnedFd::from);
-        let stdout = child.stdout.take().map(OwnedFd::from);
-        let stderr = child.stderr.take().map(OwnedFd::from);
-        // The std handle is dropped: it neither kills nor waits, and the
-        // child is reaped through its pidfd from here on.
-        drop(child);
+        let Started {
+            pid,
+            stdin,
+            stdout,
+            stderr,
+            protocol,
+        } = started;
         // Blocking (no PIDFD_NONBLOCK): `reap` waits on it; polling it for
         // readability works either way.
         // SAFETY: pidfd_open with a pid that is ours and unreaped (it
