@@ -9,12 +9,14 @@
 //! marking every other inherited descriptor close-on-exec) that
 //! `posix_spawn` cannot run, and std already gives the rest: an empty
 //! environment plus what is set, `setpgid(0, 0)`, the user and group (with
-//! the supplementary groups dropped), the working directory, the signal
-//! mask and `SIGPIPE` reset, and an exec error reported to the parent. The
-//! pre-exec code only makes async-signal-safe calls (`setrlimit`, `dup2`,
-//! `fcntl`, `close_range`). Either way the child gets the same: its stdio
-//! as pipes, fd 3 in pool mode, no other descriptor, its own process
-//! group, the spec's environment only.
+//! the supplementary groups dropped), the working directory, and an exec
+//! error reported to the parent. The pre-exec code (which also resets the
+//! signal mask and every signal's disposition) only makes
+//! async-signal-safe calls (`sigaction`, `sigprocmask`, `setrlimit`,
+//! `dup2`, `fcntl`, `close_range`). Either way the child gets the same:
+//! its stdio as pipes, fd 3 in pool mode, no other descriptor, its own
+//! process group, the spec's environment only, no signal blocked or
+//! ignored.
 //!
 //! The leader is never reaped before the caller is done with its group:
 //! [`Child::exit_status`] looks with `WNOWAIT`, so the pid and the process
@@ -22,7 +24,7 @@
 //! is signalled, and [`Child::reap`] ends it. A [`Child`] dropped unreaped
 //! has its group killed and is reaped then.
 
-#![allow(unsafe_code)] // fcntl, setrlimit, dup2, close_range, posix_spawn, pidfd_open, waitid and kill; each block has a SAFETY note.
+#![allow(unsafe_code)] // sigaction, sigprocmask, fcntl, setrlimit, dup2, close_range, posix_spawn, pidfd_open, waitid and kill; each block has a SAFETY note.
 
 mod posix;
 
@@ -163,8 +165,35 @@ fn set_blocking_mode(fd: BorrowedFd<'_>, blocking: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// In the child, between fork and exec: the signal state the
+/// `posix_spawn` path gives, an empty mask and no signal ignored. std
+/// resets `SIGPIPE` only, and the mask not at all: a mask or an ignored
+/// signal would outlive exec. Async-signal-safe calls only.
+fn reset_signals() -> io::Result<()> {
+    // SAFETY: sigaction of each signal with a valid pointer to a local
+    // (all-zero: no flags, an empty mask); sigemptyset fills in a local;
+    // sigprocmask (the child has one thread) with valid pointers. All
+    // async-signal-safe. A signal whose disposition cannot be set
+    // (SIGKILL, SIGSTOP, glibc's internal ones) is skipped. Dispositions
+    // first: no signal unblocked here reaches a handler of the agent's.
+    unsafe {
+        let mut default: libc::sigaction = std::mem::zeroed();
+        default.sa_sigaction = libc::SIG_DFL;
+        for signal in 1..=libc::SIGRTMAX() {
+            libc::sigaction(signal, &default, std::ptr::null_mut());
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// In the child, between fork and exec: async-signal-safe calls only.
 fn prepare_child(rlimits: Rlimits, protocol: Option<RawFd>) -> io::Result<()> {
+    reset_signals()?;
     let limits = [
         (libc::RLIMIT_AS, rlimits.address_space),
         (libc::RLIMIT_CPU, rlimits.cpu_seconds),
