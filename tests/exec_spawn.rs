@@ -1,7 +1,8 @@
 //! Children of declared handlers, started with `ringworker::exec::spawn`:
-//! what they inherit (environment, descriptors), their process group,
-//! their limits, user and directory, and that killing and reaping leave
-//! nothing behind.
+//! what they inherit (environment, descriptors, signal state), their
+//! process group, their limits, user and directory, and that killing and
+//! reaping leave nothing behind. What a child gets is checked both ways it
+//! can be started: with `posix_spawn` and by forking.
 
 use std::fs::File;
 use std::io::Read;
@@ -84,6 +85,40 @@ fn wait_gone(pid: u32) {
     }
 }
 
+/// `spec` as [`Child::spawn`] would start it by forking: with a resource
+/// limit that changes nothing (an infinite CPU time).
+fn forked(spec: &SpawnSpec) -> SpawnSpec {
+    let mut spec = spec.clone();
+    spec.rlimits.cpu_seconds = Some(libc::RLIM_INFINITY);
+    assert!(!spec.uses_posix_spawn());
+    spec
+}
+
+/// `spec` as started with `posix_spawn` (it must qualify), then by forking.
+fn both_ways(spec: &SpawnSpec) -> [SpawnSpec; 2] {
+    assert!(spec.uses_posix_spawn(), "{spec:?}");
+    [spec.clone(), forked(spec)]
+}
+
+#[test]
+fn specs_without_limits_or_user_are_started_with_posix_spawn() {
+    let plain = SpawnSpec {
+        program: "/bin/true".into(),
+        ..SpawnSpec::default()
+    };
+    // This glibc (2.34 or later) offers closefrom and chdir file actions.
+    assert!(plain.uses_posix_spawn());
+    let pool = declare("mode = \"pool\"\ncommand = [\"true\"]\ncwd = \"/tmp\"");
+    assert!(SpawnSpec::for_handler(&pool).uses_posix_spawn());
+    let limited = declare("mode = \"exec\"\ncommand = [\"true\"]\nopen_files = 64");
+    assert!(!SpawnSpec::for_handler(&limited).uses_posix_spawn());
+    let as_nobody = SpawnSpec {
+        user: Some((65534, 65534)),
+        ..plain.clone()
+    };
+    assert!(!as_nobody.uses_posix_spawn());
+}
+
 #[test]
 fn the_environment_is_empty_but_for_the_allowlist_and_never_holds_the_token() {
     std::env::set_var("RINGWORKER_TOKEN_FILE", "/run/secret/token");
@@ -93,29 +128,57 @@ fn the_environment_is_empty_but_for_the_allowlist_and_never_holds_the_token() {
         "mode = \"exec\"\ncommand = [\"env\"]\nenv = { GREETING = \"hi there\" }\n\
          pass_env = [\"EXEC_SPAWN_LISTED\", \"EXEC_SPAWN_UNSET\"]",
     );
-    let (out, status) = run(&SpawnSpec::for_handler(&decl));
-    assert_eq!(status, ExitStatus::Code(0));
-    let mut lines: Vec<&str> = out.lines().collect();
-    lines.sort_unstable();
-    assert_eq!(lines, ["EXEC_SPAWN_LISTED=passed", "GREETING=hi there"]);
-    assert!(!out.contains("token"), "{out}");
+    for spec in both_ways(&SpawnSpec::for_handler(&decl)) {
+        let (out, status) = run(&spec);
+        assert_eq!(status, ExitStatus::Code(0));
+        let mut lines: Vec<&str> = out.lines().collect();
+        lines.sort_unstable();
+        assert_eq!(lines, ["EXEC_SPAWN_LISTED=passed", "GREETING=hi there"]);
+        assert!(!out.contains("token"), "{out}");
+    }
     // Pool mode adds the protocol descriptor's variable, nothing else.
     let decl = declare("mode = \"pool\"\ncommand = [\"env\"]");
-    let (out, _) = run(&SpawnSpec::for_handler(&decl));
-    assert_eq!(out, "RINGWORKER_HANDLER_FD=3\n");
+    for spec in both_ways(&SpawnSpec::for_handler(&decl)) {
+        let (out, _) = run(&spec);
+        assert_eq!(out, "RINGWORKER_HANDLER_FD=3\n");
+    }
+    // Exactly as given: order, an empty value, a value with `=` in it.
+    let spec = SpawnSpec {
+        program: "/usr/bin/env".into(),
+        env: vec![
+            ("B".into(), "2".into()),
+            ("A".into(), "".into()),
+            ("C".into(), "x=y".into()),
+        ],
+        ..SpawnSpec::default()
+    };
+    for spec in both_ways(&spec) {
+        let (out, status) = run(&spec);
+        assert_eq!(status, ExitStatus::Code(0));
+        let mut lines: Vec<&str> = out.lines().collect();
+        // std's Command sorts the variables.
+        lines.sort_unstable();
+        assert_eq!(lines, ["A=", "B=2", "C=x=y"]);
+    }
 }
 
-/// The descriptors open in a `sh` (listed by an `ls` child of it).
-fn open_fds(protocol_fd: bool) -> Vec<String> {
+/// The descriptors open in a `sh` (listed by an `ls` child of it), each
+/// way of starting it.
+fn open_fds(protocol_fd: bool) -> Vec<Vec<String>> {
     let spec = SpawnSpec {
         program: "/bin/sh".into(),
         args: vec!["-c".into(), "ls /proc/$$/fd; true".into()],
         protocol_fd,
         ..SpawnSpec::default()
     };
-    let (out, status) = run(&spec);
-    assert_eq!(status, ExitStatus::Code(0), "{out}");
-    out.split_whitespace().map(str::to_owned).collect()
+    both_ways(&spec)
+        .iter()
+        .map(|spec| {
+            let (out, status) = run(spec);
+            assert_eq!(status, ExitStatus::Code(0), "{out}");
+            out.split_whitespace().map(str::to_owned).collect()
+        })
+        .collect()
 }
 
 #[test]
@@ -125,36 +188,135 @@ fn a_child_has_only_its_stdio_and_in_pool_mode_fd_3() {
     // SAFETY: dup of stderr; the new descriptor is owned below.
     let leaked = unsafe { libc::dup(2) };
     assert!(leaked > 2);
-    assert_eq!(open_fds(false), ["0", "1", "2"]);
-    assert_eq!(open_fds(true), ["0", "1", "2", "3"]);
+    assert_eq!(open_fds(false), [["0", "1", "2"], ["0", "1", "2"]]);
+    assert_eq!(open_fds(true), [["0", "1", "2", "3"], ["0", "1", "2", "3"]]);
     // SAFETY: closing the descriptor dup'd above, used by nothing else.
     unsafe { libc::close(leaked) };
 }
 
 #[test]
+fn fd_3_of_a_pool_child_is_its_end_of_the_protocol_socket() {
+    let spec = SpawnSpec {
+        program: "/bin/sh".into(),
+        args: vec!["-c".into(), "echo over fd 3 >&3".into()],
+        protocol_fd: true,
+        ..SpawnSpec::default()
+    };
+    for spec in both_ways(&spec) {
+        let mut child = Child::spawn(&spec).expect("spawn");
+        let protocol = child.protocol.take().expect("our end of fd 3");
+        let said = read_to_end(OwnedFd::from(protocol));
+        assert_eq!(said, b"over fd 3\n");
+        assert_eq!(child.reap().unwrap(), ExitStatus::Code(0));
+    }
+}
+
+/// A `0x`-less hexadecimal signal mask line of /proc/PID/status.
+fn signal_mask(status: &str, field: &str) -> u64 {
+    let line = status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .unwrap_or_else(|| panic!("no {field} in {status}"));
+    u64::from_str_radix(line.trim(), 16).expect("a hexadecimal mask")
+}
+
+#[test]
+fn a_child_starts_with_no_signal_blocked_or_ignored() {
+    let pipe_bit = 1u64 << (libc::SIGPIPE - 1);
+    let ours = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+    // Rust's runtime ignores SIGPIPE in this process.
+    assert_ne!(signal_mask(&ours, "SigIgn:") & pipe_bit, 0, "{ours}");
+    // SIGUSR2 ignored in this process (nothing here sends it, and the
+    // children of other tests get the default back as well) and SIGUSR1
+    // blocked on this thread, the one that spawns.
+    // SAFETY: signal() with SIG_IGN; sigset_t filled in by
+    // sigemptyset/sigaddset; pthread_sigmask of this thread with valid
+    // pointers to locals.
+    let (old_mask, old_usr2) = unsafe {
+        let old_usr2 = libc::signal(libc::SIGUSR2, libc::SIG_IGN);
+        let mut block: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut block);
+        libc::sigaddset(&mut block, libc::SIGUSR1);
+        assert_eq!(libc::pthread_sigmask(libc::SIG_BLOCK, &block, &mut old), 0);
+        (old, old_usr2)
+    };
+    let changed = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+    let usr1_bit = 1u64 << (libc::SIGUSR1 - 1);
+    let usr2_bit = 1u64 << (libc::SIGUSR2 - 1);
+    assert_eq!(
+        signal_mask(&changed, "SigBlk:") & usr1_bit,
+        usr1_bit,
+        "{changed}"
+    );
+    assert_eq!(
+        signal_mask(&changed, "SigIgn:") & usr2_bit,
+        usr2_bit,
+        "{changed}"
+    );
+    let spec = SpawnSpec {
+        program: "/bin/cat".into(),
+        args: vec!["/proc/self/status".into()],
+        ..SpawnSpec::default()
+    };
+    let outs: Vec<(String, ExitStatus)> = both_ways(&spec).iter().map(run).collect();
+    // SAFETY: restores what was saved above.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old_mask, std::ptr::null_mut());
+        libc::signal(libc::SIGUSR2, old_usr2);
+    }
+    // The standard signals (1 to 31); glibc keeps its internal 32 and 33
+    // ignored in a posix_spawn child.
+    let standard = (1u64 << 31) - 1;
+    for (status, exit) in outs {
+        assert_eq!(exit, ExitStatus::Code(0));
+        assert_eq!(signal_mask(&status, "SigBlk:"), 0, "{status}");
+        assert_eq!(signal_mask(&status, "SigIgn:") & standard, 0, "{status}");
+    }
+}
+
+#[test]
 fn a_child_leads_its_own_process_group_in_its_directory() {
-    let mut child = Child::spawn(&SpawnSpec {
+    let spec = SpawnSpec {
         program: "/bin/cat".into(),
         args: vec!["/proc/self/stat".into()],
         cwd: Some("/tmp".into()),
         ..SpawnSpec::default()
-    })
-    .expect("spawn");
-    let stat = String::from_utf8(read_to_end(child.stdout.take().unwrap())).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    // After the command name: state, ppid, pgrp.
-    assert_eq!(fields[2], child.pid().to_string(), "{stat}");
-    // SAFETY: getpgrp has no preconditions.
-    let ours = unsafe { libc::getpgrp() };
-    assert_ne!(fields[2], ours.to_string());
-    child.reap().unwrap();
+    };
+    for spec in both_ways(&spec) {
+        let mut child = Child::spawn(&spec).expect("spawn");
+        let stat = String::from_utf8(read_to_end(child.stdout.take().unwrap())).unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        // After the command name: state, ppid, pgrp.
+        assert_eq!(fields[2], child.pid().to_string(), "{stat}");
+        // SAFETY: getpgrp has no preconditions.
+        let ours = unsafe { libc::getpgrp() };
+        assert_ne!(fields[2], ours.to_string());
+        child.reap().unwrap();
+    }
     let decl = declare("mode = \"exec\"\ncommand = [\"pwd\"]\ncwd = \"/tmp\"");
-    assert_eq!(run(&SpawnSpec::for_handler(&decl)).0, "/tmp\n");
+    for spec in both_ways(&SpawnSpec::for_handler(&decl)) {
+        assert_eq!(run(&spec).0, "/tmp\n");
+    }
+    // A directory that is not there: the child does not start.
+    let spec = SpawnSpec {
+        cwd: Some("/nonexistent/directory".into()),
+        ..SpawnSpec::for_handler(&decl)
+    };
+    for spec in both_ways(&spec) {
+        let err = Child::spawn(&spec).unwrap_err();
+        match err {
+            SpawnError::Start { source, .. } => {
+                assert_eq!(source.raw_os_error(), Some(libc::ENOENT), "{source}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }
 
 #[test]
@@ -303,15 +465,61 @@ fn a_child_dropped_unreaped_is_killed_and_reaped() {
 
 #[test]
 fn a_program_that_cannot_start_is_a_spawn_error() {
-    let err = Child::spawn(&SpawnSpec {
+    let missing = SpawnSpec {
         program: "/nonexistent/program".into(),
         ..SpawnSpec::default()
-    })
-    .unwrap_err();
-    assert!(matches!(err, SpawnError::Start { .. }), "{err:?}");
-    assert!(
-        err.to_string()
-            .starts_with("cannot start /nonexistent/program: "),
-        "{err}"
-    );
+    };
+    for spec in both_ways(&missing) {
+        let err = Child::spawn(&spec).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("cannot start /nonexistent/program: "),
+            "{err}"
+        );
+        match err {
+            SpawnError::Start { source, .. } => {
+                assert_eq!(source.raw_os_error(), Some(libc::ENOENT), "{source}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // A file without execute permission (refused even to root) and a
+    // directory.
+    let dir = std::env::temp_dir().join(format!("exec-spawn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let plain = dir.join("not-executable");
+    std::fs::write(&plain, "#!/bin/sh\nexit 0\n").unwrap();
+    for program in [plain.clone(), dir.clone()] {
+        let spec = SpawnSpec {
+            program: program.clone(),
+            ..SpawnSpec::default()
+        };
+        for spec in both_ways(&spec) {
+            match Child::spawn(&spec).unwrap_err() {
+                SpawnError::Start { source, .. } => {
+                    assert_eq!(
+                        source.raw_os_error(),
+                        Some(libc::EACCES),
+                        "{program:?}: {source}"
+                    )
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    // A NUL byte cannot be passed to exec.
+    let spec = SpawnSpec {
+        program: "/bin/true".into(),
+        args: vec!["a\0b".into()],
+        ..SpawnSpec::default()
+    };
+    for spec in both_ways(&spec) {
+        match Child::spawn(&spec).unwrap_err() {
+            SpawnError::Start { source, .. } => {
+                assert_eq!(source.kind(), std::io::ErrorKind::InvalidInput, "{source}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

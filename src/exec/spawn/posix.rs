@@ -317,3 +317,37 @@ pub(super) fn spawn(spec: &SpawnSpec) -> Result<Started, SpawnError> {
         protocol: pair.map(|(ours, _theirs)| ours),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cloexec(fd: &OwnedFd) -> bool {
+        // SAFETY: F_GETFD on an open descriptor.
+        let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
+        assert!(flags >= 0);
+        flags & libc::FD_CLOEXEC != 0
+    }
+
+    #[test]
+    fn a_descriptor_below_the_lowest_is_moved_up_and_stays_close_on_exec() {
+        let (read, write) = pipe().unwrap();
+        let number = write.as_raw_fd();
+        // Already high enough: the same descriptor.
+        let write = at_least(write, number).unwrap();
+        assert_eq!(write.as_raw_fd(), number);
+        // Too low (as a socket that happens to be fd 3 is for a child
+        // whose fd 3 comes from a dup2): a copy from `lowest` up.
+        let lowest = number + 100;
+        let moved = at_least(write, lowest).unwrap();
+        assert!(moved.as_raw_fd() >= lowest);
+        assert!(cloexec(&moved));
+        // Still the same pipe.
+        let mut written = std::fs::File::from(moved);
+        std::io::Write::write_all(&mut written, b"x").unwrap();
+        drop(written);
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut std::fs::File::from(read), &mut out).unwrap();
+        assert_eq!(out, b"x");
+    }
+}
