@@ -19,12 +19,12 @@
 //! with either takes the fork path.
 //!
 //! Two of those file actions are GNU extensions, looked up once with
-//! `dlsym` so that the binary still loads on an older glibc (which then
-//! takes the fork path): `posix_spawn_file_actions_addclosefrom_np`
-//! (glibc 2.34), always needed (the agent opens its descriptors
-//! close-on-exec, but one left without the flag by a library must not
-//! reach a handler), and `posix_spawn_file_actions_addchdir_np` (glibc
-//! 2.29), for a `cwd`.
+//! `dlsym` rather than linked, so that the agent still builds and runs
+//! against an older glibc (and then takes the fork path):
+//! `posix_spawn_file_actions_addclosefrom_np` (glibc 2.34), always needed
+//! (the agent opens its descriptors close-on-exec, but one left without
+//! the flag by a library must not reach a handler), and
+//! `posix_spawn_file_actions_addchdir_np` (glibc 2.29), for a `cwd`.
 
 #![allow(unsafe_code)] // posix_spawn and its file actions, dlsym, pipe2, fcntl; each block has a SAFETY note.
 
