@@ -160,7 +160,10 @@ impl EventLoop {
         let n = result.max(0) as usize;
         p.written += n;
         if p.written >= p.writing.len() {
-            p.writing = std::mem::take(&mut p.queued);
+            // The two buffers trade places, keeping their capacity: a busy
+            // worker's input is written without an allocation per batch.
+            std::mem::swap(&mut p.writing, &mut p.queued);
+            p.queued.clear();
             p.written = 0;
         }
         let more = !p.writing.is_empty();

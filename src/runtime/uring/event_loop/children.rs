@@ -253,7 +253,11 @@ impl EventLoop {
                 if let Some(index) = self.child_index(child) {
                     let p = self.proc_mut(index);
                     if p.writing.is_empty() {
-                        p.writing = bytes;
+                        if p.writing.capacity() >= bytes.len() {
+                            p.writing.extend_from_slice(&bytes);
+                        } else {
+                            p.writing = bytes;
+                        }
                         p.written = 0;
                         self.submit_child_write(index);
                     } else {
