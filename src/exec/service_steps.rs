@@ -176,7 +176,36 @@ impl<R: Copy + Eq + Debug> Service<R> {
             return;
         };
         let book = &mut self.book;
+        // Tasks for one worker in this round go out as one write: the
+        // bytes are gathered per slot and handed over when the round ends,
+        // or before anything else that concerns that worker.
+        let mut outbox: Vec<(usize, Vec<u8>)> = Vec::new();
+        let flush =
+            |outbox: &mut Vec<(usize, Vec<u8>)>,
+             slot: Option<usize>,
+             slots: &[Option<ChildId>],
+             actions: &mut std::collections::VecDeque<ServiceAction<R>>| {
+                outbox.retain_mut(|(s, bytes)| {
+                    if slot.is_some_and(|slot| slot != *s) {
+                        return true;
+                    }
+                    if let Some(child) = slots[*s] {
+                        actions.push_back(ServiceAction::Write {
+                            child,
+                            bytes: std::mem::take(bytes),
+                        });
+                    }
+                    false
+                });
+            };
         while let Some(action) = pool.next_action() {
+            if let PoolAction::Signal { slot, .. }
+            | PoolAction::CloseInput { slot }
+            | PoolAction::Reap { slot }
+            | PoolAction::Spawn { slot } = action
+            {
+                flush(&mut outbox, Some(slot), slots, &mut book.actions);
+            }
             let action = match action {
                 PoolAction::Spawn { slot } => {
                     let child = book.new_child(Role::Pool {
@@ -198,15 +227,20 @@ impl<R: Copy + Eq + Debug> Service<R> {
                     deadline_ms,
                     waited,
                 } => {
-                    let (Some(child), Some(entry)) = (slots[slot], book.entries.get_mut(&task))
-                    else {
+                    let (Some(_), Some(entry)) = (slots[slot], book.entries.get_mut(&task)) else {
                         continue;
                     };
                     h.metrics.wait.record(waited.as_secs_f64());
                     let payload = std::mem::take(&mut entry.payload);
-                    let mut bytes = Vec::new();
-                    encode_task(task, deadline_ms, &payload, &mut bytes);
-                    ServiceAction::Write { child, bytes }
+                    let at = match outbox.iter().position(|(s, _)| *s == slot) {
+                        Some(at) => at,
+                        None => {
+                            outbox.push((slot, Vec::new()));
+                            outbox.len() - 1
+                        }
+                    };
+                    encode_task(task, deadline_ms, &payload, &mut outbox[at].1);
+                    continue;
                 }
                 PoolAction::Complete { task, outcome } => {
                     book.done(task, outcome);
@@ -230,6 +264,7 @@ impl<R: Copy + Eq + Debug> Service<R> {
             };
             book.actions.push_back(action);
         }
+        flush(&mut outbox, None, slots, &mut book.actions);
         let counts = pool.counts();
         let restarts = counts.restarts - seen.restarts;
         let timeouts = counts.timeouts - seen.timeouts;

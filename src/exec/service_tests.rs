@@ -649,3 +649,31 @@ fn the_handler_metrics_are_recorded_with_the_handler_label() {
         assert!(rendered.contains(line), "{line} in {rendered}");
     }
 }
+
+#[test]
+fn tasks_given_to_one_worker_in_one_round_go_out_as_one_write() {
+    let t0 = Instant::now();
+    let mut service: Service<u32> = Service::with_max_waiting(&pool(1, 4), 8, t0);
+    let child = spawned_child(&drain(&mut service, t0)[0]);
+    // Waiting for the worker to start: nothing is written yet.
+    for task in 1..=3 {
+        service.submit(7, job(task, b"x"), t0);
+    }
+    assert_eq!(drain(&mut service, t0), []);
+    service.on_spawned(child, t0);
+    let writes = drain(&mut service, t0);
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    let (to, sent) = frames(&writes[0]);
+    assert_eq!(to, child);
+    let ids: Vec<u64> = sent
+        .iter()
+        .map(|frame| match frame {
+            Frame::Task { id, .. } => *id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(ids.len(), 3);
+    let mut unique = ids.clone();
+    unique.dedup();
+    assert_eq!(unique, ids, "three distinct tasks, in order");
+}
