@@ -4,6 +4,8 @@
 //! that leaves no process of the group; a crash mid-task and the
 //! restart; a forgotten route; and `stop` leaving no child behind.
 
+mod common;
+
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -180,36 +182,18 @@ fn wait_gone(pid: u32) {
 /// Processes whose command line holds `token`, and every member of
 /// their process groups.
 fn processes_of(token: &str) -> Vec<u32> {
-    let mut leaders = HashSet::new();
-    let mut all: Vec<(u32, u32)> = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.first() == Some(&"Z") {
-            continue;
-        }
-        let pgrp: u32 = fields.get(2).and_then(|f| f.parse().ok()).unwrap_or(0);
-        all.push((pid, pgrp));
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(token) {
-            leaders.insert(pid);
-        }
-    }
-    all.into_iter()
-        .filter(|(pid, pgrp)| leaders.contains(pid) || leaders.contains(pgrp))
-        .map(|(pid, _)| pid)
+    let all = common::process::all_processes();
+    let leaders: HashSet<u32> = all
+        .iter()
+        .filter(|p| {
+            let cmdline = std::fs::read(format!("/proc/{}/cmdline", p.pid)).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).contains(token)
+        })
+        .map(|p| p.pid)
+        .collect();
+    all.iter()
+        .filter(|p| p.state != 'Z' && (leaders.contains(&p.pid) || leaders.contains(&p.pgrp)))
+        .map(|p| p.pid)
         .collect()
 }
 

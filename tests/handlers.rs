@@ -20,7 +20,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::process::Spawned;
+use common::process::{live_members, Spawned};
 use common::{accept_with, free_port, http_get, loadgen_bin, tcp_listener, wait_until, TIMEOUT};
 use ringworker::manager::{ManagerConfig, ManagerConn, ManagerEvent};
 use ringworker::protocol::Hello;
@@ -416,30 +416,6 @@ impl Agent {
         );
         log
     }
-}
-
-/// Processes of group `pgid` still alive (a zombie is dead: it holds no
-/// descriptor and runs nothing, and whether it is reaped is up to
-/// whichever process adopted it).
-fn live_members(pgid: u32) -> Vec<u32> {
-    let mut members = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // After the command's closing parenthesis: state, ppid, pgrp, ...
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.len() > 2 && fields[2] == pgid.to_string() && fields[0] != "Z" {
-            members.push(pid);
-        }
-    }
-    members
 }
 
 /// The group led by the pid in `file`, once the file is written.

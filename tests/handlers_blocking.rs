@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::process::Spawned;
+use common::process::{live_members, Spawned};
 use common::{accept, free_port, http_get, tcp_listener, wait_until, TIMEOUT};
 use ringworker::manager::{ManagerConn, ManagerEvent};
 use ringworker::protocol::ErrorBody;
@@ -181,33 +181,6 @@ fn failure(body: &[u8]) -> ErrorBody {
 /// The PID a handler's shell wrote to `file` (its process group's id).
 fn pid_in(file: &Path) -> Option<u32> {
     std::fs::read_to_string(file).ok()?.trim().parse().ok()
-}
-
-/// Processes of group `pgid` that have not ended (zombies, dead but not
-/// yet reaped by whoever inherited them, do not count).
-fn live_members(pgid: u32) -> Vec<u32> {
-    let mut members = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue; // it ended meanwhile
-        };
-        // After the command name in parentheses: state, ppid, pgrp.
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.len() > 2 && fields[2] == pgid.to_string() && fields[0] != "Z" {
-            members.push(pid);
-        }
-    }
-    members
 }
 
 #[test]

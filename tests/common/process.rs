@@ -25,7 +25,7 @@ impl Spawned {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn");
-        let stderr = child.stderr.take().unwrap();
+        let stderr = child.stderr.take().expect("stderr is piped");
         let log = Arc::new(Mutex::new(String::new()));
         let sink = log.clone();
         let collector = std::thread::spawn(move || {
@@ -154,4 +154,54 @@ impl Drop for Spawned {
             let _ = collector.join();
         }
     }
+}
+
+/// A process as `/proc/PID/stat` shows it.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcStat {
+    pub pid: u32,
+    /// Its state letter (`Z`: a zombie, dead but not yet reaped).
+    pub state: char,
+    pub pgrp: u32,
+}
+
+/// Every process on the machine now (one that ends meanwhile is skipped).
+pub fn all_processes() -> Vec<ProcStat> {
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue; // it ended meanwhile
+        };
+        // After the command name in parentheses: state, ppid, pgrp, ...
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let (Some(state), Some(pgrp)) = (
+            fields.first().and_then(|s| s.chars().next()),
+            fields.get(2).and_then(|f| f.parse().ok()),
+        ) else {
+            continue;
+        };
+        all.push(ProcStat { pid, state, pgrp });
+    }
+    all
+}
+
+/// Processes of group `pgid` still alive (a zombie is dead: it holds no
+/// descriptor and runs nothing, and whether it is reaped is up to
+/// whichever process adopted it).
+pub fn live_members(pgid: u32) -> Vec<u32> {
+    all_processes()
+        .into_iter()
+        .filter(|p| p.pgrp == pgid && p.state != 'Z')
+        .map(|p| p.pid)
+        .collect()
 }
