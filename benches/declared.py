@@ -56,36 +56,35 @@ timeout = "10s"
         )
 
 
-def children_cpu(parent):
-    """CPU seconds (user, kernel) of the live children of `parent`."""
-    user = kernel = 0.0
+def processes():
+    """(pid, ppid, comm, utime + stime in seconds split as (user, kernel)) of every process."""
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
             with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
+                head, rest = f.read().rsplit(")", 1)
         except OSError:
             continue
-        if int(fields[1]) == parent:
-            user += int(fields[11]) / TICKS
-            kernel += int(fields[12]) / TICKS
+        fields = rest.split()
+        comm = head.split("(", 1)[1]
+        yield int(pid), int(fields[1]), comm, (int(fields[11]) / TICKS, int(fields[12]) / TICKS)
+
+
+def children_cpu(parent):
+    """CPU seconds (user, kernel) of the live children of `parent`."""
+    user = kernel = 0.0
+    for _, ppid, _, (u, k) in processes():
+        if ppid == parent:
+            user += u
+            kernel += k
     return user, kernel
 
 
 def agent_pid(loadgen_pid):
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{pid}/comm") as f:
-                comm = f.read().strip()
-        except OSError:
-            continue
-        if int(fields[1]) == loadgen_pid and comm == "ringworker":
-            return int(pid)
+    for pid, ppid, comm, _ in processes():
+        if ppid == loadgen_pid and comm == "ringworker":
+            return pid
     return None
 
 
