@@ -48,7 +48,7 @@ use super::drain::{DrainTally, StopDrain};
 use super::link::Link;
 use super::{closing_deadline, refusal};
 use crate::exec::Outcome;
-use crate::handlers::Job;
+use crate::handlers::{Job, LateAnswers, Wake};
 use crate::protocol::frame::SHRINK_ABOVE;
 use crate::protocol::Phase;
 use crate::runtime::AgentPlan;
@@ -160,6 +160,9 @@ pub struct Connection {
     dialled_once: bool,
     /// Counts connections: a job's answer names the one it belongs to.
     generation: u32,
+    /// Answers of handlers that answer from another thread
+    /// ([`crate::handlers::LaterHandler`]), taken at each `poll`.
+    late: Arc<LateAnswers>,
 }
 
 impl Connection {
@@ -200,7 +203,16 @@ impl Connection {
             eof: false,
             dialled_once: false,
             generation: 0,
+            late: Arc::new(LateAnswers::new(Arc::new(|| {}))),
         }
+    }
+
+    /// How the runtime is woken when a handler answers from another thread:
+    /// `wake` is called after each such answer, from that thread, and the
+    /// runtime then polls this connection, which takes the answers. Set it
+    /// before the first dial.
+    pub fn set_waker(&mut self, wake: Wake) {
+        self.late = Arc::new(LateAnswers::new(wake));
     }
 
     /// The session index.
@@ -264,6 +276,9 @@ impl Connection {
     /// The next action. Call it after every event until it returns
     /// [`Action::Wait`].
     pub fn poll(&mut self, now: Instant) -> Action {
+        for (generation, task, outcome) in self.late.take() {
+            self.on_job_done(generation, task, outcome, now);
+        }
         match self.state {
             State::Stopped => Action::Stop,
             State::Closed => Action::Wait,

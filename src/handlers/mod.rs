@@ -8,11 +8,15 @@
 //! holds up the others on its session. Handlers run on the runtime's threads:
 //! they must not block.
 //!
-//! Library users add their own with [`HandlerRegistry::register`].
+//! Library users add their own with [`HandlerRegistry::register`]; one
+//! whose answer comes from another thread (a pool of its own, an async
+//! runtime) with [`HandlerRegistry::register_later`] ([`LaterHandler`]).
 
 mod builtin;
+mod later;
 
 pub use builtin::{Crc32c, Echo, Sha256, Sink, Sleep, SLEEP_MAX_MS};
+pub use later::{LateAnswers, Later, LaterHandler, Wake};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -157,6 +161,8 @@ pub(crate) enum Dispatch {
     /// A declared handler, by its index in the agent's `HandlerSet`: its
     /// tasks are deferred to the runtime.
     External(usize),
+    /// A library user's handler that answers from another thread.
+    Later(Arc<dyn LaterHandler>),
 }
 
 impl Dispatch {
@@ -169,7 +175,7 @@ impl Dispatch {
             Dispatch::Sha256 => &Sha256,
             Dispatch::Sleep => &Sleep,
             Dispatch::Custom(handler) => &**handler,
-            Dispatch::External(_) => &Deferring,
+            Dispatch::External(_) | Dispatch::Later(_) => &Deferring,
         }
     }
 
@@ -183,7 +189,7 @@ impl Dispatch {
             Dispatch::Sha256 => Sha256.call(payload, out),
             Dispatch::Sleep => Sleep.call(payload, out),
             Dispatch::Custom(handler) => handler.call(payload, out),
-            Dispatch::External(_) => Ok(Reply::Deferred),
+            Dispatch::External(_) | Dispatch::Later(_) => Ok(Reply::Deferred),
         }
     }
 }
@@ -248,6 +254,25 @@ impl HandlerRegistry {
     ) -> Result<&mut Self, RegistryError> {
         self.insert(name, Dispatch::Custom(Arc::new(handler)))?;
         Ok(self)
+    }
+
+    /// Add a library user's handler under `name` whose answer comes later,
+    /// from any thread (see [`LaterHandler`]).
+    pub fn register_later(
+        &mut self,
+        name: &str,
+        handler: impl LaterHandler,
+    ) -> Result<&mut Self, RegistryError> {
+        self.insert(name, Dispatch::Later(Arc::new(handler)))?;
+        Ok(self)
+    }
+
+    /// The handler at `position`, when it answers from another thread.
+    pub(crate) fn later_handler(&self, position: usize) -> Option<&Arc<dyn LaterHandler>> {
+        match self.dispatch(position)? {
+            Dispatch::Later(handler) => Some(handler),
+            _ => None,
+        }
     }
 
     /// Add the operator's declared handlers (the config file's

@@ -98,6 +98,9 @@ pub struct WorkerSession {
     /// Bytes the driver has handed over, when it reads on another thread
     /// ([`WorkerSession::set_bytes_fed`]): GOODBYE reports these.
     bytes_fed: Option<u64>,
+    /// Where a [`LaterHandler`](crate::handlers::LaterHandler)'s answers go,
+    /// and the connection generation they carry.
+    late: Option<(Arc<crate::handlers::LateAnswers>, u32)>,
 }
 
 impl WorkerSession {
@@ -125,7 +128,15 @@ impl WorkerSession {
             closed: None,
             welcomed_at: None,
             bytes_fed: None,
+            late: None,
         }
+    }
+
+    /// Answers of handlers that answer from another thread go to `late`,
+    /// marked with connection `generation` (without it, such a handler's
+    /// tasks fail).
+    pub fn set_late_answers(&mut self, late: Arc<crate::handlers::LateAnswers>, generation: u32) {
+        self.late = Some((late, generation));
     }
 
     pub fn index(&self) -> u32 {

@@ -113,6 +113,14 @@ impl TaskRunner {
         self.handlers.external_index(position)
     }
 
+    /// The handler at `position`, when it answers from another thread.
+    pub(super) fn later_handler(
+        &self,
+        position: usize,
+    ) -> Option<std::sync::Arc<dyn crate::handlers::LaterHandler>> {
+        self.handlers.later_handler(position).cloned()
+    }
+
     /// A delayed answer's handler time is its delay.
     pub(super) fn record_delay(&self, handler: Option<usize>, delay: Duration) {
         if let Some(histogram) = handler.and_then(|index| self.durations.get(index)) {

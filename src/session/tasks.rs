@@ -11,7 +11,7 @@ use std::cmp::Reverse;
 use std::time::{Duration, Instant};
 
 use crate::exec::Outcome;
-use crate::handlers::{Job, Reply, TaskFailure};
+use crate::handlers::{Job, Later, Reply, TaskFailure};
 use crate::protocol::machine::NotInFlight;
 use crate::protocol::{TaskAt, TaskOutcome};
 
@@ -67,19 +67,31 @@ impl WorkerSession {
     #[inline(never)]
     fn defer(&mut self, id: u64, handler: Option<usize>, payload: Vec<u8>, now: Instant) {
         self.machine.abandon_result();
-        let Some(external) = handler.and_then(|at| self.runner.external_index(at)) else {
-            let failure = TaskFailure::handler_failed(
-                "the handler deferred its answer, which only declared handlers may",
-            );
-            self.answer_begun_later(id, handler, Err(failure), now);
+        if let Some(external) = handler.and_then(|at| self.runner.external_index(at)) {
+            self.deferred.insert(id, (handler, now));
+            self.jobs.push_back(Job {
+                handler: external,
+                task: id,
+                payload,
+            });
             return;
-        };
-        self.deferred.insert(id, (handler, now));
-        self.jobs.push_back(Job {
-            handler: external,
-            task: id,
-            payload,
-        });
+        }
+        let later = handler.and_then(|at| self.runner.later_handler(at));
+        match (later, self.late.clone()) {
+            (Some(later), Some((inbox, generation))) => {
+                self.deferred.insert(id, (handler, now));
+                // Answered through `job_done` once the runtime takes the
+                // answer from the inbox, like a job's.
+                later.start(&payload, Later::new(id, generation, inbox));
+            }
+            _ => {
+                let failure = TaskFailure::handler_failed(
+                    "the handler deferred its answer, which only declared handlers and \
+                     handlers registered with register_later may",
+                );
+                self.answer_begun_later(id, handler, Err(failure), now);
+            }
+        }
     }
 
     /// A job the runtime is to run, in the order the tasks arrived.

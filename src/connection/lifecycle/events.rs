@@ -34,13 +34,14 @@ impl Connection {
         self.stats.begin_connection();
         self.state = State::Open;
         self.generation = self.generation.wrapping_add(1);
-        let session = WorkerSession::new(
+        let mut session = WorkerSession::new(
             self.index,
             &self.plan.session,
             self.plan.handlers.clone(),
             self.stats.clone(),
             now,
         );
+        session.set_late_answers(self.late.clone(), self.generation);
         let link = match &self.plan.tls {
             None => Link::plain(session),
             Some(tls) => match tls.connect() {
