@@ -193,6 +193,12 @@ fn supervise(
     mut handlers: Option<Handlers>,
 ) -> DrainTally {
     let mut conn = Connection::new(index, plan.clone(), agent.clone(), Instant::now());
+    // A handler answering from another thread rings this; the loop's poll
+    // takes the answer.
+    let (late_tx, late_rx) = bounded::<()>(1);
+    conn.set_waker(Arc::new(move || {
+        let _ = late_tx.try_send(());
+    }));
     let mut io: Option<Io> = None;
     let mut stop_seen = false;
     let never_read = never::<ReadEvent>();
@@ -288,6 +294,7 @@ fn supervise(
             recv(read_rx) -> event => Woke::Read(event),
             recv(written_rx) -> result => Woke::Written(result),
             recv(answer_rx) -> answer => Woke::Answer(answer),
+            recv(late_rx) -> _ => Woke::Nothing,
             // The stop sender was dropped: the loop head starts the drain.
             recv(stop_branch) -> _ => Woke::Nothing,
             default(timeout) => Woke::Nothing,

@@ -84,6 +84,7 @@ impl RuntimeMode for UringRuntime {
                 .collect();
             let (wake_tx, wake_rx) = UnixStream::pair().map_err(RuntimeError::Spawn)?;
             wake_tx.set_nonblocking(true).map_err(RuntimeError::Spawn)?;
+            let late_tx = wake_tx.try_clone().map_err(RuntimeError::Spawn)?;
             self.stop.on_stop(move || {
                 let _ = (&wake_tx).write(&[1]);
             });
@@ -94,7 +95,14 @@ impl RuntimeMode for UringRuntime {
             let handle = std::thread::Builder::new()
                 .name(format!("uring-{thread}"))
                 .spawn(move || {
-                    match EventLoop::new(plan, stats, stop, sessions, wake_rx, (thread, threads)) {
+                    match EventLoop::new(
+                        plan,
+                        stats,
+                        stop,
+                        sessions,
+                        (wake_rx, late_tx),
+                        (thread, threads),
+                    ) {
                         Ok(event_loop) => {
                             let _ = ready_tx.send(Ok(()));
                             event_loop.run().unfinished

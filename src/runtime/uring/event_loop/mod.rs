@@ -178,6 +178,41 @@ impl Slot {
     }
 }
 
+/// How a handler answering from another thread wakes the loop: the slot
+/// is listed and a byte written to the loop's wake socket (whose receive
+/// is always armed on the ring).
+struct LateWake {
+    slots: std::sync::Mutex<Vec<u32>>,
+    pending: std::sync::atomic::AtomicBool,
+    ring: UnixStream,
+}
+
+impl LateWake {
+    fn wake(&self, slot: u32) {
+        use std::sync::atomic::Ordering;
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(slot);
+        if !self.pending.swap(true, Ordering::AcqRel) {
+            // Full (WouldBlock) means a byte is already there: the loop
+            // wakes all the same.
+            let _ = std::io::Write::write(&mut &self.ring, &[1]);
+        }
+    }
+
+    /// The slots listed since the last call (none, without a lock, when no
+    /// answer came).
+    fn take(&self) -> Vec<u32> {
+        use std::sync::atomic::Ordering;
+        if !self.pending.load(Ordering::Relaxed) {
+            return Vec::new();
+        }
+        self.pending.store(false, Ordering::Release);
+        std::mem::take(&mut *self.slots.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
 /// What a finished loop reports.
 #[derive(Debug, Default)]
 pub struct LoopReport {
@@ -223,6 +258,8 @@ pub struct EventLoop {
     /// The declared handlers this loop runs for its sessions (`None`: none
     /// declared).
     children: Option<children::Children>,
+    /// Slots whose handlers answered from another thread.
+    late: Arc<LateWake>,
     /// Which of the runtime's loops this is, and how many there are.
     part: usize,
     /// Receive completions since the last quiet check, and when that was;
@@ -272,7 +309,7 @@ impl EventLoop {
         agent: Arc<AgentStats>,
         stop: StopHandle,
         sessions: Vec<u32>,
-        wake_rx: UnixStream,
+        (wake_rx, wake_tx): (UnixStream, UnixStream),
         (part, parts): (usize, usize),
     ) -> io::Result<EventLoop> {
         let ring = build_ring()?;
@@ -284,10 +321,18 @@ impl EventLoop {
             .register_files_sparse(sessions.len().max(1) as u32)
             .is_ok();
         let now = Instant::now();
+        let late = Arc::new(LateWake {
+            slots: std::sync::Mutex::new(Vec::new()),
+            pending: std::sync::atomic::AtomicBool::new(false),
+            ring: wake_tx,
+        });
         let slots = sessions
             .into_iter()
-            .map(|index| {
-                let conn = Connection::new(index, plan.clone(), agent.clone(), now);
+            .enumerate()
+            .map(|(slot, index)| {
+                let mut conn = Connection::new(index, plan.clone(), agent.clone(), now);
+                let waker = late.clone();
+                conn.set_waker(Arc::new(move || waker.wake(slot as u32)));
                 Slot {
                     counters: ByteCounters::new(conn.stats().clone()),
                     conn,
@@ -339,6 +384,7 @@ impl EventLoop {
             next_address: 0,
             resolve_waiters: Vec::new(),
             children,
+            late,
             part,
             receives: 0,
             quiet_check: now,
@@ -365,6 +411,9 @@ impl EventLoop {
             beat.beat(now);
             self.trim_when_quiet(now);
             self.fire_timers(now);
+            for slot in self.late.take() {
+                self.mark_dirty(slot);
+            }
             self.drive_children(now);
             self.drive_dirty();
             // The jobs the connections handed out start before the wait.
