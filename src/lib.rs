@@ -7,7 +7,12 @@
 //!   worker's session state machine; fed bytes and time, it returns frames
 //!   to write and tasks to run. No sockets, threads or clocks.
 //! - [`handlers`]: the [`handlers::Handler`] trait, the registry and the
-//!   built-ins `echo`, `sink`, `crc32c`, `sha256`, `sleep`.
+//!   built-ins `echo`, `sink`, `crc32c`, `sha256`, `sleep`; handlers that
+//!   answer later from threads of their own ([`handlers::LaterHandler`]).
+//! - [`exec`]: the operator's own programs as handlers (`[handlers.NAME]`
+//!   in the config file), one process per task or a pool of workers, as a
+//!   sans-IO service that the uring loops drive on their rings and the
+//!   blocking runtime from one thread.
 //! - [`session`]: [`session::WorkerSession`], the core plus handlers, timers
 //!   and formatted totals; each connection owns one.
 //! - [`runtime`]: the [`runtime::RuntimeMode`] API and its engines; bytes are
@@ -29,9 +34,10 @@
 //! - [`manager`]: the manager side of the protocol, for the loadgen and tests.
 //! - [`demo`]: `ringworker demo`, an embedded manager and agent on loopback.
 //!
-//! This crate does not choose what a handler does beyond the built-ins, and
-//! does not persist anything: a task is answered on the connection it came on
-//! or reported lost by the manager.
+//! This crate does not choose what a handler does beyond the built-ins (the
+//! operator declares programs, a library user registers handlers), and does
+//! not persist anything: a task is answered on the connection it came on or
+//! reported lost by the manager.
 
 #![deny(unsafe_code)]
 
