@@ -3,7 +3,7 @@
 //!
 //! Two ways to start it. A spec without resource limits or a user (the
 //! common case) is started with `posix_spawn`, which does not copy the
-//! agent's page tables (see [`posix`]). Otherwise with std's `Command`
+//! agent's page tables (see the `posix` submodule). Otherwise with std's `Command`
 //! (the fork path, because of `pre_exec`): the child needs code of ours
 //! between fork and exec (`setrlimit`, moving the protocol socket to fd 3,
 //! marking every other inherited descriptor close-on-exec) that

@@ -43,7 +43,7 @@ pub enum Reply {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {
     /// The declared handler (its index in the agent's
-    /// [`HandlerSet`](crate::config::HandlerSet)).
+    /// [`HandlerSet`]).
     pub handler: usize,
     /// The TASK's id.
     pub task: u64,

@@ -15,7 +15,7 @@
 //!
 //! Declared handlers (`[handlers.NAME]`) run on one more thread for the
 //! whole agent, started only when some are declared: the
-//! [`Driver`](crate::exec::driver::Driver), which owns their children. A
+//! [`Driver`], which owns their children. A
 //! supervisor hands it each job ([`Action::Run`]) routed by (session,
 //! connection generation), waits for the answers beside its socket events
 //! and gives them to the connection; a job still running counts as a task
