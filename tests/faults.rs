@@ -36,6 +36,7 @@ for_each_runtime!(
     a_manager_that_closes_its_socket_is_redialled_before_the_tasks_end,
     heartbeats_flow_and_a_silent_manager_is_dropped,
     a_large_frame_trickling_in_keeps_the_heartbeat_alive,
+    a_frame_larger_than_one_receive_then_a_lone_small_task,
     a_manager_that_never_reads_is_slowed_not_buffered,
     the_header_of_a_huge_frame_commits_no_memory_before_its_bytes,
     two_hundred_sessions_redial_spread_out,
@@ -608,6 +609,55 @@ fn a_large_frame_trickling_in_keeps_the_heartbeat_alive(kind: RuntimeKind) {
         agent.stats().reconnects_total(),
         0,
         "the session never redialled"
+    );
+    agent.request_stop();
+    drop(conn);
+    let _ = agent.wait();
+    assert_no_agent_panic();
+}
+
+/// A 9 MiB TASK (more than one receive of a large frame's rest takes),
+/// sent in two parts 300 ms apart, then, once it is answered, one small
+/// TASK alone with nothing behind it. The uring runtime waits for a large
+/// frame's rest with the socket's receive mark raised; the small task is
+/// only answered if the mark came back down after the large frame.
+fn a_frame_larger_than_one_receive_then_a_lone_small_task(kind: RuntimeKind) {
+    let _guard = shared();
+    let listener = tcp_listener();
+    let mut agent = start(kind, plan(listener.local_endpoint().unwrap(), 1, 8));
+    let (mut conn, _) = accept(&listener);
+    let payload: Vec<u8> = (0..9u32 << 20).map(|i| (i % 253) as u8).collect();
+    conn.queue_task(1, "echo", &payload, false).unwrap();
+    let bytes = conn.machine().take_output(Vec::new());
+    let (first, rest) = bytes.split_at(bytes.len() / 3);
+    conn.send_raw_bytes(first).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    conn.send_raw_bytes(rest).unwrap();
+    let echoed = loop {
+        match conn.next_event(TIMEOUT) {
+            Ok(ManagerEvent::Result { id, body, .. }) => break (id, body == payload),
+            Ok(_) => {}
+            Err(err) => panic!("{}: no RESULT for the 9 MiB TASK: {err:?}", kind.as_str()),
+        }
+    };
+    assert_eq!(echoed, (1, true), "the echo is the payload, byte for byte");
+    conn.send_task(2, "echo", b"after", false).unwrap();
+    let started = Instant::now();
+    let small = loop {
+        match conn.next_event(TIMEOUT) {
+            Ok(ManagerEvent::Result { id, body, .. }) => break (id, body),
+            Ok(_) => {}
+            Err(err) => panic!(
+                "{}: the small TASK after the large one was not answered: {err:?}",
+                kind.as_str()
+            ),
+        }
+    };
+    assert_eq!(small, (2, b"after".to_vec()));
+    eprintln!(
+        "{}: small task after the large one answered in {:?}",
+        kind.as_str(),
+        started.elapsed()
     );
     agent.request_stop();
     drop(conn);

@@ -80,6 +80,7 @@ impl EventLoop {
         s.conn.on_dialling(now);
         s.generation = (s.generation + 1) & 0x00FF_FFFF;
         s.recv = Recv::None;
+        s.rcvlowat = 1;
         s.send_buf = Vec::new();
         s.life = Life::Running;
         s.inflight = 1;

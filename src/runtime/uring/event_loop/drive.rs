@@ -8,7 +8,7 @@
 use std::net::Shutdown;
 use std::time::Instant;
 
-use super::{EventLoop, Life, Op, Recv};
+use super::{EventLoop, Life, Recv};
 use crate::connection::{Action, Receive};
 
 /// Actions carried out for one slot per drive, at most: a connection asks
@@ -63,14 +63,7 @@ impl EventLoop {
                     let generation = s.conn.generation();
                     self.run_job((slot_id, generation), job, now);
                 }
-                Action::Collect => {
-                    if let Recv::Direct { cancelled } = &mut s.recv {
-                        *cancelled = true;
-                        self.cancel(slot_id, Op::RecvBody);
-                    } else {
-                        s.conn.on_receive_cancelled();
-                    }
-                }
+                Action::Collect => self.collect(slot_id),
                 Action::ShutdownWrite => {
                     if let Some(socket) = &s.socket {
                         let _ = socket.shutdown(Shutdown::Write);

@@ -118,9 +118,11 @@ enum Recv {
     Shared {
         cancelled: bool,
     },
-    /// A one-shot receive into the session's frame buffer.
+    /// A one-shot receive into the session's frame buffer; `lowat`: the rest
+    /// of a large frame, waited for with the socket's `SO_RCVLOWAT`.
     Direct {
         cancelled: bool,
+        lowat: bool,
     },
 }
 
@@ -158,6 +160,9 @@ struct Slot {
     life: Life,
     dial: DialWait,
     dirty: bool,
+    /// The socket's `SO_RCVLOWAT` as last set (1, the default, unless the
+    /// rest of a large frame is being received).
+    rcvlowat: u32,
 }
 
 /// What the slot's executor is doing with its connection.
@@ -348,6 +353,7 @@ impl EventLoop {
                     life: Life::Running,
                     dial: DialWait::None,
                     dirty: false,
+                    rcvlowat: 1,
                 }
             })
             .collect::<Vec<_>>();

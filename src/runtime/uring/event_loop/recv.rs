@@ -10,32 +10,83 @@ use std::time::Instant;
 
 use io_uring::{cqueue, opcode, types};
 
+/// `IORING_RECVSEND_POLL_FIRST`: wait for the socket to be readable before
+/// the first attempt to receive.
+const IORING_RECVSEND_POLL_FIRST: u16 = 1;
+
 use super::{user_data, EventLoop, Op, Recv, BUF_GROUP};
 
 impl EventLoop {
     /// Receive straight into the session's frame buffer, as the connection
-    /// asked ([`Receive::Direct`](crate::connection::Receive)): `wait_all`,
-    /// the rest of a large frame as one `MSG_WAITALL` receive (one
-    /// completion per frame rather than one per segment's worth; it says
-    /// nothing until it is complete, so the connection has it collected
-    /// when a deadline falls due meanwhile).
+    /// asked ([`Receive::Direct`](crate::connection::Receive)). `wait_all`:
+    /// the rest of a large frame, received in one completion rather than
+    /// one per segment's worth. The socket's `SO_RCVLOWAT` is set to the
+    /// bytes still to come and the receive polls first, so the kernel
+    /// wakes the loop once they are queued (or once its receive buffer
+    /// cannot take more, which it caps the mark at) instead of at every
+    /// segment: each wake-up costs the loop a context switch, and the
+    /// sender, on loopback, the wake-up itself. `MSG_WAITALL` is the
+    /// fallback where the mark cannot be set. Either way the receive says
+    /// nothing until it completes, so the connection has it collected when
+    /// a deadline falls due meanwhile ([`EventLoop::collect`]).
     pub(super) fn submit_direct_recv(&mut self, slot_id: u32, len: usize, wait_all: bool) {
         let s = &mut self.slots[slot_id as usize];
         let Some(socket) = &s.socket else { return };
         let fd = socket.as_raw_fd();
+        let mark = if wait_all {
+            u32::try_from(len).unwrap_or(u32::MAX)
+        } else {
+            1
+        };
+        let marked = set_rcvlowat(socket, &mut s.rcvlowat, mark);
+        let lowat = wait_all && marked;
         let Some(space) = s.conn.recv_space(len, wait_all) else {
             return;
         };
-        let flags = if wait_all { libc::MSG_WAITALL } else { 0 };
+        let (flags, ioprio) = match (wait_all, lowat) {
+            (true, true) => (0, IORING_RECVSEND_POLL_FIRST),
+            (true, false) => (libc::MSG_WAITALL, 0),
+            (false, _) => (0, 0),
+        };
         let entry = on_socket!(s.registered, slot_id, fd, |t| {
             opcode::Recv::new(t, space.as_mut_ptr(), len as u32)
                 .flags(flags)
+                .ioprio(ioprio)
                 .build()
         })
         .user_data(user_data(Op::RecvBody, s.generation, slot_id));
-        s.recv = Recv::Direct { cancelled: false };
+        s.recv = Recv::Direct {
+            cancelled: false,
+            lowat,
+        };
         s.inflight += 1;
         self.push(entry);
+    }
+
+    /// A deadline is due while the rest of a large frame is being received
+    /// ([`Action::Collect`](crate::connection::Action)): have the receive
+    /// complete with what it holds, which counts as received and so keeps
+    /// the heartbeat alive for a manager still sending. A receive waiting
+    /// on `SO_RCVLOWAT` holds nothing yet: the mark goes back to 1, which
+    /// completes it at once with the bytes queued, if any; with none, and
+    /// for a `MSG_WAITALL` receive, it is cancelled (completing with what
+    /// it has received so far).
+    pub(super) fn collect(&mut self, slot_id: u32) {
+        let s = &mut self.slots[slot_id as usize];
+        let Recv::Direct { cancelled, lowat } = &mut s.recv else {
+            s.conn.on_receive_cancelled();
+            return;
+        };
+        if *lowat {
+            *lowat = false;
+            if let Some(socket) = &s.socket {
+                if set_rcvlowat(socket, &mut s.rcvlowat, 1) && queued_bytes(socket) > 0 {
+                    return;
+                }
+            }
+        }
+        *cancelled = true;
+        self.cancel(slot_id, Op::RecvBody);
     }
 
     /// Completion of [`EventLoop::submit_direct_recv`]: the other place bytes
@@ -67,6 +118,7 @@ impl EventLoop {
     pub(super) fn arm_recv(&mut self, slot_id: u32) {
         let s = &mut self.slots[slot_id as usize];
         let Some(socket) = &s.socket else { return };
+        set_rcvlowat(socket, &mut s.rcvlowat, 1);
         let entry = on_socket!(s.registered, slot_id, socket.as_raw_fd(), |t| {
             opcode::RecvMulti::new(t, BUF_GROUP).build()
         })
@@ -127,5 +179,47 @@ impl EventLoop {
                 )),
             }
         }
+    }
+}
+
+/// Set the socket's `SO_RCVLOWAT` to `mark` unless `current` says it is
+/// already; whether it is now. The kernel caps the mark at half its
+/// largest receive buffer, and wakes a reader before the mark when memory
+/// or the receive window runs short, so a mark never stalls a stream.
+fn set_rcvlowat(socket: &socket2::Socket, current: &mut u32, mark: u32) -> bool {
+    if *current == mark {
+        return true;
+    }
+    let value = libc::c_int::try_from(mark).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `setsockopt` reads `size_of::<c_int>()` bytes from a pointer
+    // to a live `c_int` on this stack frame; the descriptor is the
+    // slot's open socket, borrowed for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return false;
+    }
+    *current = mark;
+    true
+}
+
+/// Bytes queued on the socket and not read yet (`FIONREAD`); 0 if unknown.
+fn queued_bytes(socket: &socket2::Socket) -> usize {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: `FIONREAD` writes one `c_int` through the pointer, which
+    // points at a live `c_int` on this stack frame; the descriptor is the
+    // slot's open socket, borrowed for the call.
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::FIONREAD, &mut queued) };
+    if rc == 0 {
+        usize::try_from(queued).unwrap_or(0)
+    } else {
+        0
     }
 }
