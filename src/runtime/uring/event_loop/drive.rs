@@ -25,7 +25,7 @@ impl EventLoop {
                 break;
             }
             std::mem::swap(&mut self.dirty, &mut self.batch);
-            let now = Instant::now();
+            let now = self.now;
             for i in 0..self.batch.len() {
                 let slot = self.batch[i];
                 self.slots[slot as usize].dirty = false;

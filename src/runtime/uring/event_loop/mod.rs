@@ -272,6 +272,8 @@ pub struct EventLoop {
     receives: u32,
     quiet_check: Instant,
     trimmed: bool,
+    /// The clock as read once per turn, after the wait ([`EventLoop::run`]).
+    now: Instant,
 }
 
 /// Build an operation on a slot's socket: through the registered file table
@@ -395,6 +397,7 @@ impl EventLoop {
             receives: 0,
             quiet_check: now,
             trimmed: true,
+            now,
         })
     }
 
@@ -405,15 +408,14 @@ impl EventLoop {
             if !self.wake_armed {
                 self.arm_wake();
             }
+            let now = self.now;
             if !self.stop_seen && self.stop.is_requested() {
                 self.stop_seen = true;
-                let now = Instant::now();
                 for i in 0..self.slots.len() {
                     self.slots[i].conn.request_stop(now);
                     self.mark_dirty(i as u32);
                 }
             }
-            let now = Instant::now();
             beat.beat(now);
             self.trim_when_quiet(now);
             self.fire_timers(now);
@@ -434,13 +436,17 @@ impl EventLoop {
                 buffers.publish();
             }
             self.submit_and_wait();
+            // The loop's one clock read per turn: the completions reaped
+            // next happened by now, and the next turn's timers and drives
+            // are judged at it (later by at most the turn's own work).
+            self.now = Instant::now();
             self.reap();
         }
         self.shutdown()
     }
 
     fn submit_and_wait(&mut self) {
-        let now = Instant::now();
+        let now = self.now;
         let timeout = if self.dirty.is_empty() {
             // Wake at least once per beat interval, idle or not (the watchdog).
             let children = self.children.as_ref().and_then(|c| c.next_deadline());

@@ -26,8 +26,8 @@ impl EventLoop {
             if completions.is_empty() {
                 break;
             }
-            // One clock read per batch: completions reaped together happened together.
-            let now = Instant::now();
+            // The turn's clock: completions reaped together happened together.
+            let now = self.now;
             for &(data, result, flags) in &completions {
                 self.complete(data, result, flags, now);
                 if self.submit_now {
@@ -106,6 +106,7 @@ impl EventLoop {
             let ts = types::Timespec::new().nsec(50_000_000);
             let args = types::SubmitArgs::new().timespec(&ts);
             let _ = self.ring.submitter().submit_with_args(1, &args);
+            self.now = Instant::now();
             self.reap();
         }
         let clean = !self.busy();
