@@ -162,7 +162,9 @@ pub struct Connection {
     generation: u32,
     /// Answers of handlers that answer from another thread
     /// ([`crate::handlers::LaterHandler`]), taken at each `poll`.
-    late: Arc<LateAnswers>,
+    /// Answers given on other threads ([`LaterHandler`](crate::handlers::LaterHandler)),
+    /// when the registry has a handler that gives them.
+    late: Option<Arc<LateAnswers>>,
 }
 
 impl Connection {
@@ -203,8 +205,9 @@ impl Connection {
             eof: false,
             dialled_once: false,
             generation: 0,
-            late: Arc::new(LateAnswers::new(Arc::new(|| {}))),
+            late: None,
         }
+        .with_late_answers(Arc::new(|| {}))
     }
 
     /// How the runtime is woken when a handler answers from another thread:
@@ -212,7 +215,17 @@ impl Connection {
     /// runtime then polls this connection, which takes the answers. Set it
     /// before the first dial.
     pub fn set_waker(&mut self, wake: Wake) {
-        self.late = Arc::new(LateAnswers::new(wake));
+        self.late = self
+            .plan
+            .handlers
+            .has_later()
+            .then(|| Arc::new(LateAnswers::new(wake)));
+    }
+
+    /// The inbox for answers from other threads, when a handler gives them.
+    fn with_late_answers(mut self, wake: Wake) -> Self {
+        self.set_waker(wake);
+        self
     }
 
     /// The session index.
@@ -276,8 +289,10 @@ impl Connection {
     /// The next action. Call it after every event until it returns
     /// [`Action::Wait`].
     pub fn poll(&mut self, now: Instant) -> Action {
-        for (generation, task, outcome) in self.late.take() {
-            self.on_job_done(generation, task, outcome, now);
+        if let Some(late) = &self.late {
+            for (generation, task, outcome) in late.take() {
+                self.on_job_done(generation, task, outcome, now);
+            }
         }
         match self.state {
             State::Stopped => Action::Stop,

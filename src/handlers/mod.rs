@@ -267,6 +267,15 @@ impl HandlerRegistry {
         Ok(self)
     }
 
+    /// Whether any handler answers from another thread: only then does a
+    /// connection keep an inbox for such answers (and a runtime a way to be
+    /// woken for them).
+    pub fn has_later(&self) -> bool {
+        self.entries
+            .iter()
+            .any(|(_, handler)| matches!(handler, Dispatch::Later(_)))
+    }
+
     /// The handler at `position`, when it answers from another thread.
     pub(crate) fn later_handler(&self, position: usize) -> Option<&Arc<dyn LaterHandler>> {
         match self.dispatch(position)? {

@@ -41,7 +41,9 @@ impl Connection {
             self.stats.clone(),
             now,
         );
-        session.set_late_answers(self.late.clone(), self.generation);
+        if let Some(late) = &self.late {
+            session.set_late_answers(late.clone(), self.generation);
+        }
         let link = match &self.plan.tls {
             None => Link::plain(session),
             Some(tls) => match tls.connect() {

@@ -338,8 +338,10 @@ impl EventLoop {
             .enumerate()
             .map(|(slot, index)| {
                 let mut conn = Connection::new(index, plan.clone(), agent.clone(), now);
-                let waker = late.clone();
-                conn.set_waker(Arc::new(move || waker.wake(slot as u32)));
+                if plan.handlers.has_later() {
+                    let waker = late.clone();
+                    conn.set_waker(Arc::new(move || waker.wake(slot as u32)));
+                }
                 Slot {
                     counters: ByteCounters::new(conn.stats().clone()),
                     conn,
