@@ -214,6 +214,10 @@ pub struct HandlerRegistry {
     /// The operator's declared handlers ([`HandlerRegistry::declare_all`]),
     /// which the runtime runs.
     declared: Arc<HandlerSet>,
+    /// `ringworker_task_duration_seconds{handler}` by position, made at the
+    /// first session's start (after the metrics recorder is installed) and
+    /// shared by every session, as the entries are.
+    durations: Arc<std::sync::OnceLock<Arc<[::metrics::Histogram]>>>,
 }
 
 impl std::fmt::Debug for HandlerRegistry {
@@ -317,7 +321,23 @@ impl HandlerRegistry {
         }
     }
 
+    /// The duration histogram of each handler, by position.
+    pub(crate) fn durations(&self) -> Arc<[::metrics::Histogram]> {
+        self.durations
+            .get_or_init(|| {
+                self.names()
+                    .iter()
+                    .map(|name| {
+                        ::metrics::histogram!(crate::metrics::TASK_DURATION, "handler" => name.clone())
+                    })
+                    .collect()
+            })
+            .clone()
+    }
+
     fn insert(&mut self, name: &str, handler: Dispatch) -> Result<(), RegistryError> {
+        // Positions change: the histograms are made again for the new list.
+        self.durations = Arc::default();
         if name.is_empty()
             || name.len() > crate::protocol::frame::MAX_HANDLER_NAME
             || !name.bytes().all(|b| b.is_ascii_graphic())

@@ -17,7 +17,7 @@ use super::TIMING_SAMPLE;
 pub(super) struct TaskRunner {
     handlers: HandlerRegistry,
     /// `ringworker_task_duration_seconds{handler}`, by registry position.
-    durations: Vec<::metrics::Histogram>,
+    durations: std::sync::Arc<[::metrics::Histogram]>,
     /// Tasks until the next one timed.
     timing_tick: u64,
     last_handler: Option<usize>,
@@ -29,11 +29,7 @@ pub(super) struct TaskRunner {
 impl TaskRunner {
     /// The runner of `handlers`, with one duration histogram per handler.
     pub(super) fn new(handlers: HandlerRegistry) -> Self {
-        let durations = handlers
-            .names()
-            .iter()
-            .map(|name| ::metrics::histogram!(crate::metrics::TASK_DURATION, "handler" => name.clone()))
-            .collect();
+        let durations = handlers.durations();
         TaskRunner {
             handlers,
             durations,
