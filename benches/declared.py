@@ -15,7 +15,7 @@ median tasks/s, the agent's CPU per task (user and kernel time of the agent
 process alone) and the pool workers' CPU per task (read from /proc for the
 agent's children over the run). Needs the release binaries:
 
-    cargo build --release -p ringworker -p ringworker-loadgen --examples
+    cargo build --release -p ringworker -p ringworker-loadgen --bins --examples
     python3 benches/declared.py [--repeats 3] [--seconds 5] [--sessions 64] [--concurrency 32]
 """
 
@@ -158,7 +158,7 @@ def main():
     args = parser.parse_args()
     for needed in ["ringworker", "ringworker-loadgen", os.path.join("examples", "pool_worker")]:
         if not os.path.exists(os.path.join(BIN, needed)):
-            sys.exit(f"missing target/release/{needed}: cargo build --release -p ringworker -p ringworker-loadgen --examples")
+            sys.exit(f"missing target/release/{needed}: cargo build --release -p ringworker -p ringworker-loadgen --bins --examples")
     cfg = os.path.join(tempfile.mkdtemp(prefix="declared-"), "handlers.toml")
     config(cfg, args.pool_processes, args.exec_concurrency)
     runtimes = ["uring"] + (["blocking"] if args.blocking else [])
