@@ -411,14 +411,38 @@ def main():
     lines += tls_lines
     lines += ["", "![tasks/s against sessions](benches/scaling.svg)", "",
               "Profiles, side-by-side measurements of single changes and what limits each ratio: "
-              "[benches/INVESTIGATIONS.md](benches/INVESTIGATIONS.md).", "",
-              "## Scrape cost", "",
-              "Before and after at 1,000 sessions: [benches/SCRAPE.md](benches/SCRAPE.md) "
-              "(`benches/metrics_cost.sh scrape`).", ""]
+              "[benches/INVESTIGATIONS.md](benches/INVESTIGATIONS.md).", ""]
+    kept = kept_sections(os.path.join(ROOT, "BENCHMARKS.md"), set())
+    lines += kept
+    if "## Scrape cost" not in kept:
+        lines += ["## Scrape cost", "",
+                  "Before and after at 1,000 sessions: [benches/SCRAPE.md](benches/SCRAPE.md) "
+                  "(`benches/metrics_cost.sh scrape`).", ""]
     with open(os.path.join(ROOT, "BENCHMARKS.md"), "w") as f:
         f.write("\n".join(lines))
     write_svg(results, os.path.join(ROOT, "benches", "scaling.svg"), med)
     print("\n".join(lines))
+
+
+def kept_sections(path, generated):
+    """The `## ` sections of the existing file (dated sittings and notes written by hand),
+    in their order, but those in `generated`: a new matrix keeps them."""
+    try:
+        with open(path) as f:
+            text = f.read().splitlines()
+    except OSError:
+        return []
+    kept, keep = [], False
+    for line in text:
+        if line.startswith("## "):
+            keep = line[3:].strip() not in generated
+        elif line.startswith("# "):
+            keep = False
+        if keep:
+            kept.append(line)
+    if kept and kept[-1] != "":
+        kept.append("")
+    return kept
 
 
 def write_svg(results, path, med):
