@@ -195,7 +195,7 @@ pub enum Decoded {
 /// Never panics and never allocates; the header is validated (and an
 /// oversized body refused) as soon as its 16 bytes are present, whether or
 /// not the body has arrived.
-#[inline]
+#[inline(always)]
 pub fn decode(buf: &[u8], max_body: u32) -> Result<Decoded, FrameError> {
     let Some(header_bytes) = buf.first_chunk::<HEADER_LEN>() else {
         check_partial_header(buf, max_body)?;

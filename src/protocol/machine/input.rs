@@ -119,7 +119,7 @@ impl WorkerMachine {
     /// frames held back by a full window) is kept in the receive buffer, to
     /// come first next time. The poll that returns `None` also decides
     /// whether a drain is over, once per batch.
-    #[inline]
+    #[inline(always)]
     pub fn poll_input<'i>(&mut self, input: &mut &'i [u8], now: Instant) -> Option<Input<'i>> {
         if !input.is_empty() {
             self.last_received = now;
