@@ -1,25 +1,14 @@
 //! Frame encode and decode: bytes/s and frames/s for small and large frames;
 //! and a session's whole per-task path (decode, handler, RESULT), sans I/O.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ringworker::handlers::HandlerRegistry;
 use ringworker::protocol::frame::{encode_frame, FrameBuffer, FrameKind};
-use ringworker::protocol::machine::encode_task_body;
-use ringworker::session::{SessionConfig, WorkerSession};
-use ringworker::stats::SessionStats;
 
-fn task_stream(payload: usize, frames: usize) -> Vec<u8> {
-    let mut body = Vec::new();
-    encode_task_body(&mut body, "echo", &vec![0x5a; payload]);
-    let mut stream = Vec::new();
-    for id in 0..frames as u64 {
-        encode_frame(&mut stream, FrameKind::Task, 0, id, &body);
-    }
-    stream
-}
+#[path = "fixtures/session.rs"]
+mod fixture;
+use fixture::{task_stream, welcomed_session};
 
 fn encode(c: &mut Criterion) {
     let mut group = c.benchmark_group("encode");
@@ -76,37 +65,6 @@ fn decode(c: &mut Criterion) {
         });
     }
     group.finish();
-}
-
-/// A session past its handshake, its HELLO taken.
-fn welcomed_session(now: Instant) -> WorkerSession {
-    let config = SessionConfig {
-        worker_id: "bench".to_owned(),
-        runtime: "bench",
-        max_body: 16 << 20,
-        max_in_flight: 64,
-        token: None,
-        handshake_timeout: Duration::from_secs(10),
-    };
-    let mut session = WorkerSession::new(
-        0,
-        &config,
-        HandlerRegistry::with_builtins(),
-        Arc::new(SessionStats::new(0)),
-        now,
-    );
-    session.take_output(Vec::new());
-    let mut welcome = Vec::new();
-    encode_frame(
-        &mut welcome,
-        FrameKind::Welcome,
-        0,
-        0,
-        br#"{"protocol":1,"manager":"bench","max_body":16777216,"heartbeat_ms":0}"#,
-    );
-    session.on_input(&welcome, now);
-    session.take_output(Vec::new());
-    session
 }
 
 /// 64 B echo tasks through `on_input` in reads of 16 KiB (as the uring
