@@ -942,3 +942,32 @@ fn two_hundred_sessions_redial_spread_out(kind: RuntimeKind) {
     drop(streams);
     stop_clean(agent, TIMEOUT);
 }
+
+/// The uring runtime counts a dial from its connect until the manager's
+/// WELCOME, at most 256 per loop. 300 sessions on one loop against a
+/// manager that accepts and never answers HELLO: 256 connections reach it,
+/// the other 44 sessions wait their turn instead of waiting in its listen
+/// backlog (which, full, drops SYNs that come back only after 1 s).
+#[test]
+fn uring_dials_count_until_the_handshake_is_over() {
+    let _guard = exclusive();
+    let listener = tcp_listener();
+    let mut session_plan = plan(listener.local_endpoint().unwrap(), 300, 8);
+    session_plan.threads = 1;
+    session_plan.session.handshake_timeout = Duration::from_secs(30);
+    let agent = start(RuntimeKind::Uring, session_plan);
+    let mut held = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        if let Some(stream) = accept_within(&listener, Duration::from_millis(100)) {
+            held.push(stream);
+        }
+    }
+    assert_eq!(
+        held.len(),
+        256,
+        "dials in flight until WELCOME, at most 256 on one loop"
+    );
+    drop(held);
+    let _ = stop_clean(agent, Duration::from_secs(20));
+}

@@ -1,8 +1,8 @@
 //! Dialling: the manager's addresses from the resolver (one slot polls the
 //! first lookup, the others wait for it), the dial queue that keeps at most
-//! [`MAX_DIALS`] connects in flight, the connect and its completion. It must
-//! never exceed [`MAX_DIALS`] connects in flight, nor start a session before
-//! its connect has completed. When to dial, and the back-off after a failed
+//! [`MAX_DIALS`] connects and handshakes in flight, the connect and its
+//! completion. It must never exceed [`MAX_DIALS`] dials in flight, nor start
+//! a session before its connect has completed. When to dial, and the back-off after a failed
 //! dial, are the connection's.
 
 use std::io;
@@ -104,11 +104,12 @@ impl EventLoop {
         true
     }
 
-    /// The slot's connect finished (or will never complete): the next slot
-    /// waiting to dial may.
+    /// The slot's dial is over: its session was welcomed, or its connect
+    /// or handshake failed, or its socket closed. The next slot waiting to
+    /// dial may.
     pub(super) fn dial_done(&mut self, slot_id: u32) {
         let s = &mut self.slots[slot_id as usize];
-        if s.dial != DialWait::Connecting {
+        if !matches!(s.dial, DialWait::Connecting | DialWait::Handshaking) {
             return;
         }
         s.dial = DialWait::None;
@@ -123,11 +124,25 @@ impl EventLoop {
         }
     }
 
+    /// The handshake of a slot whose dial still counts is over once the
+    /// manager's WELCOME is in: its place in the dial queue goes to the next.
+    pub(super) fn dial_welcomed(&mut self, slot_id: u32) {
+        let s = &self.slots[slot_id as usize];
+        if s.dial == DialWait::Handshaking
+            && s.conn
+                .session()
+                .is_some_and(|session| session.welcomed_at().is_some())
+        {
+            self.dial_done(slot_id);
+        }
+    }
+
     pub(super) fn on_connect(&mut self, slot_id: u32, result: i32, now: Instant) {
-        self.dial_done(slot_id);
         let s = &mut self.slots[slot_id as usize];
         s.inflight = s.inflight.saturating_sub(1);
         if result < 0 {
+            self.dial_done(slot_id);
+            let s = &mut self.slots[slot_id as usize];
             // Dials go to the manager's next address from now on.
             if self.next_address == s.address_index {
                 self.next_address = self.next_address.wrapping_add(1);
@@ -140,6 +155,11 @@ impl EventLoop {
             s.conn.on_dial_failed(why, now);
             return;
         }
+        // The dial counts until the handshake is over (`dial_welcomed`): a
+        // connection the manager has not accepted yet waits in its listen
+        // backlog, and a backlog that overflows drops SYNs, each back only
+        // after a 1 s retransmission.
+        s.dial = DialWait::Handshaking;
         self.next_address = s.address_index;
         s.conn.on_connected(now);
     }

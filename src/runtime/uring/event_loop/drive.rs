@@ -83,6 +83,7 @@ impl EventLoop {
                 }
             }
         }
+        self.dial_welcomed(slot_id);
         self.arrange_receive(slot_id);
         let at = self.slots[slot_id as usize].conn.poll_timeout();
         self.schedule(slot_id, at);

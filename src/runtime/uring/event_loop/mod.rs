@@ -65,11 +65,11 @@ pub const BUF_LEN: usize = READ_CHUNK;
 const EARLY_SEND: usize = 32 * 1024;
 /// How long shutdown waits for cancelled operations to complete.
 const REAP_DEADLINE: Duration = Duration::from_secs(2);
-/// Connects in flight per loop, at most: an agent starting 10,000 sessions
-/// (or redialling them all after the manager restarts) does not send 10,000
-/// SYNs at once, more than a manager's listen backlog holds (4096 by
-/// default); the ones it would drop come back only after a 1 s
-/// retransmission.
+/// Dials in flight per loop, at most, from the connect until the manager's
+/// WELCOME: an agent starting 10,000 sessions (or redialling them all after
+/// the manager restarts) does not leave more connections waiting in the
+/// manager's listen backlog (4096 by default) than it holds; the ones a
+/// full backlog drops come back only after a 1 s retransmission.
 const MAX_DIALS: usize = 256;
 /// How often a slot looks again while the manager's name is first looked up.
 const RESOLVE_POLL: Duration = Duration::from_millis(20);
@@ -136,6 +136,8 @@ enum DialWait {
     Queued,
     /// Its connect is in flight and counts against [`MAX_DIALS`].
     Connecting,
+    /// Connected, the handshake not over yet: still counts.
+    Handshaking,
 }
 
 /// One session of this loop: its connection, and the socket and operations
@@ -248,8 +250,8 @@ pub struct EventLoop {
     /// Sends were queued while handling completions: submit them before
     /// handling the next one.
     submit_now: bool,
-    /// Connects in flight, at most [`MAX_DIALS`]; the slots waiting for
-    /// one to finish, in order.
+    /// Dials in flight (connects and handshakes), at most [`MAX_DIALS`];
+    /// the slots waiting for one to finish, in order.
     dials: usize,
     dial_queue: std::collections::VecDeque<u32>,
     /// Which of the manager's addresses dials go to: the one that last
