@@ -67,6 +67,14 @@ pub const DIRECT_CHUNK: usize = 64 * 1024;
 /// `max_body` at once).
 pub const DIRECT_MAX: usize = 4 * 1024 * 1024;
 
+/// The inbox for answers given on other threads, woken with `wake`: only
+/// when the plan's registry has a handler that gives them.
+fn late_inbox(plan: &AgentPlan, wake: Wake) -> Option<Arc<LateAnswers>> {
+    plan.handlers
+        .has_later()
+        .then(|| Arc::new(LateAnswers::new(wake)))
+}
+
 /// What the runtime does next.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action {
@@ -183,6 +191,7 @@ impl Connection {
     ) -> Self {
         let stats = agent.sessions[index as usize].clone();
         stats.set_state(SessionState::Disconnected);
+        let late = late_inbox(&plan, Arc::new(|| {}));
         Connection {
             index,
             backoff: Backoff::new(plan.reconnect),
@@ -205,9 +214,8 @@ impl Connection {
             eof: false,
             dialled_once: false,
             generation: 0,
-            late: None,
+            late,
         }
-        .with_late_answers(Arc::new(|| {}))
     }
 
     /// How the runtime is woken when a handler answers from another thread:
@@ -215,17 +223,7 @@ impl Connection {
     /// runtime then polls this connection, which takes the answers. Set it
     /// before the first dial.
     pub fn set_waker(&mut self, wake: Wake) {
-        self.late = self
-            .plan
-            .handlers
-            .has_later()
-            .then(|| Arc::new(LateAnswers::new(wake)));
-    }
-
-    /// The inbox for answers from other threads, when a handler gives them.
-    fn with_late_answers(mut self, wake: Wake) -> Self {
-        self.set_waker(wake);
-        self
+        self.late = late_inbox(&self.plan, wake);
     }
 
     /// The session index.

@@ -118,11 +118,10 @@ enum Recv {
     Shared {
         cancelled: bool,
     },
-    /// A one-shot receive into the session's frame buffer; `lowat`: the rest
-    /// of a large frame, waited for with the socket's `SO_RCVLOWAT`.
+    /// A one-shot receive into the session's frame buffer (the rest of a
+    /// large frame is waited for with the slot's `rcvlowat` above 1).
     Direct {
         cancelled: bool,
-        lowat: bool,
     },
 }
 

@@ -55,10 +55,7 @@ impl EventLoop {
                 .build()
         })
         .user_data(user_data(Op::RecvBody, s.generation, slot_id));
-        s.recv = Recv::Direct {
-            cancelled: false,
-            lowat,
-        };
+        s.recv = Recv::Direct { cancelled: false };
         s.inflight += 1;
         self.push(entry);
     }
@@ -73,12 +70,11 @@ impl EventLoop {
     /// it has received so far).
     pub(super) fn collect(&mut self, slot_id: u32) {
         let s = &mut self.slots[slot_id as usize];
-        let Recv::Direct { cancelled, lowat } = &mut s.recv else {
+        let Recv::Direct { cancelled } = &mut s.recv else {
             s.conn.on_receive_cancelled();
             return;
         };
-        if *lowat {
-            *lowat = false;
+        if s.rcvlowat > 1 {
             if let Some(socket) = &s.socket {
                 if set_rcvlowat(socket, &mut s.rcvlowat, 1) && queued_bytes(socket) > 0 {
                     return;
