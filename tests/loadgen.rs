@@ -95,6 +95,23 @@ fn loadgen_drives_a_spawned_agent_with_exact_accounting(kind: RuntimeKind) {
     let _ = std::fs::remove_file(report);
 }
 
+/// A blocking agent with `handlers` on `socket` for as long as `loadgen`
+/// runs; the loadgen's exit status.
+fn serve_with(
+    loadgen: &mut std::process::Child,
+    socket: &std::path::Path,
+    handlers: HandlerRegistry,
+) -> std::process::ExitStatus {
+    let mut plan = common::plan(Endpoint::Unix(socket.to_path_buf()), 1, 8);
+    plan.handlers = handlers;
+    let mut agent = BlockingRuntime::new(plan);
+    agent.start().unwrap();
+    let status = loadgen.wait().unwrap();
+    agent.request_stop();
+    agent.wait();
+    status
+}
+
 #[test]
 fn a_wrong_result_is_caught_and_exits_non_zero() {
     // An agent whose `echo` corrupts one byte in a thousand tasks.
@@ -129,13 +146,7 @@ fn a_wrong_result_is_caught_and_exits_non_zero() {
             Ok(Reply::Ready)
         })
         .unwrap();
-    let mut plan = common::plan(Endpoint::Unix(socket.clone()), 1, 8);
-    plan.handlers = handlers;
-    let mut agent = BlockingRuntime::new(plan);
-    agent.start().unwrap();
-    let status = loadgen.wait().unwrap();
-    agent.request_stop();
-    agent.wait();
+    let status = serve_with(&mut loadgen, &socket, handlers);
     assert_eq!(status.code(), Some(1), "a wrong result fails the run");
     let r = json(&report);
     assert_eq!(r["tasks_wrong"], 3, "{r}");
@@ -186,13 +197,7 @@ fn a_handler_given_as_a_built_in_is_checked_byte_for_byte() {
             Ok(Reply::Ready)
         })
         .unwrap();
-    let mut plan = common::plan(Endpoint::Unix(socket.clone()), 1, 8);
-    plan.handlers = handlers;
-    let mut agent = BlockingRuntime::new(plan);
-    agent.start().unwrap();
-    let status = loadgen.wait().unwrap();
-    agent.request_stop();
-    agent.wait();
+    let status = serve_with(&mut loadgen, &socket, handlers);
     let corrupted = corrupted.load(Ordering::Relaxed);
     assert!(corrupted >= 2, "the mix reached my-hash: {corrupted}");
     assert_eq!(status.code(), Some(1), "a wrong result fails the run");
