@@ -2,8 +2,8 @@
 //! first lookup, the others wait for it), the dial queue that keeps at most
 //! [`MAX_DIALS`] connects and handshakes in flight, the connect and its
 //! completion. It must never exceed [`MAX_DIALS`] dials in flight, nor start
-//! a session before its connect has completed. When to dial, and the back-off after a failed
-//! dial, are the connection's.
+//! a session before its connect has completed. When to dial, and the
+//! back-off after a failed dial, are the connection's.
 
 use std::io;
 use std::os::fd::AsRawFd;
