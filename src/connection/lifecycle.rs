@@ -222,8 +222,16 @@ impl Connection {
     /// `wake` is called after each such answer, from that thread, and the
     /// runtime then polls this connection, which takes the answers. Set it
     /// before the first dial.
-    pub fn set_waker(&mut self, wake: Wake) {
+    ///
+    /// Returns whether `wake` was kept: only when a registered handler
+    /// answers later. Otherwise it is dropped at once and never called, so
+    /// a runtime that waits on what `wake` signals must not wait on it
+    /// then (a channel whose sender `wake` held is disconnected, and so
+    /// always ready).
+    #[must_use]
+    pub fn set_waker(&mut self, wake: Wake) -> bool {
         self.late = late_inbox(&self.plan, wake);
+        self.late.is_some()
     }
 
     /// The session index.

@@ -194,11 +194,16 @@ fn supervise(
 ) -> DrainTally {
     let mut conn = Connection::new(index, plan.clone(), agent.clone(), Instant::now());
     // A handler answering from another thread rings this; the loop's poll
-    // takes the answer.
+    // takes the answer. With no such handler the sender is dropped at once,
+    // and waiting on its disconnected channel would never block.
     let (late_tx, late_rx) = bounded::<()>(1);
-    conn.set_waker(Arc::new(move || {
+    let late_rx = if conn.set_waker(Arc::new(move || {
         let _ = late_tx.try_send(());
-    }));
+    })) {
+        late_rx
+    } else {
+        never()
+    };
     let mut io: Option<Io> = None;
     let mut stop_seen = false;
     let never_read = never::<ReadEvent>();

@@ -341,7 +341,8 @@ impl EventLoop {
                 let mut conn = Connection::new(index, plan.clone(), agent.clone(), now);
                 if plan.handlers.has_later() {
                     let waker = late.clone();
-                    conn.set_waker(Arc::new(move || waker.wake(slot as u32)));
+                    let kept = conn.set_waker(Arc::new(move || waker.wake(slot as u32)));
+                    debug_assert!(kept, "a registry with a later handler keeps the waker");
                 }
                 Slot {
                     counters: ByteCounters::new(conn.stats().clone()),
