@@ -166,6 +166,9 @@ impl EventLoop {
     }
 }
 
+/// `IP_LOCAL_PORT_RANGE` (`linux/in.h`), which the `libc` crate lacks.
+const IP_LOCAL_PORT_RANGE: libc::c_int = 51;
+
 /// Let `connect()` choose the socket's source port from the whole local
 /// port range in one pass. By default Linux tries the ports of one parity
 /// first (it leaves the others to `bind()`), so once about half the range
@@ -177,7 +180,6 @@ impl EventLoop {
 /// with. Older kernels refuse the option or keep the parity walk, which
 /// changes nothing else, so a refusal is ignored.
 fn one_pass_port_search(socket: &socket2::Socket) {
-    const IP_LOCAL_PORT_RANGE: libc::c_int = 51;
     let range: u32 = (65535 << 16) | 1;
     // SAFETY: `setsockopt` reads `size_of::<u32>()` bytes from a pointer to
     // a live `u32` on this stack frame; the descriptor is the socket just
@@ -197,7 +199,7 @@ fn one_pass_port_search(socket: &socket2::Socket) {
 mod tests {
     use std::os::fd::AsRawFd;
 
-    use super::one_pass_port_search;
+    use super::{one_pass_port_search, IP_LOCAL_PORT_RANGE};
 
     /// The socket's own port range as the kernel reports it, or the error
     /// of a kernel that does not know the option.
@@ -211,7 +213,7 @@ mod tests {
             libc::getsockopt(
                 socket.as_raw_fd(),
                 libc::IPPROTO_IP,
-                51,
+                IP_LOCAL_PORT_RANGE,
                 (&mut range as *mut u32).cast(),
                 &mut len,
             )
