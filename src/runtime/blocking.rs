@@ -394,7 +394,11 @@ impl Io {
         let (recycle_tx, recycle_rx) = bounded::<RecvChunk>(2);
         let (write_tx, write_rx) = bounded::<Vec<u8>>(1);
         let (written_tx, written_rx) = bounded::<io::Result<Vec<u8>>>(1);
-        let _ = recycle_tx.send(RecvChunk::new(READ_CHUNK));
+        // Two chunks: the reader fills one while the session decodes the
+        // other, rather than waiting for it back after every read.
+        for _ in 0..2 {
+            let _ = recycle_tx.send(RecvChunk::new(READ_CHUNK));
+        }
         let reader_counters = counters.clone();
         let reader = std::thread::Builder::new()
             .name(format!("session-{index}-rx"))
