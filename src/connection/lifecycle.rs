@@ -168,10 +168,9 @@ pub struct Connection {
     dialled_once: bool,
     /// Counts connections: a job's answer names the one it belongs to.
     generation: u32,
-    /// Answers of handlers that answer from another thread
-    /// ([`crate::handlers::LaterHandler`]), taken at each `poll`.
     /// Answers given on other threads ([`LaterHandler`](crate::handlers::LaterHandler)),
-    /// when the registry has a handler that gives them.
+    /// taken at each `poll`; only when the registry has a handler that
+    /// gives them.
     late: Option<Arc<LateAnswers>>,
 }
 
