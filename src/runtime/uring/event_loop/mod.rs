@@ -339,11 +339,10 @@ impl EventLoop {
             .enumerate()
             .map(|(slot, index)| {
                 let mut conn = Connection::new(index, plan.clone(), agent.clone(), now);
-                if plan.handlers.has_later() {
-                    let waker = late.clone();
-                    let kept = conn.set_waker(Arc::new(move || waker.wake(slot as u32)));
-                    debug_assert!(kept, "a registry with a later handler keeps the waker");
-                }
+                // Kept only when a handler answers later; the loop's wake
+                // socket is armed either way, so nothing here depends on it.
+                let waker = late.clone();
+                let _kept = conn.set_waker(Arc::new(move || waker.wake(slot as u32)));
                 Slot {
                     counters: ByteCounters::new(conn.stats().clone()),
                     conn,
