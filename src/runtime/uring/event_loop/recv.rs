@@ -10,11 +10,11 @@ use std::time::Instant;
 
 use io_uring::{cqueue, opcode, types};
 
+use super::{user_data, EventLoop, Op, Recv, BUF_GROUP};
+
 /// `IORING_RECVSEND_POLL_FIRST`: wait for the socket to be readable before
 /// the first attempt to receive.
 const IORING_RECVSEND_POLL_FIRST: u16 = 1;
-
-use super::{user_data, EventLoop, Op, Recv, BUF_GROUP};
 
 impl EventLoop {
     /// Receive straight into the session's frame buffer, as the connection
@@ -25,10 +25,10 @@ impl EventLoop {
     /// ([`lowat_mark`]), and the receive polls first, so the kernel wakes
     /// the loop once they are queued instead of at every segment: each
     /// wake-up costs the loop a context switch, and the sender, on
-    /// loopback, the wake-up itself. `MSG_WAITALL` is the
-    /// fallback where the mark cannot be set. Either way the receive says
-    /// nothing until it completes, so the connection has it collected when
-    /// a deadline falls due meanwhile ([`EventLoop::collect`]).
+    /// loopback, the wake-up itself. `MSG_WAITALL` is the fallback where
+    /// the mark cannot be set. Either way the receive says nothing until it
+    /// completes, so the connection has it collected when a deadline falls
+    /// due meanwhile ([`EventLoop::collect`]).
     pub(super) fn submit_direct_recv(&mut self, slot_id: u32, len: usize, wait_all: bool) {
         let s = &mut self.slots[slot_id as usize];
         let Some(socket) = &s.socket else { return };
