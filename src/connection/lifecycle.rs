@@ -289,6 +289,38 @@ impl Connection {
         closing_deadline(now, self.drain.as_ref())
     }
 
+    /// Whether nothing of this connection is in a runtime's hands but its
+    /// socket: [`Connection::settling`], and no send under way or output
+    /// waiting. Such a connection (with its socket) may move to another
+    /// thread of the runtime: nothing that answers later holds the thread
+    /// it was on.
+    pub fn at_rest(&self) -> bool {
+        self.settling() && !self.sending && self.link.as_deref().is_some_and(|l| !l.has_output())
+    }
+
+    /// Whether the connection comes to rest ([`Connection::at_rest`]) once
+    /// its output is written, if it reads nothing more: open, past the
+    /// handshake, not stopping or closing, no direct receive under way and
+    /// no job out.
+    pub fn settling(&self) -> bool {
+        self.state == State::Open
+            && !self.stopping
+            && self.drain.is_none()
+            && self.broken.is_none()
+            && self.flush_until.is_none()
+            && self.direct_pending.is_none()
+            && !self.collecting
+            && !self.direct
+            && !self.eof
+            && self.link.as_deref().is_some_and(|link| {
+                let session = link.session();
+                session.phase() == Phase::Active
+                    && session.closed().is_none()
+                    && session.jobs_pending() == 0
+                    && link.failure().is_none()
+            })
+    }
+
     // ---- what to do -----------------------------------------------------
 
     /// The next action. Call it after every event until it returns
