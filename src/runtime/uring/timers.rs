@@ -40,6 +40,19 @@ impl Timers {
         }
     }
 
+    /// Room for slots `0..slots` (a loop taking sessions over from another
+    /// may need more than it started with).
+    pub(super) fn grow(&mut self, slots: usize) {
+        if slots > self.earliest.len() {
+            self.earliest.resize(slots, None);
+        }
+    }
+
+    /// Drop `slot`'s deadline: its session has left the loop.
+    pub(super) fn forget(&mut self, slot: u32) {
+        self.earliest[slot as usize] = None;
+    }
+
     /// The next deadline, if any.
     pub(super) fn next(&mut self) -> Option<Instant> {
         self.discard_stale();
@@ -114,6 +127,19 @@ mod tests {
         assert_eq!(timers.pop_due(t0 + ms(2)), Some(0));
         assert_eq!(timers.next(), None, "the superseded entry is gone");
         assert_eq!(timers.pop_due(t0 + ms(120_000)), None);
+    }
+
+    #[test]
+    fn a_forgotten_slot_is_not_due_and_a_grown_table_takes_new_slots() {
+        let t0 = Instant::now();
+        let mut timers = Timers::new(1);
+        timers.schedule(0, t0 + ms(5));
+        timers.forget(0);
+        assert_eq!(timers.pop_due(t0 + ms(10)), None);
+        assert_eq!(timers.next(), None);
+        timers.grow(3);
+        timers.schedule(2, t0 + ms(7));
+        assert_eq!(timers.pop_due(t0 + ms(10)), Some(2));
     }
 
     #[test]
