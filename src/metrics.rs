@@ -34,6 +34,8 @@ pub const TASKS_IN_FLIGHT: &str = "ringworker_tasks_in_flight";
 pub const TASKS_TOTAL: &str = "ringworker_tasks_total";
 pub const TASK_DURATION: &str = "ringworker_task_duration_seconds";
 pub const RECONNECTS_TOTAL: &str = "ringworker_reconnects_total";
+/// Sessions handed from one event loop to another (uring runtime).
+pub const SESSIONS_MOVED_TOTAL: &str = "ringworker_sessions_moved_total";
 pub const BUILD_INFO: &str = "ringworker_build_info";
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "ringworker_tls_handshake_failures_total";
 /// Sessions connected now (process-wide, whatever `session_metrics` says).
@@ -187,6 +189,10 @@ fn describe() {
         RECONNECTS_TOTAL,
         "Dial attempts after each session's first."
     );
+    describe_counter!(
+        SESSIONS_MOVED_TOTAL,
+        "Sessions handed from one event loop to another (uring runtime)."
+    );
     describe_gauge!(BUILD_INFO, "Always 1; the labels say what is running.");
     describe_gauge!(
         SESSIONS_CONNECTED,
@@ -223,6 +229,7 @@ pub struct Telemetry {
     bytes_sent_total: ::metrics::Counter,
     bytes_received_total: ::metrics::Counter,
     reconnects_total: ::metrics::Counter,
+    sessions_moved_total: ::metrics::Counter,
     /// Per handler (registry order): ok, failed.
     task_counters: Vec<[::metrics::Counter; 2]>,
 }
@@ -289,6 +296,7 @@ impl Telemetry {
             bytes_sent_total: counter!(BYTES_SENT_TOTAL),
             bytes_received_total: counter!(BYTES_RECEIVED_TOTAL),
             reconnects_total: counter!(RECONNECTS_TOTAL),
+            sessions_moved_total: counter!(SESSIONS_MOVED_TOTAL),
             task_counters,
             stats,
         };
@@ -330,6 +338,8 @@ impl Telemetry {
         self.bytes_received_total
             .absolute(stats.bytes_received_total());
         self.reconnects_total.absolute(stats.reconnects_total());
+        self.sessions_moved_total
+            .absolute(stats.sessions_moved_total());
         for (index, counters) in self.task_counters.iter().enumerate() {
             for (counter, ok) in counters.iter().zip([true, false]) {
                 counter.absolute(
@@ -390,6 +400,7 @@ impl Telemetry {
             "bytes_received_total_formatted": crate::format::format_bytes(stats.bytes_received_total()),
             "tasks_done": stats.tasks_done(),
             "reconnects_total": stats.reconnects_total(),
+            "sessions_moved_total": stats.sessions_moved_total(),
             "handlers": stats.handler_status(),
             "sessions": stats.sessions.iter().map(|s| s.snapshot()).collect::<Vec<_>>(),
         });

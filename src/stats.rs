@@ -232,6 +232,7 @@ pub struct AgentStats {
     pub handler_names: Vec<String>,
     pub sessions: Vec<Arc<SessionStats>>,
     reconnects_total: AtomicU64,
+    sessions_moved_total: AtomicU64,
     stop_requested: AtomicBool,
     /// When these stats were made: the origin of the loops' heartbeats.
     started: Instant,
@@ -287,6 +288,7 @@ impl AgentStats {
                 .map(|i| Arc::new(SessionStats::with_handlers(i, handlers)))
                 .collect(),
             reconnects_total: AtomicU64::new(0),
+            sessions_moved_total: AtomicU64::new(0),
             stop_requested: AtomicBool::new(false),
             started: Instant::now(),
             loops: Mutex::new(Vec::new()),
@@ -378,6 +380,15 @@ impl AgentStats {
 
     pub(crate) fn record_reconnect(&self) {
         self.reconnects_total.fetch_add(1, Relaxed);
+    }
+
+    /// Sessions handed from one event loop to another (uring runtime).
+    pub fn sessions_moved_total(&self) -> u64 {
+        self.sessions_moved_total.load(Relaxed)
+    }
+
+    pub(crate) fn record_session_moved(&self) {
+        self.sessions_moved_total.fetch_add(1, Relaxed);
     }
 
     pub fn stop_requested(&self) -> bool {

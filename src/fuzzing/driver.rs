@@ -67,6 +67,7 @@ pub(super) fn plan(
         connect_timeout: Duration::from_secs(5),
         tcp: Default::default(),
         tls,
+        loop_balance: Default::default(),
     })
 }
 

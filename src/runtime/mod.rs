@@ -62,6 +62,41 @@ pub struct AgentPlan {
     pub tcp: crate::transport::TcpTuning,
     /// TLS settings for a `tls://` manager (`None` for tcp:// and unix://).
     pub tls: Option<crate::transport::tls::ClientTls>,
+    /// Whether the uring runtime moves sessions between its event loops.
+    pub loop_balance: LoopBalance,
+}
+
+/// Whether and how the uring runtime moves sessions between its event
+/// loops (docs/ENGINE.md, "Sessions moving between loops").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LoopBalance {
+    /// Concentrate sessions on fewer loops when the loops wait for CPUs,
+    /// spread them when one is saturated and CPUs are idle.
+    #[default]
+    Auto,
+    /// Never: each session stays on the loop it started on.
+    Off,
+    /// One session every few milliseconds, to the next loop, whatever the
+    /// load: for testing the move itself.
+    Churn,
+}
+
+impl LoopBalance {
+    /// From `RINGWORKER_LOOP_BALANCE` (`auto`, `off`, `churn`): `auto` when
+    /// unset, and for anything else, with a warning.
+    pub fn from_env() -> LoopBalance {
+        match std::env::var("RINGWORKER_LOOP_BALANCE").as_deref() {
+            Err(_) | Ok("auto" | "") => LoopBalance::Auto,
+            Ok("off") => LoopBalance::Off,
+            Ok("churn") => LoopBalance::Churn,
+            Ok(other) => {
+                tracing::warn!(
+                    "RINGWORKER_LOOP_BALANCE={other:?} is not auto, off or churn; using auto"
+                );
+                LoopBalance::Auto
+            }
+        }
+    }
 }
 
 /// How many tasks of one declared handler may wait for a process, for

@@ -62,6 +62,7 @@ pub fn plan(endpoint: Endpoint, sessions: u32, max_in_flight: u32) -> AgentPlan 
         connect_timeout: Duration::from_secs(5),
         tcp: Default::default(),
         tls: None,
+        loop_balance: Default::default(),
     }
 }
 

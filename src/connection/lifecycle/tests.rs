@@ -49,6 +49,7 @@ fn plan(token: Option<&str>) -> Arc<AgentPlan> {
         connect_timeout: CONNECT,
         tcp: Default::default(),
         tls: None,
+        loop_balance: Default::default(),
     })
 }
 

@@ -27,6 +27,7 @@ use io_uring::{cqueue, opcode, types, Probe};
 
 use super::{AgentPlan, RunReport, RuntimeError, RuntimeKind, RuntimeMode, StopHandle};
 use crate::stats::AgentStats;
+use event_loop::balance::Balance;
 use event_loop::{build_ring, EventLoop};
 
 /// The io_uring engine.
@@ -78,13 +79,26 @@ impl RuntimeMode for UringRuntime {
             .plan
             .threads
             .clamp(1, self.plan.sessions.max(1) as usize);
-        for thread in 0..threads {
+        let mut wakes = Vec::new();
+        for _ in 0..threads {
+            let (wake_tx, wake_rx) = UnixStream::pair().map_err(RuntimeError::Spawn)?;
+            wake_tx.set_nonblocking(true).map_err(RuntimeError::Spawn)?;
+            wakes.push((wake_tx, wake_rx));
+        }
+        let doors = wakes
+            .iter()
+            .map(|(tx, _)| tx.try_clone())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(RuntimeError::Spawn)?;
+        let (balance, inboxes) =
+            Balance::new(self.plan.loop_balance, doors, self.plan.sessions as usize);
+        let balance = Arc::new(balance);
+        for (thread, ((wake_tx, wake_rx), inbox)) in wakes.into_iter().zip(inboxes).enumerate() {
             let sessions: Vec<u32> = (0..self.plan.sessions)
                 .filter(|index| *index as usize % threads == thread)
                 .collect();
-            let (wake_tx, wake_rx) = UnixStream::pair().map_err(RuntimeError::Spawn)?;
-            wake_tx.set_nonblocking(true).map_err(RuntimeError::Spawn)?;
             let late_tx = wake_tx.try_clone().map_err(RuntimeError::Spawn)?;
+            let balance = balance.clone();
             self.stop.on_stop(move || {
                 let _ = (&wake_tx).write(&[1]);
             });
@@ -102,6 +116,7 @@ impl RuntimeMode for UringRuntime {
                         sessions,
                         (wake_rx, late_tx),
                         (thread, threads),
+                        (balance, inbox),
                     ) {
                         Ok(event_loop) => {
                             let _ = ready_tx.send(Ok(()));

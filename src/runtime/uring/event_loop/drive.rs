@@ -28,7 +28,10 @@ impl EventLoop {
             let now = self.now;
             for i in 0..self.batch.len() {
                 let slot = self.batch[i];
-                self.slots[slot as usize].dirty = false;
+                let Some(s) = self.slots.0[slot as usize].as_mut() else {
+                    continue; // it left the loop
+                };
+                s.dirty = false;
                 self.drive(slot, now);
             }
             self.batch.clear();
@@ -79,9 +82,13 @@ impl EventLoop {
                 Action::Stop => {
                     s.life = Life::Stopped;
                     self.stopped += 1;
+                    self.balance.stopped();
                     return;
                 }
             }
+        }
+        if self.slots[slot_id as usize].leaving.is_some() && self.depart(slot_id, now) {
+            return;
         }
         self.dial_welcomed(slot_id);
         self.arrange_receive(slot_id);
@@ -94,8 +101,8 @@ impl EventLoop {
     /// in flight first, and the other starts once it has completed.
     fn arrange_receive(&mut self, slot_id: u32) {
         let s = &self.slots[slot_id as usize];
-        if s.closing() || s.socket.is_none() {
-            return;
+        if s.closing() || s.socket.is_none() || s.leaving.is_some() {
+            return; // a leaving slot receives on the loop it goes to
         }
         match (s.conn.receive(), s.recv) {
             (Receive::Shared, Recv::None) => self.arm_recv(slot_id),

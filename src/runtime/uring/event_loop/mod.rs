@@ -164,6 +164,58 @@ struct Slot {
     /// The socket's `SO_RCVLOWAT` as last set (1, the default, unless the
     /// rest of a large frame is being received).
     rcvlowat: u32,
+    /// Moving to this loop once its receive has ended (`balance`).
+    leaving: Option<usize>,
+}
+
+/// A loop's slots by id. A slot whose session moved to another loop is
+/// vacant until a session arriving takes its id; completions and timers
+/// naming a vacant slot are stale (the session left with nothing in
+/// flight), so indexing one is a bug.
+#[derive(Default)]
+struct Slots(Vec<Option<Slot>>);
+
+impl Slots {
+    fn get(&self, id: usize) -> Option<&Slot> {
+        self.0.get(id).and_then(Option::as_ref)
+    }
+
+    fn get_mut(&mut self, id: usize) -> Option<&mut Slot> {
+        self.0.get_mut(id).and_then(Option::as_mut)
+    }
+
+    /// The number of ids, vacant ones included.
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Slot> {
+        self.0.iter().flatten()
+    }
+
+    /// The ids of the slots that are not vacant.
+    fn ids(&self) -> Vec<u32> {
+        (0..self.0.len() as u32)
+            .filter(|&id| self.0[id as usize].is_some())
+            .collect()
+    }
+}
+
+impl std::ops::Index<usize> for Slots {
+    type Output = Slot;
+    fn index(&self, id: usize) -> &Slot {
+        self.0[id]
+            .as_ref()
+            .expect("a slot of this loop, not vacant")
+    }
+}
+
+impl std::ops::IndexMut<usize> for Slots {
+    fn index_mut(&mut self, id: usize) -> &mut Slot {
+        self.0[id]
+            .as_mut()
+            .expect("a slot of this loop, not vacant")
+    }
 }
 
 /// What the slot's executor is doing with its connection.
@@ -229,7 +281,14 @@ pub struct LoopReport {
 pub struct EventLoop {
     ring: IoUring,
     buffers: Option<BufRing>,
-    slots: Vec<Slot>,
+    slots: Slots,
+    /// Slots that are not vacant.
+    live: usize,
+    /// Moving sessions between loops (`balance`): what the loops share,
+    /// this loop's inbox, its measure of itself.
+    balance: Arc<balance::Balance>,
+    inbox: crossbeam_channel::Receiver<balance::Arrival>,
+    meter: balance::Meter,
     plan: Arc<AgentPlan>,
     agent: Arc<AgentStats>,
     stop: StopHandle,
@@ -302,6 +361,7 @@ pub fn build_ring() -> io::Result<IoUring> {
 }
 
 // After `on_socket!`, so the child modules see the macro.
+pub mod balance;
 mod children;
 mod dial;
 mod drive;
@@ -319,14 +379,25 @@ impl EventLoop {
         sessions: Vec<u32>,
         (wake_rx, wake_tx): (UnixStream, UnixStream),
         (part, parts): (usize, usize),
+        (balance, inbox): (
+            Arc<balance::Balance>,
+            crossbeam_channel::Receiver<balance::Arrival>,
+        ),
     ) -> io::Result<EventLoop> {
         let ring = build_ring()?;
         let buffers = BufRing::new(&ring, BUF_GROUP, BUF_ENTRIES, BUF_LEN)?;
         // Registered files spare each operation the file lookup; kernels
         // before 5.19 lack sparse tables, and then descriptors are used.
+        // Sessions coming from other loops take the ids their leaving freed,
+        // so a loop never holds more ids than the runtime has sessions.
+        let table = if balance.moves() {
+            plan.sessions as usize
+        } else {
+            sessions.len()
+        };
         let file_table = ring
             .submitter()
-            .register_files_sparse(sessions.len().max(1) as u32)
+            .register_files_sparse(table.max(1) as u32)
             .is_ok();
         let now = Instant::now();
         let late = Arc::new(LateWake {
@@ -359,8 +430,10 @@ impl EventLoop {
                     dial: DialWait::None,
                     dirty: false,
                     rcvlowat: 1,
+                    leaving: None,
                 }
             })
+            .map(Some)
             .collect::<Vec<_>>();
         let dirty = (0..slots.len() as u32).collect();
         let timers = Timers::new(slots.len());
@@ -374,7 +447,11 @@ impl EventLoop {
         Ok(EventLoop {
             ring,
             buffers: Some(buffers),
-            slots,
+            live: slots.len(),
+            slots: Slots(slots),
+            balance,
+            inbox,
+            meter: balance::Meter::new(now),
             plan,
             agent,
             stop,
@@ -404,7 +481,8 @@ impl EventLoop {
         })
     }
 
-    /// Run until every session of this loop has stopped.
+    /// Run until every session of this loop has stopped (and, when
+    /// sessions move between loops, every session of the runtime).
     pub fn run(mut self) -> LoopReport {
         let beat = self.agent.register_loop();
         loop {
@@ -412,18 +490,22 @@ impl EventLoop {
                 self.arm_wake();
             }
             let now = self.now;
+            self.take_arrivals(now);
             if !self.stop_seen && self.stop.is_requested() {
                 self.stop_seen = true;
-                for i in 0..self.slots.len() {
-                    self.slots[i].conn.request_stop(now);
-                    self.mark_dirty(i as u32);
+                for i in self.slots.ids() {
+                    self.slots[i as usize].conn.request_stop(now);
+                    self.mark_dirty(i);
                 }
             }
             beat.beat(now);
             self.trim_when_quiet(now);
+            self.rebalance(now);
             self.fire_timers(now);
             for slot in self.late.take() {
-                self.mark_dirty(slot);
+                if self.slots.get(slot as usize).is_some() {
+                    self.mark_dirty(slot);
+                }
             }
             self.drive_children(now);
             self.drive_dirty();
@@ -432,7 +514,7 @@ impl EventLoop {
             if self.children.is_some() {
                 self.drive_children(Instant::now());
             }
-            if self.stopped == self.slots.len() {
+            if self.stopped == self.live && (!self.balance.moves() || self.balance.settled()) {
                 break;
             }
             if let Some(buffers) = &self.buffers {

@@ -1,0 +1,552 @@
+//! Sessions moving between event loops.
+//!
+//! Each loop owns its sessions, but a session at rest (open, nothing of it
+//! in flight but its receive, no job out: [`Connection::at_rest`]) can move
+//! to another loop: its receive is cancelled, and once that has completed
+//! the slot, socket and connection go to the other loop over a channel and
+//! its wake socket. There the socket is registered, the receive armed on
+//! that loop's buffer ring and the timer scheduled. No byte is lost or read
+//! twice: the multishot receive ends before the socket changes rings.
+//!
+//! Why: a loop per CPU is right when the agent has the machine to itself;
+//! on a machine whose CPUs are all busy (with the manager's peer, other
+//! services, or each other), loops that each have some work wait for CPUs
+//! and switch in and out, which costs more than one loop doing all of it
+//! (measured in BENCHMARKS.md: 16 sessions × 32 in flight on 2 CPUs next to
+//! the load generator). Tokio's workers share work by stealing; here whole
+//! sessions move, seldom, on what each loop measures of itself:
+//! - *Concentrate.* A loop that waited for a CPU a tenth of its time or
+//!   more (`/proc/thread-self/schedstat`) hands half its sessions to the
+//!   lowest-numbered loop whose CPU time and its own add up to at most one
+//!   CPU. It goes on doing so, contended or not, for as long as it keeps
+//!   finding room within 2 s of its last move: the last few sessions would
+//!   otherwise keep a second loop waking up for little work. Sessions only
+//!   move down this way, so this never cycles.
+//! - *Spread.* A loop busy 90 % of its time or more that does not wait for
+//!   CPUs, on a machine with half a CPU or more idle (`/proc/stat`), hands a
+//!   quarter of its sessions to the least busy loop under 50 %.
+//! - After a loop gives or takes sessions it holds still for two periods,
+//!   so that what it measures next reflects the move.
+//!
+//! The two rules cannot both hold: contention and an idle CPU exclude each
+//! other. [`LoopBalance::Churn`] moves a session every few milliseconds whatever
+//! the load, for the tests of the move itself.
+
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::{DialWait, EventLoop, Life, Recv, Slot};
+use crate::runtime::LoopBalance;
+
+/// How often a loop measures itself and decides.
+const PERIOD: Duration = Duration::from_millis(100);
+/// How long a loop that moved sessions down goes on doing so.
+const CONCENTRATING: Duration = Duration::from_secs(2);
+/// How often a session moves in [`LoopBalance::Churn`].
+const CHURN_PERIOD: Duration = Duration::from_millis(5);
+/// Thresholds, in thousandths of one CPU (or of the period).
+const CONTENDED: u32 = 100;
+const ONE_CPU: u32 = 1000;
+const SATURATED: u32 = 900;
+const UNCONTENDED: u32 = 50;
+const IDLE_SPARE: u32 = 500;
+const LIGHT: u32 = 500;
+
+/// A session on its way to another loop.
+pub struct Arrival(Box<Slot>);
+
+/// What one loop publishes of itself.
+#[derive(Debug, Default)]
+struct Share {
+    cpu: AtomicU32,
+    wait: AtomicU32,
+    live: AtomicU32,
+}
+
+/// One loop's way in: its inbox and its wake socket.
+#[derive(Debug)]
+struct Door {
+    inbox: Sender<Arrival>,
+    wake: UnixStream,
+}
+
+impl std::fmt::Debug for Arrival {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Arrival")
+            .field(&self.0.conn.index())
+            .finish()
+    }
+}
+
+/// What the runtime's loops share to move sessions among themselves.
+#[derive(Debug)]
+pub struct Balance {
+    mode: LoopBalance,
+    doors: Vec<Door>,
+    shares: Vec<Share>,
+    /// Sessions sent and not yet taken in: no loop ends while any is.
+    in_transit: AtomicUsize,
+    /// Sessions not yet stopped for good, over all loops: a loop whose own
+    /// sessions have all stopped (or left) ends only when this is zero.
+    unstopped: AtomicUsize,
+}
+
+impl Balance {
+    /// For `loops` loops whose wake sockets are `wakes`, with `sessions`
+    /// sessions in all; returns each loop's inbox.
+    pub fn new(
+        mode: LoopBalance,
+        wakes: Vec<UnixStream>,
+        sessions: usize,
+    ) -> (Balance, Vec<Receiver<Arrival>>) {
+        let mut doors = Vec::new();
+        let mut inboxes = Vec::new();
+        for wake in wakes {
+            let (inbox, rx) = crossbeam_channel::unbounded();
+            doors.push(Door { inbox, wake });
+            inboxes.push(rx);
+        }
+        let shares = doors.iter().map(|_| Share::default()).collect();
+        let balance = Balance {
+            mode,
+            doors,
+            shares,
+            in_transit: AtomicUsize::new(0),
+            unstopped: AtomicUsize::new(sessions),
+        };
+        (balance, inboxes)
+    }
+
+    pub(super) fn moves(&self) -> bool {
+        self.mode != LoopBalance::Off && self.doors.len() > 1
+    }
+
+    /// Hand `slot` to loop `to`.
+    pub(super) fn send(&self, to: usize, slot: Box<Slot>) {
+        self.in_transit.fetch_add(1, Ordering::AcqRel);
+        let door = &self.doors[to];
+        // The receiving loop lives as long as anything is in transit to
+        // it, so its inbox is open.
+        if door.inbox.send(Arrival(slot)).is_err() {
+            self.in_transit.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        let _ = (&door.wake).write(&[1]);
+    }
+
+    /// A session was taken in.
+    pub(super) fn arrived(&self) {
+        self.in_transit.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// A session stopped for good; the last one wakes every loop, so that
+    /// loops without sessions of their own end too.
+    pub(super) fn stopped(&self) {
+        if self.unstopped.fetch_sub(1, Ordering::AcqRel) == 1 {
+            for door in &self.doors {
+                let _ = (&door.wake).write(&[1]);
+            }
+        }
+    }
+
+    /// Whether nothing more can come to any loop: every session stopped,
+    /// none in transit.
+    pub(super) fn settled(&self) -> bool {
+        self.unstopped.load(Ordering::Acquire) == 0 && self.in_transit.load(Ordering::Acquire) == 0
+    }
+
+    fn publish(&self, part: usize, load: Load) {
+        let share = &self.shares[part];
+        share.cpu.store(load.cpu, Ordering::Relaxed);
+        share.wait.store(load.wait, Ordering::Relaxed);
+        share.live.store(load.live, Ordering::Relaxed);
+    }
+
+    fn loads(&self) -> Vec<Load> {
+        self.shares
+            .iter()
+            .map(|s| Load {
+                cpu: s.cpu.load(Ordering::Relaxed),
+                wait: s.wait.load(Ordering::Relaxed),
+                live: s.live.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+}
+
+/// One loop's measure of itself over a period, in thousandths.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Load {
+    /// On a CPU.
+    pub cpu: u32,
+    /// Runnable, waiting for a CPU.
+    pub wait: u32,
+    /// Sessions on the loop.
+    pub live: u32,
+}
+
+/// Sessions to move: how many, to which loop, and whether to concentrate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Move {
+    pub to: usize,
+    pub count: usize,
+    pub concentrate: bool,
+}
+
+/// Which loop gets how many sessions of loop `me`, by the rules of the
+/// module documentation; `idle` is the machine's idle time in thousandths
+/// of a CPU, `concentrating` whether `me` moved sessions down lately.
+pub(super) fn decide(me: usize, loads: &[Load], idle: u32, concentrating: bool) -> Option<Move> {
+    let mine = loads[me];
+    if mine.live == 0 {
+        return None;
+    }
+    if mine.wait >= CONTENDED || concentrating {
+        let target = (0..me).find(|&j| loads[j].cpu + mine.cpu <= ONE_CPU);
+        if let Some(to) = target {
+            let count = mine.live.div_ceil(2) as usize;
+            return Some(Move {
+                to,
+                count,
+                concentrate: true,
+            });
+        }
+    }
+    if mine.cpu >= SATURATED && mine.wait < UNCONTENDED && idle >= IDLE_SPARE && mine.live > 1 {
+        let target = (0..loads.len())
+            .filter(|&j| j != me && loads[j].cpu < LIGHT)
+            .min_by_key(|&j| loads[j].cpu);
+        if let Some(to) = target {
+            let count = (mine.live as usize / 4).max(1);
+            return Some(Move {
+                to,
+                count,
+                concentrate: false,
+            });
+        }
+    }
+    None
+}
+
+/// What a loop measures, and when it may next move sessions.
+#[derive(Debug)]
+pub(super) struct Meter {
+    at: Instant,
+    thread: Option<(u64, u64)>,
+    machine: Option<(u64, u64)>,
+    cpus: u32,
+    hold_until: Instant,
+    concentrating_until: Instant,
+}
+
+impl Meter {
+    pub(super) fn new(now: Instant) -> Meter {
+        Meter {
+            at: now,
+            thread: None,
+            machine: None,
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            hold_until: now,
+            concentrating_until: now,
+        }
+    }
+
+    /// Hold still for two periods (sessions just moved).
+    pub(super) fn hold(&mut self, now: Instant) {
+        self.hold_until = now + 2 * PERIOD;
+    }
+
+    /// Once a period (`mode` permitting): measure, publish, and say which
+    /// loop should get how many of this loop's `live` sessions.
+    pub(super) fn tick(
+        &mut self,
+        balance: &Balance,
+        part: usize,
+        live: usize,
+        now: Instant,
+    ) -> Option<Move> {
+        let period = if balance.mode == LoopBalance::Churn {
+            CHURN_PERIOD
+        } else {
+            PERIOD
+        };
+        let elapsed = now.saturating_duration_since(self.at);
+        if elapsed < period {
+            return None;
+        }
+        self.at = now;
+        if balance.mode == LoopBalance::Churn {
+            let to = (part + 1) % balance.doors.len();
+            return (live > 0).then_some(Move {
+                to,
+                count: 1,
+                concentrate: false,
+            });
+        }
+        let thread = thread_schedstat();
+        let machine = machine_idle();
+        let wall = elapsed.as_nanos().max(1) as u64;
+        let (cpu, wait) = match (self.thread, thread) {
+            (Some((r0, w0)), Some((r1, w1))) => (
+                permille(r1.saturating_sub(r0), wall),
+                permille(w1.saturating_sub(w0), wall),
+            ),
+            _ => (0, 0),
+        };
+        let idle = match (self.machine, machine) {
+            (Some((i0, t0)), Some((i1, t1))) if t1 > t0 => {
+                permille(i1.saturating_sub(i0), t1 - t0) * self.cpus
+            }
+            _ => 0,
+        };
+        let measured = self.thread.is_some() && thread.is_some();
+        self.thread = thread;
+        self.machine = machine;
+        let load = Load {
+            cpu,
+            wait,
+            live: live as u32,
+        };
+        balance.publish(part, load);
+        if !measured || now < self.hold_until {
+            return None;
+        }
+        let concentrating = now < self.concentrating_until;
+        let next = decide(part, &balance.loads(), idle, concentrating)?;
+        if next.concentrate {
+            self.concentrating_until = now + CONCENTRATING;
+        }
+        Some(next)
+    }
+}
+
+impl EventLoop {
+    /// Once a period: measure, and start moving the sessions the rules
+    /// pick (their receives cancelled; each leaves in [`EventLoop::depart`]
+    /// once its receive has ended).
+    pub(super) fn rebalance(&mut self, now: Instant) {
+        if !self.balance.moves() || self.stop_seen {
+            return;
+        }
+        let running = self.live - self.stopped;
+        let Some(Move { to, count, .. }) = self.meter.tick(&self.balance, self.part, running, now)
+        else {
+            return;
+        };
+        let mut picked = 0;
+        // From the top, so that the ids in use stay low.
+        for id in (0..self.slots.len()).rev() {
+            if picked == count {
+                break;
+            }
+            if !self.slots.get(id).is_some_and(may_leave) {
+                continue;
+            }
+            self.slots[id].leaving = Some(to);
+            self.cancel_recv(id as u32);
+            picked += 1;
+        }
+        if picked > 0 {
+            self.meter.hold(now);
+        }
+    }
+
+    /// A leaving slot was driven: send it to its loop once its receive
+    /// has ended and its output is written (`true`), or wait for that, or
+    /// stay after all when it has more to do than write (a stop, a job, a
+    /// large frame, a close): `false`, the caller carries on with it.
+    pub(super) fn depart(&mut self, id: u32, _now: Instant) -> bool {
+        let stop_seen = self.stop_seen;
+        let s = &mut self.slots[id as usize];
+        let Some(to) = s.leaving else { return false };
+        if stop_seen || s.life != Life::Running || s.dial != DialWait::None || !s.conn.settling() {
+            s.leaving = None;
+            return false;
+        }
+        if s.recv != Recv::None || s.inflight > 0 || !s.send_buf.is_empty() || !s.conn.at_rest() {
+            return false; // the cancelled receive or a send is still ending
+        }
+        let Some(mut slot) = self.slots.0[id as usize].take() else {
+            return false;
+        };
+        if slot.registered {
+            slot.registered = false;
+            let _ = self.ring.submitter().register_files_update(id, &[-1]);
+        }
+        slot.leaving = None;
+        slot.dirty = false;
+        self.timers.forget(id);
+        self.live -= 1;
+        self.agent.record_session_moved();
+        tracing::debug!(
+            session = slot.conn.index(),
+            from = self.part,
+            to,
+            "session moves to another event loop"
+        );
+        self.balance.send(to, Box::new(slot));
+        true
+    }
+
+    /// Take in the sessions other loops sent: each gets a vacant id (or a
+    /// new one), its socket a place in the file table, its handlers' late
+    /// answers this loop's wake-up, and is driven, which arms its receive
+    /// here and schedules its timer.
+    pub(super) fn take_arrivals(&mut self, now: Instant) {
+        while let Ok(Arrival(mut slot)) = self.inbox.try_recv() {
+            let id = match self.slots.0.iter().position(Option::is_none) {
+                Some(id) => id,
+                None => {
+                    self.slots.0.push(None);
+                    self.slots.0.len() - 1
+                }
+            };
+            self.timers.grow(self.slots.len());
+            if let Some(socket) = &slot.socket {
+                slot.registered = self.file_table
+                    && self
+                        .ring
+                        .submitter()
+                        .register_files_update(id as u32, &[socket.as_raw_fd()])
+                        .is_ok();
+            }
+            let waker = self.late.clone();
+            let wake_id = id as u32;
+            // Nothing is out that answers later (it was at rest), so the
+            // new inbox loses nothing.
+            let _kept = slot.conn.set_waker(Arc::new(move || waker.wake(wake_id)));
+            if self.stop_seen {
+                slot.conn.request_stop(now);
+            }
+            self.slots.0[id] = Some(*slot);
+            self.live += 1;
+            self.balance.arrived();
+            self.mark_dirty(id as u32);
+            self.meter.hold(now);
+        }
+    }
+}
+
+/// Whether a slot may start leaving: running, settling, on a multishot
+/// receive (which is cancelled; what is in flight besides ends before it
+/// leaves).
+fn may_leave(s: &Slot) -> bool {
+    s.life == Life::Running
+        && s.leaving.is_none()
+        && s.dial == DialWait::None
+        && s.recv == (Recv::Shared { cancelled: false })
+        && s.rcvlowat == 1
+        && s.socket.is_some()
+        && s.conn.settling()
+}
+
+fn permille(part: u64, whole: u64) -> u32 {
+    (part.saturating_mul(1000) / whole.max(1)).min(u64::from(u32::MAX)) as u32
+}
+
+/// This thread's time on a CPU and waiting for one, in nanoseconds.
+fn thread_schedstat() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let mut fields = text.split_whitespace().map(|f| f.parse::<u64>().ok());
+    Some((fields.next()??, fields.next()??))
+}
+
+/// The machine's idle and total time, in clock ticks.
+fn machine_idle() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    let idle = ticks.get(3)? + ticks.get(4)?;
+    Some((idle, ticks.iter().sum()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(cpu: u32, wait: u32, live: u32) -> Load {
+        Load { cpu, wait, live }
+    }
+
+    #[test]
+    fn contended_loops_concentrate_downwards_only() {
+        // 16 x 32 on two CPUs beside the load generator, measured.
+        let loads = [load(490, 300, 8), load(460, 320, 8)];
+        let down = |to, count| {
+            Some(Move {
+                to,
+                count,
+                concentrate: true,
+            })
+        };
+        assert_eq!(decide(1, &loads, 0, false), down(0, 4));
+        assert_eq!(
+            decide(0, &loads, 0, false),
+            None,
+            "loop 0 has no loop below it"
+        );
+        // Not when the two would not fit in one CPU.
+        let busy = [load(700, 300, 8), load(460, 320, 8)];
+        assert_eq!(decide(1, &busy, 0, false), None);
+        assert_eq!(decide(1, &busy, 0, true), None);
+        // Not when the loop gets its CPU, unless it is concentrating.
+        let calm = [load(770, 20, 14), load(120, 10, 2)];
+        assert_eq!(decide(1, &calm, 0, false), None);
+        assert_eq!(decide(1, &calm, 0, true), down(0, 1));
+    }
+
+    #[test]
+    fn a_saturated_loop_spreads_only_onto_idle_cpus() {
+        let loads = [load(960, 10, 16), load(30, 0, 0), load(200, 0, 4)];
+        let spread = Some(Move {
+            to: 1,
+            count: 4,
+            concentrate: false,
+        });
+        assert_eq!(decide(0, &loads, 1500, false), spread);
+        assert_eq!(
+            decide(0, &loads, 100, false),
+            None,
+            "no idle CPU to spread onto"
+        );
+        let waiting = [load(960, 80, 16), load(30, 0, 0)];
+        assert_eq!(
+            decide(0, &waiting, 1500, false),
+            None,
+            "it waits: contention"
+        );
+        let lone = [load(960, 10, 1), load(30, 0, 0)];
+        assert_eq!(
+            decide(0, &lone, 1500, false),
+            None,
+            "one session cannot be split"
+        );
+    }
+
+    #[test]
+    fn a_loop_without_sessions_gives_nothing() {
+        let loads = [load(100, 0, 4), load(0, 500, 0)];
+        assert_eq!(decide(1, &loads, 0, true), None);
+    }
+
+    #[test]
+    fn the_measures_read_this_thread_and_this_machine() {
+        let (run, _) = thread_schedstat().expect("schedstat");
+        let spin = Instant::now();
+        while spin.elapsed() < Duration::from_millis(20) {}
+        let (later, _) = thread_schedstat().expect("schedstat");
+        assert!(later >= run + 10_000_000, "{run} -> {later}");
+        let (idle, total) = machine_idle().expect("/proc/stat");
+        assert!(idle <= total && total > 0);
+    }
+}
