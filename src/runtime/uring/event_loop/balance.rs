@@ -27,6 +27,11 @@
 //!   quarter of its sessions to the least busy loop under 50 %.
 //! - After a loop gives or takes sessions it holds still for two periods,
 //!   so that what it measures next reflects the move.
+//! - Only a loop with traffic gives: 1,000 receive completions in the
+//!   period or more. Quiet sessions cost a loop nothing to keep, and a burst
+//!   of connects (10,000 sessions dialling at once keep both loops and
+//!   the manager busy) is not a load that lasts. At most 256 sessions move
+//!   per period.
 //!
 //! The two rules cannot both hold: contention and an idle CPU exclude each
 //! other. [`LoopBalance::Churn`] moves a session every few milliseconds whatever
@@ -50,6 +55,10 @@ const PERIOD: Duration = Duration::from_millis(100);
 const CONCENTRATING: Duration = Duration::from_secs(2);
 /// How often a session moves in [`LoopBalance::Churn`].
 const CHURN_PERIOD: Duration = Duration::from_millis(5);
+/// Receive completions in a period below which a loop gives nothing.
+const BUSY_RECEIVES: u64 = 1000;
+/// Sessions a loop hands over per period, at most.
+const MOVES_PER_PERIOD: usize = 256;
 /// Thresholds, in thousandths of one CPU (or of the period).
 const CONTENDED: u32 = 100;
 const ONE_CPU: u32 = 1000;
@@ -243,6 +252,8 @@ pub(super) struct Meter {
     cpus: u32,
     hold_until: Instant,
     concentrating_until: Instant,
+    /// The loop's receive completions as of the last period.
+    receives: u64,
 }
 
 impl Meter {
@@ -254,6 +265,7 @@ impl Meter {
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
             hold_until: now,
             concentrating_until: now,
+            receives: 0,
         }
     }
 
@@ -263,12 +275,13 @@ impl Meter {
     }
 
     /// Once a period (`mode` permitting): measure, publish, and say which
-    /// loop should get how many of this loop's `live` sessions.
+    /// loop should get how many of this loop's `live` sessions; `receives`
+    /// counts the loop's receive completions so far.
     pub(super) fn tick(
         &mut self,
         balance: &Balance,
         part: usize,
-        live: usize,
+        (live, receives): (usize, u64),
         now: Instant,
     ) -> Option<Move> {
         let period = if balance.mode == LoopBalance::Churn {
@@ -306,6 +319,8 @@ impl Meter {
             _ => 0,
         };
         let measured = self.thread.is_some() && thread.is_some();
+        let busy = receives - self.receives >= BUSY_RECEIVES;
+        self.receives = receives;
         self.thread = thread;
         self.machine = machine;
         let load = Load {
@@ -314,11 +329,12 @@ impl Meter {
             live: live as u32,
         };
         balance.publish(part, load);
-        if !measured || now < self.hold_until {
+        if !measured || !busy || now < self.hold_until {
             return None;
         }
         let concentrating = now < self.concentrating_until;
-        let next = decide(part, &balance.loads(), idle, concentrating)?;
+        let mut next = decide(part, &balance.loads(), idle, concentrating)?;
+        next.count = next.count.min(MOVES_PER_PERIOD);
         if next.concentrate {
             self.concentrating_until = now + CONCENTRATING;
         }
@@ -335,7 +351,10 @@ impl EventLoop {
             return;
         }
         let running = self.live - self.stopped;
-        let Some(Move { to, count, .. }) = self.meter.tick(&self.balance, self.part, running, now)
+        let receives = self.receives;
+        let Some(Move { to, count, .. }) =
+            self.meter
+                .tick(&self.balance, self.part, (running, receives), now)
         else {
             return;
         };
@@ -348,7 +367,7 @@ impl EventLoop {
             if !self.slots.get(id).is_some_and(may_leave) {
                 continue;
             }
-            self.slots[id].leaving = Some(to);
+            self.slots[id].leaving = Some(to as u16); // at most MAX_THREADS loops
             self.cancel_recv(id as u32);
             picked += 1;
         }
@@ -390,7 +409,7 @@ impl EventLoop {
             to,
             "session moves to another event loop"
         );
-        self.balance.send(to, Box::new(slot));
+        self.balance.send(usize::from(to), Box::new(slot));
         true
     }
 
@@ -452,22 +471,43 @@ fn permille(part: u64, whole: u64) -> u32 {
 
 /// This thread's time on a CPU and waiting for one, in nanoseconds.
 fn thread_schedstat() -> Option<(u64, u64)> {
-    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let mut buf = [0u8; 128];
+    let text = read_head("/proc/thread-self/schedstat", &mut buf)?;
     let mut fields = text.split_whitespace().map(|f| f.parse::<u64>().ok());
     Some((fields.next()??, fields.next()??))
 }
 
 /// The machine's idle and total time, in clock ticks.
 fn machine_idle() -> Option<(u64, u64)> {
-    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let mut buf = [0u8; 256];
+    let text = read_head("/proc/stat", &mut buf)?;
     let line = text.lines().next()?.strip_prefix("cpu ")?;
-    let ticks: Vec<u64> = line
-        .split_whitespace()
-        .take(8)
-        .map(|f| f.parse().ok())
-        .collect::<Option<_>>()?;
-    let idle = ticks.get(3)? + ticks.get(4)?;
-    Some((idle, ticks.iter().sum()))
+    let mut idle = 0;
+    let mut total = 0;
+    for (i, field) in line.split_whitespace().take(8).enumerate() {
+        let ticks: u64 = field.parse().ok()?;
+        total += ticks;
+        if i == 3 || i == 4 {
+            idle += ticks; // idle, iowait
+        }
+    }
+    Some((idle, total))
+}
+
+/// The start of a file, read into `buf` (no allocation: the loop reads
+/// these every period).
+fn read_head<'a>(path: &str, buf: &'a mut [u8]) -> Option<&'a str> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut len = 0;
+    while len < buf.len() {
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(_) => return None,
+        }
+    }
+    std::str::from_utf8(&buf[..len]).ok()
 }
 
 #[cfg(test)]

@@ -76,7 +76,7 @@ const RESOLVE_POLL: Duration = Duration::from_millis(20);
 /// A loop with fewer receive completions than this in a beat interval is
 /// quiet: it gives back the memory a burst left behind (the buffer ring's
 /// touched pages, the allocator's free pages).
-const QUIET_RECEIVES: u32 = 1024;
+const QUIET_RECEIVES: u64 = 1024;
 
 /// Kinds of operation, in the top byte of `user_data`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,7 +165,7 @@ struct Slot {
     /// rest of a large frame is being received).
     rcvlowat: u32,
     /// Moving to this loop once its receive has ended (`balance`).
-    leaving: Option<usize>,
+    leaving: Option<u16>,
 }
 
 /// A loop's slots by id. A slot whose session moved to another loop is
@@ -327,9 +327,10 @@ pub struct EventLoop {
     late: Arc<LateWake>,
     /// Which of the runtime's loops this is, and how many there are.
     part: usize,
-    /// Receive completions since the last quiet check, and when that was;
-    /// whether memory was given back since the last receive.
-    receives: u32,
+    /// Receive completions so far, and as of the last quiet check, and when
+    /// that was; whether memory was given back since the last receive.
+    receives: u64,
+    receives_at_check: u64,
     quiet_check: Instant,
     trimmed: bool,
     /// The clock as read once per turn, after the wait ([`EventLoop::run`]).
@@ -475,6 +476,7 @@ impl EventLoop {
             late,
             part,
             receives: 0,
+            receives_at_check: 0,
             quiet_check: now,
             trimmed: true,
             now,
@@ -597,7 +599,8 @@ impl EventLoop {
         if now.saturating_duration_since(self.quiet_check) < LOOP_BEAT_INTERVAL {
             return;
         }
-        let receives = std::mem::take(&mut self.receives);
+        let receives = self.receives - self.receives_at_check;
+        self.receives_at_check = self.receives;
         self.quiet_check = now;
         if receives > 0 {
             self.trimmed = false;

@@ -146,7 +146,7 @@ impl EventLoop {
         now: Instant,
     ) {
         let more = cqueue::more(flags);
-        self.receives = self.receives.wrapping_add(1);
+        self.receives += 1;
         let s = &mut self.slots[slot_id as usize];
         if result > 0 {
             let n = result as usize;
