@@ -43,7 +43,7 @@ pub fn plan_from_config(config: &Config, handlers: HandlerRegistry) -> AgentPlan
         connect_timeout: CONNECT_TIMEOUT,
         tcp: config.tcp,
         tls: config.tls.clone(),
-        loop_balance: crate::runtime::LoopBalance::from_env(),
+        loop_balance: config.loop_balance,
     }
 }
 

@@ -74,6 +74,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<bool> {
         runtime: args.runtime,
         sessions: args.sessions,
         threads: std::thread::available_parallelism().map_or(1, usize::from),
+        loop_balance: Default::default(),
         max_in_flight: args.concurrency.max(1),
         max_body: 16 * 1024 * 1024,
         worker_id: "demo-agent".into(),

@@ -120,6 +120,10 @@ pub struct Settings {
     /// uring runtime: event-loop threads; sessions are spread over them [default: number of CPUs]
     #[arg(long, env = "RINGWORKER_THREADS", value_name = "N")]
     pub threads: Option<usize>,
+    /// uring runtime: move sessions between event loops: onto fewer loops when they wait for CPUs, onto an idle loop when one is saturated and CPUs are idle; `off` keeps each where it started [default: auto]
+    #[arg(long, env = "RINGWORKER_LOOP_BALANCE", value_enum, value_name = "MODE")]
+    #[serde(alias = "loop-balance")]
+    pub loop_balance: Option<crate::runtime::LoopBalance>,
     /// Tasks held per session before it stops reading [default: 64]
     #[arg(long, env = "RINGWORKER_MAX_IN_FLIGHT", value_name = "N")]
     #[serde(alias = "max-in-flight")]
@@ -294,6 +298,7 @@ impl From<&Config> for Settings {
             runtime: Some(config.runtime),
             sessions: Some(config.sessions),
             threads: Some(config.threads),
+            loop_balance: Some(config.loop_balance),
             max_in_flight: Some(config.max_in_flight),
             max_body: Some(ByteSize(u64::from(config.max_body))),
             worker_id: Some(config.worker_id.clone()),
@@ -395,7 +400,7 @@ mod tests {
         from_flags.sort();
         keys.sort();
         assert_eq!(keys, from_flags);
-        assert_eq!(keys.len(), 40, "22 keys, 18 with a kebab-case spelling");
+        assert_eq!(keys.len(), 42, "23 keys, 19 with a kebab-case spelling");
         // Each key is one the file reads: never "unknown field".
         for key in FILE_KEYS.iter() {
             if let Err(err) = toml::from_str::<Settings>(&format!("{key} = 0")) {
@@ -420,7 +425,7 @@ mod tests {
         };
         let entries = settings.file_entries();
         let keys: Vec<&str> = entries.iter().map(|(key, _)| *key).collect();
-        assert_eq!(keys.len(), 22);
+        assert_eq!(keys.len(), 23);
         assert_eq!(&keys[..3], ["manager", "runtime", "sessions"]);
         assert_eq!(keys.last(), Some(&"tls_server_name"));
         let value = |wanted: &str| {

@@ -184,7 +184,7 @@ fn each_refused_value_is_its_own_error_with_its_message() {
 fn the_effective_configuration_is_a_file_that_gives_it_again() {
     let file = parse_file(
         "manager = \"unix:///run/m.sock\"\nruntime = \"blocking\"\nsessions = 3\n\
-         threads = 2\nmax-body = \"64KiB\"\nworker_id = \"w\\\"1\"\n\
+         threads = 2\nloop-balance = \"off\"\nmax-body = \"64KiB\"\nworker_id = \"w\\\"1\"\n\
          metrics_addr = \"off\"\nsession_metrics = false\ntcp_keepalive = 0\n\
          log_format = \"json\"\ndrain_timeout = 9\n",
     )
@@ -193,12 +193,13 @@ fn the_effective_configuration_is_a_file_that_gives_it_again() {
     let text = config.effective_toml();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(
-        lines[..17],
+        lines[..18],
         [
             "manager = \"unix:///run/m.sock\"",
             "runtime = \"blocking\"",
             "sessions = 3",
             "threads = 2",
+            "loop_balance = \"off\"",
             "max_in_flight = 64",
             "max_body = 65536",
             "worker_id = 'w\"1'",
@@ -215,10 +216,10 @@ fn the_effective_configuration_is_a_file_that_gives_it_again() {
         ]
     );
     assert!(
-        lines[17].starts_with("# memory bound: 3 sessions x "),
+        lines[18].starts_with("# memory bound: 3 sessions x "),
         "{text}"
     );
-    assert_eq!(lines.len(), 18, "{text}");
+    assert_eq!(lines.len(), 19, "{text}");
     let again = Config::merge(&Settings::default(), parse_file(&text).unwrap()).unwrap();
     assert_eq!(again.effective_toml(), text);
 }

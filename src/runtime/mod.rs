@@ -66,9 +66,21 @@ pub struct AgentPlan {
     pub loop_balance: LoopBalance,
 }
 
-/// Whether and how the uring runtime moves sessions between its event
-/// loops (docs/ENGINE.md, "Sessions moving between loops").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// `--loop-balance`: whether and how the uring runtime moves sessions
+/// between its event loops (docs/ENGINE.md, "Sessions moving between
+/// loops").
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum LoopBalance {
     /// Concentrate sessions on fewer loops when the loops wait for CPUs,
     /// spread them when one is saturated and CPUs are idle.
@@ -78,23 +90,16 @@ pub enum LoopBalance {
     Off,
     /// One session every few milliseconds, to the next loop, whatever the
     /// load: for testing the move itself.
+    #[value(hide = true)]
     Churn,
 }
 
 impl LoopBalance {
-    /// From `RINGWORKER_LOOP_BALANCE` (`auto`, `off`, `churn`): `auto` when
-    /// unset, and for anything else, with a warning.
-    pub fn from_env() -> LoopBalance {
-        match std::env::var("RINGWORKER_LOOP_BALANCE").as_deref() {
-            Err(_) | Ok("auto" | "") => LoopBalance::Auto,
-            Ok("off") => LoopBalance::Off,
-            Ok("churn") => LoopBalance::Churn,
-            Ok(other) => {
-                tracing::warn!(
-                    "RINGWORKER_LOOP_BALANCE={other:?} is not auto, off or churn; using auto"
-                );
-                LoopBalance::Auto
-            }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoopBalance::Auto => "auto",
+            LoopBalance::Off => "off",
+            LoopBalance::Churn => "churn",
         }
     }
 }
