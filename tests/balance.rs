@@ -148,3 +148,43 @@ fn a_stop_while_sessions_move_ends_every_loop() {
     let report = agent.wait();
     assert!(report.is_clean(), "{report:?}");
 }
+
+#[test]
+fn a_moved_session_redials_from_its_new_loop() {
+    let listener = tcp_listener();
+    let mut session_plan = plan(listener.local_endpoint().unwrap(), 2, 8);
+    session_plan.threads = 2;
+    session_plan.loop_balance = LoopBalance::Churn;
+    let mut agent = start(RuntimeKind::Uring, session_plan);
+    let mut conns: Vec<_> = (0..2).map(|_| accept(&listener)).collect();
+    let mut id = 0;
+    assert!(common::wait_until(Duration::from_secs(10), || {
+        for (conn, _) in &mut conns {
+            common::manager::echo(conn, id);
+            id += 1;
+        }
+        agent.stats().sessions_moved_total() >= 10
+    }));
+    // The manager drops one connection; the session redials (from
+    // whichever loop holds it now) and runs tasks again.
+    let (dropped, hello) = conns.remove(0);
+    drop(dropped);
+    let (mut again, hello_again) = accept(&listener);
+    assert_eq!(hello_again.session, hello.session);
+    for task in 0..50 {
+        common::manager::echo(&mut again, task);
+        common::manager::echo(&mut conns[0].0, 1000 + task);
+    }
+    conns.push((again, hello_again));
+    agent.request_stop();
+    for (conn, _) in &mut conns {
+        let events = conn.read_to_end(TIMEOUT).unwrap();
+        assert!(
+            matches!(events.last(), Some(ManagerEvent::Goodbye { .. })),
+            "{events:?}"
+        );
+    }
+    drop(conns);
+    let report = agent.wait();
+    assert!(report.is_clean(), "{report:?}");
+}

@@ -243,6 +243,71 @@ fn tasks_over_tls(kind: RuntimeKind) {
     run_tasks_and_drain(&mut conn, &mut agent);
 }
 
+/// TLS sessions handed between the uring runtime's event loops every few
+/// milliseconds keep their streams: the records, the session state and the
+/// byte accounting travel with them.
+#[test]
+fn tls_sessions_moving_between_event_loops_keep_their_streams() {
+    let s = setup();
+    let (listener, endpoint) = tls_listener();
+    let options = TlsOptions {
+        ca: Some(s.ca_path.clone()),
+        ..TlsOptions::default()
+    };
+    let mut moving = tls_plan(endpoint, &options);
+    moving.sessions = 2;
+    moving.threads = 2;
+    moving.loop_balance = ringworker::runtime::LoopBalance::Churn;
+    let mut agent = start(RuntimeKind::Uring, moving);
+    let mut conns: Vec<ManagerConn> = (0..2)
+        .map(|_| {
+            let tls = manager_tls(&s, None);
+            ManagerConn::accept_tls(&listener, ManagerConfig::default(), tls, TIMEOUT)
+                .expect("TLS handshake and HELLO")
+                .0
+        })
+        .collect();
+    // Tasks keep the loops turning; each turn may move a session.
+    let mut id = 0;
+    assert!(wait_until(Duration::from_secs(10), || {
+        for conn in &mut conns {
+            for _ in 0..20 {
+                let payload = vec![(id % 251) as u8; (id as usize * 97) % 5000];
+                conn.send_task(id, "echo", &payload, false).unwrap();
+                match conn.next_event(TIMEOUT).unwrap() {
+                    ManagerEvent::Result { id: got, body, .. } => {
+                        assert_eq!((got, body), (id, payload));
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+                id += 1;
+            }
+        }
+        agent.stats().sessions_moved_total() >= 20
+    }));
+    agent.request_stop();
+    for conn in &mut conns {
+        let (counts, goodbye_len) = loop {
+            match conn.next_event(TIMEOUT).expect("drain completes") {
+                ManagerEvent::Goodbye { counts, frame_len } => break (counts.unwrap(), frame_len),
+                ManagerEvent::Drain | ManagerEvent::Ping { .. } | ManagerEvent::Pong { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        assert_eq!(counts.bytes_received, conn.bytes_sent());
+        assert_eq!(
+            counts.bytes_sent,
+            conn.expected_goodbye_bytes_sent(goodbye_len)
+        );
+        assert!(conn.read_to_end(TIMEOUT).unwrap().is_empty());
+        let _ = conn.close_tls();
+    }
+    let report = agent.wait();
+    assert!(report.is_clean(), "{report:?}");
+    let sent: u64 = conns.iter().map(ManagerConn::bytes_received).sum();
+    assert_eq!(agent.stats().bytes_sent_total(), sent);
+}
+
 /// The manager stops reading while a 12 MiB RESULT is on its way (the
 /// worker's send is stuck on full socket buffers), then sends a corrupt
 /// record: the worker cannot even write its alert. A stop must still end the
