@@ -164,6 +164,19 @@ impl Balance {
         }
     }
 
+    /// A loop ends with `running` sessions not stopped and `arriving` not
+    /// taken in (only when it panicked): the other loops stop waiting for
+    /// them.
+    pub(super) fn abandon(&self, running: usize, arriving: usize) {
+        if running + arriving == 0 {
+            return;
+        }
+        self.in_transit.fetch_sub(arriving, Ordering::AcqRel);
+        for _ in 0..running + arriving {
+            self.stopped();
+        }
+    }
+
     /// Whether nothing more can come to any loop: every session stopped,
     /// none in transit.
     pub(super) fn settled(&self) -> bool {
@@ -571,6 +584,28 @@ mod tests {
             None,
             "one session cannot be split"
         );
+    }
+
+    #[test]
+    fn the_loops_settle_when_the_last_session_stops_or_is_given_up() {
+        let pairs: Vec<_> = (0..2).map(|_| UnixStream::pair().unwrap()).collect();
+        let wakes = pairs
+            .iter()
+            .map(|(tx, _)| tx.try_clone().unwrap())
+            .collect();
+        let (balance, _inboxes) = Balance::new(LoopBalance::Auto, wakes, 3);
+        assert!(balance.moves());
+        balance.stopped();
+        assert!(!balance.settled());
+        // A loop that panicked with two sessions still running.
+        balance.abandon(2, 0);
+        assert!(balance.settled());
+        // Every loop was woken to see it.
+        for (_, rx) in &pairs {
+            rx.set_nonblocking(true).unwrap();
+            let mut byte = [0u8; 1];
+            assert_eq!(std::io::Read::read(&mut &*rx, &mut byte).unwrap(), 1);
+        }
     }
 
     #[test]

@@ -645,8 +645,14 @@ impl Drop for EventLoop {
     /// at the slots' send and frame buffers, the buffer ring or the wake
     /// buffer: when a shutdown could not reap them all, or when a panic
     /// unwinds the loop thread, that memory is leaked rather than freed
-    /// under the kernel.
+    /// under the kernel. A loop that ends early (a panic) gives up its
+    /// sessions' count, so the other loops do not wait for them.
     fn drop(&mut self) {
+        let mut arriving = 0;
+        while self.inbox.try_recv().is_ok() {
+            arriving += 1;
+        }
+        self.balance.abandon(self.live - self.stopped, arriving);
         if self.busy() {
             self.drop_children(false);
             std::mem::forget(std::mem::take(&mut self.slots));
