@@ -115,8 +115,12 @@ impl EventLoop {
         }
         s.dial = DialWait::None;
         self.dials -= 1;
+        // Entries may be left over from slots that dialled without waiting
+        // their turn, some of which have since left the loop.
         while let Some(next) = self.dial_queue.pop_front() {
-            let waiting = &mut self.slots[next as usize];
+            let Some(waiting) = self.slots.get_mut(next as usize) else {
+                continue;
+            };
             if waiting.dial == DialWait::Queued {
                 waiting.dial = DialWait::None;
                 self.mark_dirty(next);
