@@ -90,15 +90,36 @@ impl RuntimeMode for UringRuntime {
             .map(|(tx, _)| tx.try_clone())
             .collect::<Result<Vec<_>, _>>()
             .map_err(RuntimeError::Spawn)?;
-        let (balance, inboxes) =
-            Balance::new(self.plan.loop_balance, doors, self.plan.sessions as usize);
+        // Each loop runs its share of the declared handlers' processes, and
+        // queues as many of their jobs as its own sessions can have in
+        // flight: sessions stay where they started, so that neither
+        // outgrows what was set up for it.
+        let mode = if self.plan.handlers.declared().handlers.is_empty() {
+            self.plan.loop_balance
+        } else {
+            crate::runtime::LoopBalance::Off
+        };
+        let (balance, inboxes) = Balance::new(mode, doors, self.plan.sessions as usize);
         let balance = Arc::new(balance);
         for (thread, ((wake_tx, wake_rx), inbox)) in wakes.into_iter().zip(inboxes).enumerate() {
             let sessions: Vec<u32> = (0..self.plan.sessions)
                 .filter(|index| *index as usize % threads == thread)
                 .collect();
-            let late_tx = wake_tx.try_clone().map_err(RuntimeError::Spawn)?;
-            let balance = balance.clone();
+            // Loops that never run give up their sessions' count, so the
+            // ones already running do not wait for them at the end.
+            let unstarted = |from: usize| {
+                (0..self.plan.sessions)
+                    .filter(|index| *index as usize % threads >= from)
+                    .count()
+            };
+            let late_tx = match wake_tx.try_clone() {
+                Ok(tx) => tx,
+                Err(err) => {
+                    balance.abandon(unstarted(thread), 0);
+                    return Err(RuntimeError::Spawn(err));
+                }
+            };
+            let shared = balance.clone();
             self.stop.on_stop(move || {
                 let _ = (&wake_tx).write(&[1]);
             });
@@ -116,7 +137,7 @@ impl RuntimeMode for UringRuntime {
                         sessions,
                         (wake_rx, late_tx),
                         (thread, threads),
-                        (balance, inbox),
+                        (shared, inbox),
                     ) {
                         Ok(event_loop) => {
                             let _ = ready_tx.send(Ok(()));
@@ -127,18 +148,28 @@ impl RuntimeMode for UringRuntime {
                             crate::connection::drain::DrainTally::default()
                         }
                     }
-                })
-                .map_err(RuntimeError::Spawn)?;
+                });
+            let handle = match handle {
+                Ok(handle) => handle,
+                Err(err) => {
+                    balance.abandon(unstarted(thread), 0);
+                    self.stop.request_stop();
+                    return Err(RuntimeError::Spawn(err));
+                }
+            };
             self.loops.push(handle);
             match ready_rx.recv_timeout(Duration::from_secs(10)) {
                 Ok(Ok(())) => {}
                 Ok(Err(reason)) => {
+                    balance.abandon(unstarted(thread), 0);
                     self.stop.request_stop();
                     return Err(RuntimeError::UringUnavailable(format!(
                         "event loop {thread}: {reason}"
                     )));
                 }
                 Err(_) => {
+                    // It may still start, and then counts its own.
+                    balance.abandon(unstarted(thread + 1), 0);
                     self.stop.request_stop();
                     return Err(RuntimeError::UringUnavailable(format!(
                         "event loop {thread} did not start"

@@ -51,6 +51,8 @@ use crate::runtime::LoopBalance;
 
 /// How often a loop measures itself and decides.
 const PERIOD: Duration = Duration::from_millis(100);
+/// How long a slot told to leave may take to finish its last send.
+const LEAVE_PATIENCE: Duration = Duration::from_millis(200);
 /// How long a loop that moved sessions down goes on doing so.
 const CONCENTRATING: Duration = Duration::from_secs(2);
 /// How often a session moves in [`LoopBalance::Churn`].
@@ -83,6 +85,10 @@ struct Share {
 struct Door {
     inbox: Sender<Arrival>,
     wake: UnixStream,
+    /// The loop has ended (it panicked): nothing more is sent to it. Held
+    /// while sending, so a loop that ends takes in or gives up everything
+    /// sent before.
+    closed: std::sync::Mutex<bool>,
 }
 
 impl std::fmt::Debug for Arrival {
@@ -118,7 +124,11 @@ impl Balance {
         let mut inboxes = Vec::new();
         for wake in wakes {
             let (inbox, rx) = crossbeam_channel::unbounded();
-            doors.push(Door { inbox, wake });
+            doors.push(Door {
+                inbox,
+                wake,
+                closed: std::sync::Mutex::new(false),
+            });
             inboxes.push(rx);
         }
         let shares = doors.iter().map(|_| Share::default()).collect();
@@ -136,17 +146,44 @@ impl Balance {
         self.mode != LoopBalance::Off && self.doors.len() > 1
     }
 
-    /// Hand `slot` to loop `to`.
-    pub(super) fn send(&self, to: usize, slot: Box<Slot>) {
-        self.in_transit.fetch_add(1, Ordering::AcqRel);
+    /// Hand `slot` to loop `to`; it comes back when that loop has ended.
+    pub(super) fn send(&self, to: usize, slot: Box<Slot>) -> Result<(), Box<Slot>> {
         let door = &self.doors[to];
-        // The receiving loop lives as long as anything is in transit to
-        // it, so its inbox is open.
-        if door.inbox.send(Arrival(slot)).is_err() {
-            self.in_transit.fetch_sub(1, Ordering::AcqRel);
-            return;
+        let closed = door.closed.lock().unwrap_or_else(|e| e.into_inner());
+        if *closed {
+            return Err(slot);
         }
+        self.in_transit.fetch_add(1, Ordering::AcqRel);
+        // The inbox's receiver lives until the door is closed.
+        if let Err(err) = door.inbox.send(Arrival(slot)) {
+            self.in_transit.fetch_sub(1, Ordering::AcqRel);
+            return Err(err.into_inner().0);
+        }
+        drop(closed);
         let _ = (&door.wake).write(&[1]);
+        Ok(())
+    }
+
+    /// Whether loop `to` takes sessions (it has not ended).
+    pub(super) fn is_open(&self, to: usize) -> bool {
+        !*self.doors[to]
+            .closed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Loop `part` ends: close its door, then `drain` its inbox (returning
+    /// how many sessions were in it), and count those and its `running`
+    /// sessions as stopped, so the other loops do not wait for them.
+    pub(super) fn close(&self, part: usize, running: usize, drain: impl FnOnce() -> usize) {
+        let mut closed = self.doors[part]
+            .closed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *closed = true;
+        let arriving = drain();
+        drop(closed);
+        self.abandon(running, arriving);
     }
 
     /// A session was taken in.
@@ -164,10 +201,10 @@ impl Balance {
         }
     }
 
-    /// A loop ends with `running` sessions not stopped and `arriving` not
-    /// taken in (only when it panicked): the other loops stop waiting for
-    /// them.
-    pub(super) fn abandon(&self, running: usize, arriving: usize) {
+    /// `running` sessions will never stop and `arriving` were never taken
+    /// in (a loop panicked, or never started): the other loops stop
+    /// waiting for them.
+    pub(crate) fn abandon(&self, running: usize, arriving: usize) {
         if running + arriving == 0 {
             return;
         }
@@ -360,6 +397,9 @@ impl EventLoop {
     /// pick (their receives cancelled; each leaves in [`EventLoop::depart`]
     /// once its receive has ended).
     pub(super) fn rebalance(&mut self, now: Instant) {
+        if !self.leaving.is_empty() {
+            self.stay_when_stuck(now);
+        }
         if !self.balance.moves() || self.stop_seen {
             return;
         }
@@ -371,6 +411,9 @@ impl EventLoop {
         else {
             return;
         };
+        if !self.balance.is_open(to) {
+            return;
+        }
         let mut picked = 0;
         // From the top, so that the ids in use stay low.
         for id in (0..self.slots.len()).rev() {
@@ -382,11 +425,35 @@ impl EventLoop {
             }
             self.slots[id].leaving = Some(to as u16); // at most MAX_THREADS loops
             self.cancel_recv(id as u32);
+            self.leaving.push((id as u32, now));
             picked += 1;
         }
         if picked > 0 {
             self.meter.hold(now);
         }
+    }
+
+    /// A slot still leaving [`LEAVE_PATIENCE`] after it was told to (its last
+    /// send is stuck behind a manager that does not read) stays after all
+    /// and receives again: a manager may wait for its own write to go
+    /// through before it reads.
+    fn stay_when_stuck(&mut self, now: Instant) {
+        let mut leaving = std::mem::take(&mut self.leaving);
+        leaving.retain(|&(id, since)| {
+            let Some(s) = self.slots.get_mut(id as usize) else {
+                return false; // it left
+            };
+            if s.leaving.is_none() {
+                return false;
+            }
+            if now.saturating_duration_since(since) < LEAVE_PATIENCE {
+                return true;
+            }
+            s.leaving = None;
+            self.mark_dirty(id);
+            false
+        });
+        self.leaving = leaving;
     }
 
     /// A leaving slot was driven: send it to its loop once its receive
@@ -397,7 +464,13 @@ impl EventLoop {
         let stop_seen = self.stop_seen;
         let s = &mut self.slots[id as usize];
         let Some(to) = s.leaving else { return false };
-        if stop_seen || s.life != Life::Running || s.dial != DialWait::None || !s.conn.settling() {
+        let to = usize::from(to);
+        if stop_seen
+            || s.life != Life::Running
+            || s.dial != DialWait::None
+            || !s.conn.settling()
+            || !self.balance.is_open(to)
+        {
             s.leaving = None;
             return false;
         }
@@ -407,22 +480,28 @@ impl EventLoop {
         let Some(mut slot) = self.slots.0[id as usize].take() else {
             return false;
         };
-        if slot.registered {
-            slot.registered = false;
-            let _ = self.ring.submitter().register_files_update(id, &[-1]);
-        }
+        let registered = std::mem::take(&mut slot.registered);
         slot.leaving = None;
         slot.dirty = false;
+        let session = slot.conn.index();
+        if let Err(mut slot) = self.balance.send(to, Box::new(slot)) {
+            // That loop has ended: stay, and receive here again.
+            slot.registered = registered;
+            self.slots.0[id as usize] = Some(*slot);
+            return false;
+        }
+        if registered {
+            let _ = self.ring.submitter().register_files_update(id, &[-1]);
+        }
         self.timers.forget(id);
         self.live -= 1;
         self.agent.record_session_moved();
         tracing::debug!(
-            session = slot.conn.index(),
+            session,
             from = self.part,
             to,
             "session moves to another event loop"
         );
-        self.balance.send(usize::from(to), Box::new(slot));
         true
     }
 
@@ -597,8 +676,13 @@ mod tests {
         assert!(balance.moves());
         balance.stopped();
         assert!(!balance.settled());
-        // A loop that panicked with two sessions still running.
-        balance.abandon(2, 0);
+        // A loop that panicked with one session still running and one on
+        // its way to it.
+        balance.in_transit.fetch_add(1, Ordering::AcqRel);
+        assert!(balance.is_open(1));
+        balance.close(1, 1, || 1);
+        assert!(!balance.is_open(1));
+        assert!(balance.is_open(0));
         assert!(balance.settled());
         // Every loop was woken to see it.
         for (_, rx) in &pairs {

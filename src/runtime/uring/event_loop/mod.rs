@@ -130,6 +130,8 @@ pub struct EventLoop {
     balance: Arc<balance::Balance>,
     inbox: crossbeam_channel::Receiver<balance::Arrival>,
     meter: balance::Meter,
+    /// The slots told to leave, and when.
+    leaving: Vec<(u32, Instant)>,
     plan: Arc<AgentPlan>,
     agent: Arc<AgentStats>,
     stop: StopHandle,
@@ -297,6 +299,7 @@ impl EventLoop {
             balance,
             inbox,
             meter: balance::Meter::new(now),
+            leaving: Vec::new(),
             plan,
             agent,
             stop,
@@ -492,11 +495,10 @@ impl Drop for EventLoop {
     /// under the kernel. A loop that ends early (a panic) gives up its
     /// sessions' count, so the other loops do not wait for them.
     fn drop(&mut self) {
-        let mut arriving = 0;
-        while self.inbox.try_recv().is_ok() {
-            arriving += 1;
-        }
-        self.balance.abandon(self.live - self.stopped, arriving);
+        let inbox = &self.inbox;
+        self.balance.close(self.part, self.live - self.stopped, || {
+            inbox.try_iter().count()
+        });
         if self.busy() {
             self.drop_children(false);
             std::mem::forget(std::mem::take(&mut self.slots));
