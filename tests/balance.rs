@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use common::{accept, plan, start, tcp_listener, TIMEOUT};
 use ringworker::manager::{ManagerConn, ManagerEvent};
-use ringworker::runtime::{LoopBalance, RuntimeKind};
+use ringworker::runtime::{LoopBalance, RuntimeKind, RuntimeMode};
+use ringworker::transport::BlockingListener;
 
 const SESSIONS: u32 = 4;
 /// Each session runs tasks for this long (the loops move a session every
@@ -67,13 +68,36 @@ fn run_tasks(conn: &mut ManagerConn, session: u32) -> u64 {
     }
 }
 
+/// A uring agent whose `threads` loops hand sessions to each other every
+/// few milliseconds, and the manager's listener it dials.
+fn churning_agent(
+    sessions: u32,
+    threads: usize,
+    max_in_flight: u32,
+) -> (BlockingListener, Box<dyn RuntimeMode>) {
+    let listener = tcp_listener();
+    let mut session_plan = plan(listener.local_endpoint().unwrap(), sessions, max_in_flight);
+    session_plan.threads = threads;
+    session_plan.loop_balance = LoopBalance::Churn;
+    (listener, start(RuntimeKind::Uring, session_plan))
+}
+
+/// Echo tasks on every connection (they keep the loops turning: an idle
+/// loop turns once a second) until sessions have moved `moves` times.
+fn echo_until_moved(agent: &dyn RuntimeMode, conns: &mut [ManagerConn], moves: u64) {
+    let mut id = 0;
+    assert!(common::wait_until(Duration::from_secs(10), || {
+        for conn in conns.iter_mut() {
+            common::manager::echo(conn, id);
+            id += 1;
+        }
+        agent.stats().sessions_moved_total() >= moves
+    }));
+}
+
 #[test]
 fn sessions_moving_between_loops_lose_no_task_and_no_byte() {
-    let listener = tcp_listener();
-    let mut session_plan = plan(listener.local_endpoint().unwrap(), SESSIONS, WINDOW as u32);
-    session_plan.threads = 2;
-    session_plan.loop_balance = LoopBalance::Churn;
-    let mut agent = start(RuntimeKind::Uring, session_plan);
+    let (listener, mut agent) = churning_agent(SESSIONS, 2, WINDOW as u32);
     let conns: Vec<_> = (0..SESSIONS).map(|_| accept(&listener)).collect();
     let started = Instant::now();
     let workers: Vec<_> = conns
@@ -98,19 +122,7 @@ fn sessions_moving_between_loops_lose_no_task_and_no_byte() {
 
     agent.request_stop();
     for conn in &mut conns {
-        let (counts, goodbye_len) = loop {
-            match conn.next_event(TIMEOUT).unwrap() {
-                ManagerEvent::Goodbye { counts, frame_len } => break (counts.unwrap(), frame_len),
-                ManagerEvent::Drain | ManagerEvent::Ping { .. } | ManagerEvent::Pong { .. } => {}
-                other => panic!("unexpected {other:?}"),
-            }
-        };
-        assert_eq!(counts.bytes_received, conn.bytes_sent());
-        assert_eq!(
-            counts.bytes_sent,
-            conn.expected_goodbye_bytes_sent(goodbye_len)
-        );
-        assert!(conn.read_to_end(TIMEOUT).unwrap().is_empty());
+        common::manager::expect_exact_goodbye(conn);
     }
     drop(conns);
     let report = agent.wait();
@@ -121,70 +133,28 @@ fn sessions_moving_between_loops_lose_no_task_and_no_byte() {
 fn a_stop_while_sessions_move_ends_every_loop() {
     // Sessions in transit when the stop comes still drain and say GOODBYE,
     // and a loop left without sessions of its own still ends.
-    let listener = tcp_listener();
-    let mut session_plan = plan(listener.local_endpoint().unwrap(), 3, 8);
-    session_plan.threads = 3;
-    session_plan.loop_balance = LoopBalance::Churn;
-    let mut agent = start(RuntimeKind::Uring, session_plan);
+    let (listener, mut agent) = churning_agent(3, 3, 8);
     let mut conns: Vec<_> = (0..3).map(|_| accept(&listener).0).collect();
-    // Tasks keep the loops turning (an idle loop turns once a second).
-    let mut id = 0;
-    assert!(common::wait_until(Duration::from_secs(10), || {
-        for conn in &mut conns {
-            common::manager::echo(conn, id);
-            id += 1;
-        }
-        agent.stats().sessions_moved_total() >= 10
-    }));
-    agent.request_stop();
-    for conn in &mut conns {
-        let events = conn.read_to_end(TIMEOUT).unwrap();
-        assert!(
-            matches!(events.last(), Some(ManagerEvent::Goodbye { .. })),
-            "{events:?}"
-        );
-    }
-    drop(conns);
-    let report = agent.wait();
-    assert!(report.is_clean(), "{report:?}");
+    echo_until_moved(agent.as_ref(), &mut conns, 10);
+    common::manager::stop_cleanly(agent.as_mut(), conns);
 }
 
 #[test]
 fn a_moved_session_redials_from_its_new_loop() {
-    let listener = tcp_listener();
-    let mut session_plan = plan(listener.local_endpoint().unwrap(), 2, 8);
-    session_plan.threads = 2;
-    session_plan.loop_balance = LoopBalance::Churn;
-    let mut agent = start(RuntimeKind::Uring, session_plan);
-    let mut conns: Vec<_> = (0..2).map(|_| accept(&listener)).collect();
-    let mut id = 0;
-    assert!(common::wait_until(Duration::from_secs(10), || {
-        for (conn, _) in &mut conns {
-            common::manager::echo(conn, id);
-            id += 1;
-        }
-        agent.stats().sessions_moved_total() >= 10
-    }));
+    let (listener, mut agent) = churning_agent(2, 2, 8);
+    let conns: Vec<_> = (0..2).map(|_| accept(&listener)).collect();
+    let hello = conns[0].1.session;
+    let mut conns: Vec<_> = conns.into_iter().map(|(conn, _)| conn).collect();
+    echo_until_moved(agent.as_ref(), &mut conns, 10);
     // The manager drops one connection; the session redials (from
     // whichever loop holds it now) and runs tasks again.
-    let (dropped, hello) = conns.remove(0);
-    drop(dropped);
+    drop(conns.remove(0));
     let (mut again, hello_again) = accept(&listener);
-    assert_eq!(hello_again.session, hello.session);
+    assert_eq!(hello_again.session, hello);
     for task in 0..50 {
         common::manager::echo(&mut again, task);
-        common::manager::echo(&mut conns[0].0, 1000 + task);
+        common::manager::echo(&mut conns[0], 1000 + task);
     }
-    conns.push((again, hello_again));
-    agent.request_stop();
-    for (conn, _) in &mut conns {
-        let events = conn.read_to_end(TIMEOUT).unwrap();
-        assert!(
-            matches!(events.last(), Some(ManagerEvent::Goodbye { .. })),
-            "{events:?}"
-        );
-    }
-    drop(conns);
-    let report = agent.wait();
-    assert!(report.is_clean(), "{report:?}");
+    conns.push(again);
+    common::manager::stop_cleanly(agent.as_mut(), conns);
 }

@@ -287,19 +287,7 @@ fn tls_sessions_moving_between_event_loops_keep_their_streams() {
     }));
     agent.request_stop();
     for conn in &mut conns {
-        let (counts, goodbye_len) = loop {
-            match conn.next_event(TIMEOUT).expect("drain completes") {
-                ManagerEvent::Goodbye { counts, frame_len } => break (counts.unwrap(), frame_len),
-                ManagerEvent::Drain | ManagerEvent::Ping { .. } | ManagerEvent::Pong { .. } => {}
-                other => panic!("unexpected {other:?}"),
-            }
-        };
-        assert_eq!(counts.bytes_received, conn.bytes_sent());
-        assert_eq!(
-            counts.bytes_sent,
-            conn.expected_goodbye_bytes_sent(goodbye_len)
-        );
-        assert!(conn.read_to_end(TIMEOUT).unwrap().is_empty());
+        manager::expect_exact_goodbye(conn);
         let _ = conn.close_tls();
     }
     let report = agent.wait();

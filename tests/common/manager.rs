@@ -4,6 +4,7 @@
 use std::process::ExitStatus;
 
 use ringworker::manager::{ManagerConn, ManagerEvent};
+use ringworker::runtime::RuntimeMode;
 
 use super::process::Spawned;
 use super::TIMEOUT;
@@ -45,4 +46,43 @@ pub fn stop(agent: &mut Spawned, conn: ManagerConn) -> ExitStatus {
     agent.signal("TERM");
     until_goodbye(conn);
     agent.exit_within(TIMEOUT)
+}
+
+/// Follow a draining session to its GOODBYE and check its byte counts
+/// against this side's (PROTOCOL.md, "Byte accounting"), then read the
+/// connection to its end: nothing follows GOODBYE but TLS's close.
+pub fn expect_exact_goodbye(conn: &mut ManagerConn) {
+    let (counts, goodbye_len) = loop {
+        match conn.next_event(TIMEOUT).expect("the drain completes") {
+            ManagerEvent::Goodbye { counts, frame_len } => {
+                break (counts.expect("GOODBYE has counts"), frame_len)
+            }
+            ManagerEvent::Drain | ManagerEvent::Ping { .. } | ManagerEvent::Pong { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(counts.bytes_received, conn.bytes_sent(), "worker received");
+    assert_eq!(
+        counts.bytes_sent,
+        conn.expected_goodbye_bytes_sent(goodbye_len),
+        "worker sent"
+    );
+    let rest = conn.read_to_end(TIMEOUT).expect("the worker closes");
+    assert!(rest.is_empty(), "nothing after GOODBYE: {rest:?}");
+}
+
+/// Stop an in-process agent: every connection drains to GOODBYE and is
+/// closed, and the runtime ends with a clean report.
+pub fn stop_cleanly(agent: &mut dyn RuntimeMode, mut conns: Vec<ManagerConn>) {
+    agent.request_stop();
+    for conn in &mut conns {
+        let events = conn.read_to_end(TIMEOUT).expect("the worker closes");
+        assert!(
+            matches!(events.last(), Some(ManagerEvent::Goodbye { .. })),
+            "{events:?}"
+        );
+    }
+    drop(conns);
+    let report = agent.wait();
+    assert!(report.is_clean(), "{report:?}");
 }
