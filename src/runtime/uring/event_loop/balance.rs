@@ -477,7 +477,7 @@ impl EventLoop {
         if s.recv != Recv::None || s.inflight > 0 || !s.send_buf.is_empty() || !s.conn.at_rest() {
             return false; // the cancelled receive or a send is still ending
         }
-        let Some(mut slot) = self.slots.0[id as usize].take() else {
+        let Some(mut slot) = self.slots.take(id) else {
             return false;
         };
         let registered = std::mem::take(&mut slot.registered);
@@ -487,7 +487,7 @@ impl EventLoop {
         if let Err(mut slot) = self.balance.send(to, Box::new(slot)) {
             // That loop has ended: stay, and receive here again.
             slot.registered = registered;
-            self.slots.0[id as usize] = Some(*slot);
+            self.slots.put_back(id, *slot);
             return false;
         }
         if registered {
@@ -510,35 +510,32 @@ impl EventLoop {
     /// answers this loop's wake-up, and is driven, which arms its receive
     /// here and schedules its timer.
     pub(super) fn take_arrivals(&mut self, now: Instant) {
-        while let Ok(Arrival(mut slot)) = self.inbox.try_recv() {
-            let id = match self.slots.0.iter().position(Option::is_none) {
-                Some(id) => id,
-                None => {
-                    self.slots.0.push(None);
-                    self.slots.0.len() - 1
-                }
-            };
+        if !self.balance.moves() {
+            return; // nothing is ever sent
+        }
+        while let Ok(Arrival(slot)) = self.inbox.try_recv() {
+            let id = self.slots.put(*slot);
             self.timers.grow(self.slots.len());
-            if let Some(socket) = &slot.socket {
-                slot.registered = self.file_table
+            let file_table = self.file_table;
+            let s = &mut self.slots[id as usize];
+            if let Some(socket) = &s.socket {
+                s.registered = file_table
                     && self
                         .ring
                         .submitter()
-                        .register_files_update(id as u32, &[socket.as_raw_fd()])
+                        .register_files_update(id, &[socket.as_raw_fd()])
                         .is_ok();
             }
             let waker = self.late.clone();
-            let wake_id = id as u32;
             // Nothing is out that answers later (it was at rest), so the
             // new inbox loses nothing.
-            let _kept = slot.conn.set_waker(Arc::new(move || waker.wake(wake_id)));
+            let _kept = s.conn.set_waker(Arc::new(move || waker.wake(id)));
             if self.stop_seen {
-                slot.conn.request_stop(now);
+                s.conn.request_stop(now);
             }
-            self.slots.0[id] = Some(*slot);
             self.live += 1;
             self.balance.arrived();
-            self.mark_dirty(id as u32);
+            self.mark_dirty(id);
             self.meter.hold(now);
         }
     }

@@ -28,7 +28,7 @@ impl EventLoop {
             let now = self.now;
             for i in 0..self.batch.len() {
                 let slot = self.batch[i];
-                let Some(s) = self.slots.0[slot as usize].as_mut() else {
+                let Some(s) = self.slots.get_mut(slot as usize) else {
                     continue; // it left the loop
                 };
                 s.dirty = false;

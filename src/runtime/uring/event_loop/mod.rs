@@ -280,7 +280,6 @@ impl EventLoop {
                     leaving: None,
                 }
             })
-            .map(Some)
             .collect::<Vec<_>>();
         let dirty = (0..slots.len() as u32).collect();
         let timers = Timers::new(slots.len());
@@ -295,7 +294,7 @@ impl EventLoop {
             ring,
             buffers: Some(buffers),
             live: slots.len(),
-            slots: Slots(slots),
+            slots: Slots::new(slots),
             balance,
             inbox,
             meter: balance::Meter::new(now),

@@ -70,30 +70,68 @@ pub(super) struct Slot {
 /// naming a vacant slot are stale (the session left with nothing in
 /// flight), so indexing one is a bug.
 #[derive(Default)]
-pub(super) struct Slots(pub(super) Vec<Option<Slot>>);
+pub(super) struct Slots {
+    slots: Vec<Option<Slot>>,
+    /// The vacant ids, taken before new ones.
+    vacant: Vec<u32>,
+}
 
 impl Slots {
+    pub(super) fn new(slots: Vec<Slot>) -> Slots {
+        Slots {
+            slots: slots.into_iter().map(Some).collect(),
+            vacant: Vec::new(),
+        }
+    }
+
     pub(super) fn get(&self, id: usize) -> Option<&Slot> {
-        self.0.get(id).and_then(Option::as_ref)
+        self.slots.get(id).and_then(Option::as_ref)
     }
 
     pub(super) fn get_mut(&mut self, id: usize) -> Option<&mut Slot> {
-        self.0.get_mut(id).and_then(Option::as_mut)
+        self.slots.get_mut(id).and_then(Option::as_mut)
+    }
+
+    /// Take slot `id` out (its session leaves); the id is vacant.
+    pub(super) fn take(&mut self, id: u32) -> Option<Slot> {
+        let slot = self.slots.get_mut(id as usize)?.take()?;
+        self.vacant.push(id);
+        Some(slot)
+    }
+
+    /// Put a slot in at a vacant id, or a new one; returns the id.
+    pub(super) fn put(&mut self, slot: Slot) -> u32 {
+        match self.vacant.pop() {
+            Some(id) => {
+                self.slots[id as usize] = Some(slot);
+                id
+            }
+            None => {
+                self.slots.push(Some(slot));
+                self.slots.len() as u32 - 1
+            }
+        }
+    }
+
+    /// Put a slot taken out back at its id (its move failed).
+    pub(super) fn put_back(&mut self, id: u32, slot: Slot) {
+        self.vacant.retain(|&v| v != id);
+        self.slots[id as usize] = Some(slot);
     }
 
     /// The number of ids, vacant ones included.
     pub(super) fn len(&self) -> usize {
-        self.0.len()
+        self.slots.len()
     }
 
     pub(super) fn iter(&self) -> impl Iterator<Item = &Slot> {
-        self.0.iter().flatten()
+        self.slots.iter().flatten()
     }
 
     /// The ids of the slots that are not vacant.
     pub(super) fn ids(&self) -> Vec<u32> {
-        (0..self.0.len() as u32)
-            .filter(|&id| self.0[id as usize].is_some())
+        (0..self.slots.len() as u32)
+            .filter(|&id| self.slots[id as usize].is_some())
             .collect()
     }
 }
@@ -101,7 +139,7 @@ impl Slots {
 impl std::ops::Index<usize> for Slots {
     type Output = Slot;
     fn index(&self, id: usize) -> &Slot {
-        self.0[id]
+        self.slots[id]
             .as_ref()
             .expect("a slot of this loop, not vacant")
     }
@@ -109,7 +147,7 @@ impl std::ops::Index<usize> for Slots {
 
 impl std::ops::IndexMut<usize> for Slots {
     fn index_mut(&mut self, id: usize) -> &mut Slot {
-        self.0[id]
+        self.slots[id]
             .as_mut()
             .expect("a slot of this loop, not vacant")
     }
