@@ -94,16 +94,6 @@ pub enum LoopBalance {
     Churn,
 }
 
-impl LoopBalance {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LoopBalance::Auto => "auto",
-            LoopBalance::Off => "off",
-            LoopBalance::Churn => "churn",
-        }
-    }
-}
-
 /// How many tasks of one declared handler may wait for a process, for
 /// `sessions` sessions of `plan`: every task they can have in flight
 /// (`max_in_flight` each). The manager's own limit thus bounds the queue,

@@ -460,7 +460,7 @@ impl EventLoop {
     /// has ended and its output is written (`true`), or wait for that, or
     /// stay after all when it has more to do than write (a stop, a job, a
     /// large frame, a close): `false`, the caller carries on with it.
-    pub(super) fn depart(&mut self, id: u32, _now: Instant) -> bool {
+    pub(super) fn depart(&mut self, id: u32) -> bool {
         let stop_seen = self.stop_seen;
         let s = &mut self.slots[id as usize];
         let Some(to) = s.leaving else { return false };

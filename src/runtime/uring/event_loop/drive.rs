@@ -87,7 +87,7 @@ impl EventLoop {
                 }
             }
         }
-        if self.slots[slot_id as usize].leaving.is_some() && self.depart(slot_id, now) {
+        if self.slots[slot_id as usize].leaving.is_some() && self.depart(slot_id) {
             return;
         }
         self.dial_welcomed(slot_id);
